@@ -1,0 +1,67 @@
+//! Assembles the Pingora server from a validated `Config`: the ServerConf, the proxy service
+//! with its listeners, and the shared runtime snapshot.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::proxy::http_proxy_service;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+
+use crate::config::{Config, ServerSettings};
+use crate::proxy::Proxy;
+use crate::runtime::{Runtime, SharedRuntime};
+
+/// fulcrum's defaults where Pingora's do not suit a load balancer (see README, "server").
+pub fn server_conf(s: &ServerSettings) -> ServerConf {
+    let d = ServerConf::default();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    ServerConf {
+        threads: s.threads.unwrap_or(cpus),
+        work_stealing: s.work_stealing.unwrap_or(false),
+        pid_file: s
+            .pid_file
+            .clone()
+            .unwrap_or_else(|| "/run/fulcrum/fulcrum.pid".into()),
+        upgrade_sock: s
+            .upgrade_sock
+            .clone()
+            .unwrap_or_else(|| "/run/fulcrum/upgrade.sock".into()),
+        error_log: s.error_log.clone(),
+        user: s.user.clone(),
+        group: s.group.clone(),
+        grace_period_seconds: Some(s.grace_period_seconds.unwrap_or(10)),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds.unwrap_or(5)),
+        daemon_wait_for_ready: s.daemon_wait_for_ready.unwrap_or(false),
+        daemon_ready_timeout_seconds: s
+            .daemon_ready_timeout_seconds
+            .and_then(std::num::NonZeroU64::new),
+        upstream_keepalive_pool_size: s
+            .upstream_keepalive_pool_size
+            .unwrap_or(d.upstream_keepalive_pool_size),
+        listener_tasks_per_fd: s.listener_tasks_per_fd.unwrap_or(d.listener_tasks_per_fd),
+        ..d
+    }
+}
+
+/// A bootstrapped server with the proxy service for `config` added, ready to run.
+pub fn build_server(opt: Opt, config: &Config) -> (Server, SharedRuntime) {
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config.server));
+    server.bootstrap();
+    let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config)));
+    let mut proxy = http_proxy_service(&server.configuration, Proxy::new(runtime.clone()));
+    for listener in &config.listeners {
+        proxy.add_tcp(&listener.addr.to_string());
+    }
+    server.add_service(proxy);
+    (server, runtime)
+}
+
+/// Run the proxy for `config` until shutdown; never returns.
+pub fn run(opt: Opt, config: &Config) -> ! {
+    let (server, _runtime) = build_server(opt, config);
+    for l in &config.listeners {
+        tracing::info!("listener {} on {}", l.name, l.addr);
+    }
+    server.run_forever()
+}

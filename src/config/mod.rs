@@ -1,0 +1,43 @@
+//! The configuration: read the YAML file, validate it, and hand out the typed model.
+
+pub mod locate;
+pub mod model;
+pub mod raw;
+pub mod validate;
+
+pub use model::*;
+pub use validate::{ConfigErrors, Problem};
+
+use std::path::Path;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The file could not be read.
+    Read(String),
+    /// The file was read but is not valid.
+    Invalid(ConfigErrors),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Read(msg) => f.write_str(msg),
+            LoadError::Invalid(errors) => errors.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Read and validate the file at `path`.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| LoadError::Read(format!("{}: cannot read: {e}", path.display())))?;
+    parse(path, &text)
+}
+
+/// Validate `text` as if read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Config, LoadError> {
+    validate::validate(path, text).map_err(LoadError::Invalid)
+}

@@ -1,0 +1,138 @@
+//! The validated configuration: typed, complete and consistent. Everything after `validate`
+//! reads only these types.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole, valid configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages).
+    pub source: PathBuf,
+    pub server: ServerSettings,
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// In file order; routes refer to them by index.
+    pub pools: Vec<PoolConfig>,
+    /// Things that are legal but probably not what the operator meant, with their location.
+    pub warnings: Vec<String>,
+}
+
+/// `server:`: the Pingora ServerConf settings fulcrum passes through (None = fulcrum's default).
+#[derive(Debug, Clone, Default)]
+pub struct ServerSettings {
+    pub threads: Option<usize>,
+    pub work_stealing: Option<bool>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub error_log: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub grace_period_seconds: Option<u64>,
+    pub graceful_shutdown_timeout_seconds: Option<u64>,
+    pub daemon_wait_for_ready: Option<bool>,
+    pub daemon_ready_timeout_seconds: Option<u64>,
+    pub upstream_keepalive_pool_size: Option<usize>,
+    pub listener_tasks_per_fd: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `api.example.com` (stored lower-case)
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`; matches any name that ends with it.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    pub host: Option<HostMatch>,
+    pub path_prefix: Option<String>,
+    /// Index into `Config::pools`.
+    pub pool: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    LeastConnections,
+    ConsistentHash,
+    IpHash,
+    Random,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::LeastConnections => "least_connections",
+            Algorithm::ConsistentHash => "consistent_hash",
+            Algorithm::IpHash => "ip_hash",
+            Algorithm::Random => "random",
+        }
+    }
+}
+
+/// What a hashing pool hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Path,
+    Uri,
+    /// Header name, lower-case.
+    Header(String),
+    Cookie(String),
+    Query(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// The backend's stable name: `name:` or else its address.
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Each read from the backend (time to first byte, and between chunks).
+    pub read: Duration,
+    /// Each write to the backend.
+    pub write: Duration,
+    /// How long an idle keep-alive connection to a backend is kept.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            read: Duration::from_secs(60),
+            write: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+pub const DEFAULT_RETRIES: u32 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub algorithm: Algorithm,
+    /// Set exactly when `algorithm` hashes (ip_hash: `ClientIp`).
+    pub hash_key: Option<HashKey>,
+    pub backends: Vec<BackendConfig>,
+    /// Further attempts on other backends after a failed one.
+    pub retries: u32,
+    pub timeouts: Timeouts,
+}

@@ -1,0 +1,89 @@
+//! Serde mirror of the YAML file: its shape only. Every struct denies unknown keys; values that
+//! need checking (addresses, durations, hash keys) stay strings or YAML values for `validate`.
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// `server:` — the subset of Pingora's ServerConf that fulcrum passes through.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub threads: Option<usize>,
+    pub work_stealing: Option<bool>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub error_log: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub grace_period_seconds: Option<u64>,
+    pub graceful_shutdown_timeout_seconds: Option<u64>,
+    pub daemon_wait_for_ready: Option<bool>,
+    pub daemon_ready_timeout_seconds: Option<u64>,
+    pub upstream_keepalive_pool_size: Option<usize>,
+    pub listener_tasks_per_fd: Option<usize>,
+}
+
+/// One entry of `listeners:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub listen: String,
+}
+
+/// One entry of `routes:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    #[serde(rename = "match")]
+    pub matcher: Option<RawMatch>,
+    pub pool: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+}
+
+/// `algorithm:` of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawAlgorithm {
+    RoundRobin,
+    LeastConnections,
+    ConsistentHash,
+    IpHash,
+    Random,
+}
+
+/// One entry of `pools:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub algorithm: Option<RawAlgorithm>,
+    /// `client_ip | path | uri | {header: NAME} | {cookie: NAME} | {query: NAME}`
+    pub hash_key: Option<Value>,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+    pub retries: Option<u32>,
+    pub timeouts: Option<RawTimeouts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub address: String,
+    pub weight: Option<i64>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<String>,
+    pub read: Option<String>,
+    pub write: Option<String>,
+    pub idle: Option<String>,
+}

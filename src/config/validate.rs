@@ -1,0 +1,617 @@
+//! Turns the YAML text into a `Config`, collecting every problem (syntax, shape and meaning)
+//! with its location instead of stopping at the first.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+
+use super::locate::{Location, LocationIndex};
+use super::model::*;
+use super::raw::*;
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub location: Location,
+    /// Key path, e.g. `pools.web.backends[0].weight`.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in one file; `Display` prints one per line as `FILE:LINE:COL: PATH: message`.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", render(&self.file, p))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+fn render(file: &str, p: &Problem) -> String {
+    let path = if p.path.is_empty() { "(top)" } else { &p.path };
+    format!(
+        "{file}:{}:{}: {path}: {}",
+        p.location.line, p.location.col, p.message
+    )
+}
+
+/// Collects problems and warnings, locating each by its key path.
+struct Checker<'a> {
+    index: &'a LocationIndex,
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let location = self.index.find(&path);
+        self.problems.push(Problem {
+            location,
+            path,
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let location = self.index.find(&path);
+        self.warnings.push(Problem {
+            location,
+            path,
+            message: message.into(),
+        });
+    }
+
+    /// Deserialize one section element into its raw type, reporting a shape error at the
+    /// exact key serde stopped at.
+    fn parse<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(err) => {
+                let mut full = path.to_string();
+                for seg in err.path().iter() {
+                    match seg {
+                        serde_path_to_error::Segment::Seq { index } => {
+                            full.push_str(&format!("[{index}]"))
+                        }
+                        serde_path_to_error::Segment::Map { key } => {
+                            full = join(&full, key);
+                        }
+                        _ => {}
+                    }
+                }
+                let message = err.into_inner().to_string();
+                if let Some(field) = unknown_field(&message) {
+                    full = join(&full, field);
+                }
+                self.error(full, message);
+                None
+            }
+        }
+    }
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// The key named by serde's "unknown field `x`, expected ..." message.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// Parse and validate `text` (read from `file`) into a `Config`.
+pub fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let file_name = file.display().to_string();
+    let fail = |problems| ConfigErrors {
+        file: file_name.clone(),
+        problems,
+    };
+    let doc: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let location = e
+                .location()
+                .map(|l| Location {
+                    line: l.line(),
+                    col: l.column(),
+                })
+                .unwrap_or(Location::START);
+            return Err(fail(vec![Problem {
+                location,
+                path: String::new(),
+                message: format!("invalid YAML: {e}"),
+            }]));
+        }
+    };
+    let index = LocationIndex::build(text);
+    let mut ck = Checker {
+        index: &index,
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let config = check_document(&mut ck, file, doc);
+    if !ck.problems.is_empty() {
+        let mut problems = ck.problems;
+        problems.sort_by_key(|p| (p.location.line, p.location.col));
+        return Err(fail(problems));
+    }
+    let mut config = config.ok_or_else(|| fail(Vec::new()))?;
+    config.warnings = ck.warnings.iter().map(|w| render(&file_name, w)).collect();
+    Ok(config)
+}
+
+fn check_document(ck: &mut Checker, file: &Path, doc: Value) -> Option<Config> {
+    let top = match doc {
+        Value::Mapping(m) => m,
+        Value::Null => Mapping::new(),
+        _ => {
+            ck.error("", "the file must be a mapping with listeners, routes and pools");
+            return None;
+        }
+    };
+    let mut server = None;
+    let mut listeners = None;
+    let mut routes = None;
+    let mut pools = None;
+    for (key, value) in top {
+        let Some(key) = key.as_str().map(str::to_string) else {
+            ck.error("", "top-level keys must be strings");
+            continue;
+        };
+        match key.as_str() {
+            "server" => server = Some(value),
+            "listeners" => listeners = Some(value),
+            "routes" => routes = Some(value),
+            "pools" => pools = Some(value),
+            other => ck.error(
+                other,
+                format!("unknown key `{other}`, expected one of `server`, `listeners`, `routes`, `pools`"),
+            ),
+        }
+    }
+    let server = check_server(ck, server);
+    let listeners = check_listeners(ck, listeners);
+    let (pools, pool_index) = check_pools(ck, pools);
+    let routes = check_routes(ck, routes, &pool_index);
+    if let (Some(routes), Some(pools)) = (&routes, &pools) {
+        let used: HashSet<usize> = routes.iter().map(|r| r.pool).collect();
+        for (i, p) in pools.iter().enumerate() {
+            if !used.contains(&i) {
+                ck.warn(format!("pools.{}", p.name), "no route uses this pool");
+            }
+        }
+    }
+    Some(Config {
+        source: file.to_path_buf(),
+        server: server?,
+        listeners: listeners?,
+        routes: routes?,
+        pools: pools?,
+        warnings: Vec::new(),
+    })
+}
+
+fn check_server(ck: &mut Checker, value: Option<Value>) -> Option<ServerSettings> {
+    let raw: RawServer = match value {
+        None | Some(Value::Null) => RawServer::default(),
+        Some(v) => ck.parse("server", v)?,
+    };
+    if raw.threads == Some(0) {
+        ck.error("server.threads", "must be at least 1");
+    }
+    if raw.upstream_keepalive_pool_size == Some(0) {
+        ck.error("server.upstream_keepalive_pool_size", "must be at least 1");
+    }
+    if raw.listener_tasks_per_fd == Some(0) {
+        ck.error("server.listener_tasks_per_fd", "must be at least 1");
+    }
+    Some(ServerSettings {
+        threads: raw.threads,
+        work_stealing: raw.work_stealing,
+        pid_file: raw.pid_file,
+        upgrade_sock: raw.upgrade_sock,
+        error_log: raw.error_log,
+        user: raw.user,
+        group: raw.group,
+        grace_period_seconds: raw.grace_period_seconds,
+        graceful_shutdown_timeout_seconds: raw.graceful_shutdown_timeout_seconds,
+        daemon_wait_for_ready: raw.daemon_wait_for_ready,
+        daemon_ready_timeout_seconds: raw.daemon_ready_timeout_seconds,
+        upstream_keepalive_pool_size: raw.upstream_keepalive_pool_size,
+        listener_tasks_per_fd: raw.listener_tasks_per_fd,
+    })
+}
+
+/// The items of a list-valued section; an absent or empty section is reported.
+fn list_items(ck: &mut Checker, key: &str, value: Option<Value>) -> Option<Vec<Value>> {
+    match value {
+        None | Some(Value::Null) => {
+            ck.error(key, format!("`{key}` is required and must not be empty"));
+            None
+        }
+        Some(Value::Sequence(items)) if items.is_empty() => {
+            ck.error(key, format!("`{key}` must not be empty"));
+            None
+        }
+        Some(Value::Sequence(items)) => Some(items),
+        Some(_) => {
+            ck.error(key, format!("`{key}` must be a list"));
+            None
+        }
+    }
+}
+
+fn check_listeners(ck: &mut Checker, value: Option<Value>) -> Option<Vec<ListenerConfig>> {
+    let items = list_items(ck, "listeners", value)?;
+    let mut out = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut addrs: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut ok = true;
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        let Some(raw) = ck.parse::<RawListener>(&path, item) else {
+            ok = false;
+            continue;
+        };
+        if raw.name.trim().is_empty() {
+            ck.error(format!("{path}.name"), "must not be empty");
+            ok = false;
+        } else if let Some(first) = names.insert(raw.name.clone(), i) {
+            ck.error(
+                format!("{path}.name"),
+                format!("duplicate listener name `{}` (also listeners[{first}])", raw.name),
+            );
+            ok = false;
+        }
+        match parse_socket_addr(&raw.listen) {
+            Ok(addr) => {
+                if let Some(first) = addrs.insert(addr, i) {
+                    ck.error(
+                        format!("{path}.listen"),
+                        format!("duplicate listen address {addr} (also listeners[{first}])"),
+                    );
+                    ok = false;
+                }
+                out.push(ListenerConfig {
+                    name: raw.name,
+                    addr,
+                });
+            }
+            Err(msg) => {
+                ck.error(format!("{path}.listen"), msg);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn check_routes(
+    ck: &mut Checker,
+    value: Option<Value>,
+    pools: &HashMap<String, usize>,
+) -> Option<Vec<RouteConfig>> {
+    let items = list_items(ck, "routes", value)?;
+    let mut out = Vec::new();
+    let mut ok = true;
+    let mut catch_all: Option<usize> = None;
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let Some(raw) = ck.parse::<RawRoute>(&path, item) else {
+            ok = false;
+            continue;
+        };
+        if let Some(first) = catch_all {
+            ck.warn(
+                &path,
+                format!("unreachable: routes[{first}] before it matches every request"),
+            );
+        }
+        let (host, path_prefix) = match raw.matcher {
+            None => (None, None),
+            Some(m) => {
+                let host = match m.host.as_deref().map(parse_host) {
+                    None => None,
+                    Some(Ok(h)) => Some(h),
+                    Some(Err(msg)) => {
+                        ck.error(format!("{path}.match.host"), msg);
+                        ok = false;
+                        None
+                    }
+                };
+                if let Some(p) = &m.path_prefix {
+                    if !p.starts_with('/') {
+                        ck.error(format!("{path}.match.path_prefix"), "must start with `/`");
+                        ok = false;
+                    }
+                }
+                (host, m.path_prefix)
+            }
+        };
+        if host.is_none() && path_prefix.as_deref().is_none_or(|p| p == "/") {
+            catch_all.get_or_insert(i);
+        }
+        match pools.get(&raw.pool) {
+            Some(&pool) => out.push(RouteConfig {
+                host,
+                path_prefix,
+                pool,
+            }),
+            None => {
+                ck.error(
+                    format!("{path}.pool"),
+                    format!("unknown pool `{}`", raw.pool),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn parse_host(host: &str) -> Result<HostMatch, String> {
+    let host = host.trim().to_ascii_lowercase();
+    if host.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let (suffix, name) = match host.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, host.as_str()),
+    };
+    let valid = !name.is_empty()
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    if !valid {
+        return Err(format!(
+            "`{host}` is not a host name (expected e.g. `api.example.com` or `*.example.com`, without port)"
+        ));
+    }
+    Ok(if suffix {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(name.to_string())
+    })
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse::<SocketAddr>().map_err(|_| {
+        format!("`{text}` is not an address: expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+    })
+}
+
+fn parse_duration(ck: &mut Checker, path: &str, text: Option<&str>, default: Duration) -> Duration {
+    let Some(text) = text else {
+        return default;
+    };
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d.is_zero() => {
+            ck.error(path, "must be greater than zero");
+            default
+        }
+        Ok(d) => d,
+        Err(_) => {
+            ck.error(
+                path,
+                format!("`{text}` is not a duration: expected e.g. `500ms`, `2s`, `1m`, `1h`"),
+            );
+            default
+        }
+    }
+}
+
+fn check_pools(
+    ck: &mut Checker,
+    value: Option<Value>,
+) -> (Option<Vec<PoolConfig>>, HashMap<String, usize>) {
+    let mut index = HashMap::new();
+    let map = match value {
+        None | Some(Value::Null) => {
+            ck.error("pools", "`pools` is required and must not be empty");
+            return (None, index);
+        }
+        Some(Value::Mapping(m)) => m,
+        Some(_) => {
+            ck.error("pools", "`pools` must be a mapping of pool name to pool");
+            return (None, index);
+        }
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (key, value) in map {
+        let Some(name) = key.as_str().map(str::to_string) else {
+            ck.error("pools", "pool names must be strings");
+            ok = false;
+            continue;
+        };
+        // Register the name even when the pool is broken, so routes to it are not reported too.
+        index.insert(name.clone(), out.len());
+        match check_pool(ck, &name, value) {
+            Some(p) => out.push(p),
+            None => ok = false,
+        }
+    }
+    (ok.then_some(out), index)
+}
+
+fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> {
+    let path = format!("pools.{name}");
+    let raw: RawPool = ck.parse(&path, value)?;
+    let errors_before = ck.problems.len();
+    let algorithm = match raw.algorithm.unwrap_or(RawAlgorithm::RoundRobin) {
+        RawAlgorithm::RoundRobin => Algorithm::RoundRobin,
+        RawAlgorithm::LeastConnections => Algorithm::LeastConnections,
+        RawAlgorithm::ConsistentHash => Algorithm::ConsistentHash,
+        RawAlgorithm::IpHash => Algorithm::IpHash,
+        RawAlgorithm::Random => Algorithm::Random,
+    };
+    let hash_key = match (algorithm, raw.hash_key) {
+        (Algorithm::ConsistentHash, Some(v)) => check_hash_key(ck, &format!("{path}.hash_key"), &v),
+        (Algorithm::ConsistentHash, None) => {
+            ck.error(
+                format!("{path}.algorithm"),
+                "consistent_hash needs `hash_key` (client_ip, path, uri, {header: NAME}, {cookie: NAME} or {query: NAME})",
+            );
+            None
+        }
+        (Algorithm::IpHash, None) => Some(HashKey::ClientIp),
+        (_, Some(_)) => {
+            ck.error(
+                format!("{path}.hash_key"),
+                format!(
+                    "`hash_key` only applies to algorithm consistent_hash, this pool uses {}",
+                    algorithm.as_str()
+                ),
+            );
+            None
+        }
+        (_, None) => None,
+    };
+    if raw.backends.is_empty() {
+        ck.error(format!("{path}.backends"), "a pool needs at least one backend");
+    }
+    let mut backends = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut addrs: HashMap<SocketAddr, usize> = HashMap::new();
+    for (i, b) in raw.backends.into_iter().enumerate() {
+        let bpath = format!("{path}.backends[{i}]");
+        let weight = match b.weight {
+            None => 1,
+            Some(w) if (1..=MAX_WEIGHT).contains(&w) => w as u32,
+            Some(w) => {
+                ck.error(
+                    format!("{bpath}.weight"),
+                    format!("weight {w} is out of range: must be between 1 and {MAX_WEIGHT}"),
+                );
+                1
+            }
+        };
+        let addr = match parse_socket_addr(&b.address) {
+            Ok(a) => a,
+            Err(msg) => {
+                ck.error(format!("{bpath}.address"), msg);
+                continue;
+            }
+        };
+        if let Some(first) = addrs.insert(addr, i) {
+            ck.error(
+                format!("{bpath}.address"),
+                format!("duplicate backend {addr} (also backends[{first}])"),
+            );
+        }
+        let bname = b.name.unwrap_or_else(|| addr.to_string());
+        if bname.trim().is_empty() {
+            ck.error(format!("{bpath}.name"), "must not be empty");
+        } else if let Some(first) = names.insert(bname.clone(), i) {
+            ck.error(
+                format!("{bpath}.name"),
+                format!("duplicate backend name `{bname}` (also backends[{first}])"),
+            );
+        }
+        backends.push(BackendConfig {
+            name: bname,
+            addr,
+            weight,
+        });
+    }
+    let raw_t = raw.timeouts.unwrap_or_default();
+    let d = Timeouts::default();
+    let tpath = format!("{path}.timeouts");
+    let timeouts = Timeouts {
+        connect: parse_duration(ck, &format!("{tpath}.connect"), raw_t.connect.as_deref(), d.connect),
+        read: parse_duration(ck, &format!("{tpath}.read"), raw_t.read.as_deref(), d.read),
+        write: parse_duration(ck, &format!("{tpath}.write"), raw_t.write.as_deref(), d.write),
+        idle: parse_duration(ck, &format!("{tpath}.idle"), raw_t.idle.as_deref(), d.idle),
+    };
+    let retries = raw.retries.unwrap_or(DEFAULT_RETRIES);
+    if retries > MAX_RETRIES {
+        ck.error(
+            format!("{path}.retries"),
+            format!("{retries} is too many: at most {MAX_RETRIES}"),
+        );
+    }
+    (ck.problems.len() == errors_before).then(|| PoolConfig {
+        name: name.to_string(),
+        algorithm,
+        hash_key,
+        backends,
+        retries,
+        timeouts,
+    })
+}
+
+/// Largest backend weight (as HAProxy's 256): keeps the smooth round-robin table small.
+pub const MAX_WEIGHT: i64 = 256;
+/// Largest `retries` (Pingora stops at 16 attempts in all).
+pub const MAX_RETRIES: u32 = 10;
+
+fn check_hash_key(ck: &mut Checker, path: &str, value: &Value) -> Option<HashKey> {
+    const EXPECTED: &str =
+        "expected client_ip, path, uri, {header: NAME}, {cookie: NAME} or {query: NAME}";
+    match value {
+        Value::String(s) => match s.as_str() {
+            "client_ip" => Some(HashKey::ClientIp),
+            "path" => Some(HashKey::Path),
+            "uri" => Some(HashKey::Uri),
+            other => {
+                ck.error(path, format!("unknown hash key `{other}`: {EXPECTED}"));
+                None
+            }
+        },
+        Value::Mapping(m) if m.len() == 1 => {
+            let (k, v) = m.iter().next()?;
+            let (Some(kind), Some(name)) = (k.as_str(), v.as_str()) else {
+                ck.error(path, EXPECTED);
+                return None;
+            };
+            let name = name.trim();
+            if name.is_empty() {
+                ck.error(format!("{path}.{kind}"), "the name must not be empty");
+                return None;
+            }
+            match kind {
+                "header" => match http::HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(h) => Some(HashKey::Header(h.as_str().to_string())),
+                    Err(_) => {
+                        ck.error(format!("{path}.header"), format!("`{name}` is not a header name"));
+                        None
+                    }
+                },
+                "cookie" => Some(HashKey::Cookie(name.to_string())),
+                "query" => Some(HashKey::Query(name.to_string())),
+                other => {
+                    ck.error(format!("{path}.{other}"), format!("unknown hash key `{other}`: {EXPECTED}"));
+                    None
+                }
+            }
+        }
+        _ => {
+            ck.error(path, EXPECTED);
+            None
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! fulcrum: an HTTP load balancer and reverse proxy on Pingora. Data flows one way:
+//! YAML -> `config` -> `runtime::Runtime` (routes + pools) -> the request path in `proxy`.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod pool;
+pub mod proxy;
+pub mod route;
+pub mod runtime;

@@ -1,0 +1,14 @@
+//! Process logging: tracing to stderr (the journal under systemd), with Pingora's `log`
+//! records bridged in. `RUST_LOG` overrides the default level (info).
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // try_init: a second call (tests, demo) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,117 @@
+//! Extracts a hashing pool's key from a request: client IP, path, URI, a header, a cookie or a
+//! query parameter. A request without the key yields None (and is spread evenly).
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use pingora::http::RequestHeader;
+
+use crate::config::HashKey;
+
+/// The bytes to hash for `key`, or None when the request does not carry it.
+pub fn extract<'a>(
+    key: &HashKey,
+    req: &'a RequestHeader,
+    client_ip: Option<IpAddr>,
+) -> Option<Cow<'a, [u8]>> {
+    match key {
+        HashKey::ClientIp => client_ip.map(|ip| match ip {
+            IpAddr::V4(v4) => Cow::Owned(v4.octets().to_vec()),
+            IpAddr::V6(v6) => Cow::Owned(v6.octets().to_vec()),
+        }),
+        HashKey::Path => Some(Cow::Borrowed(req.uri.path().as_bytes())),
+        HashKey::Uri => Some(Cow::Borrowed(
+            req.uri
+                .path_and_query()
+                .map_or(req.uri.path(), |pq| pq.as_str())
+                .as_bytes(),
+        )),
+        HashKey::Header(name) => req
+            .headers
+            .get(name.as_str())
+            .map(|v| Cow::Borrowed(v.as_bytes()))
+            .filter(|v| !v.is_empty()),
+        HashKey::Cookie(name) => req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .find_map(|h| cookie_value(h.as_bytes(), name.as_bytes()))
+            .map(Cow::Borrowed),
+        HashKey::Query(name) => req
+            .uri
+            .query()
+            .and_then(|q| query_value(q.as_bytes(), name.as_bytes()))
+            .map(Cow::Borrowed),
+    }
+}
+
+/// The value of cookie `name` in one Cookie header (`a=1; b=2`), if present and not empty.
+pub fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (pair[..eq].trim_ascii() == name)
+            .then(|| pair[eq + 1..].trim_ascii())
+            .filter(|v| !v.is_empty())
+    })
+}
+
+/// The raw (not percent-decoded) value of parameter `name` in a query string.
+fn query_value<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    query.split(|&b| b == b'&').find_map(|pair| {
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        (k == name && !v.is_empty()).then_some(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn get(key: HashKey, r: &RequestHeader) -> Option<Vec<u8>> {
+        extract(&key, r, Some("10.1.2.3".parse().unwrap())).map(|c| c.into_owned())
+    }
+
+    #[test]
+    fn each_kind_of_key() {
+        let r = req(
+            "/a/b?x=1&user=42&y",
+            &[("X-User-Id", "u7"), ("Cookie", "a=1; sid=abc ; c=")],
+        );
+        assert_eq!(get(HashKey::ClientIp, &r), Some(vec![10, 1, 2, 3]));
+        assert_eq!(get(HashKey::Path, &r), Some(b"/a/b".to_vec()));
+        assert_eq!(get(HashKey::Uri, &r), Some(b"/a/b?x=1&user=42&y".to_vec()));
+        assert_eq!(get(HashKey::Header("x-user-id".into()), &r), Some(b"u7".to_vec()));
+        assert_eq!(get(HashKey::Cookie("sid".into()), &r), Some(b"abc".to_vec()));
+        assert_eq!(get(HashKey::Query("user".into()), &r), Some(b"42".to_vec()));
+    }
+
+    #[test]
+    fn missing_or_empty_keys_are_none() {
+        let r = req("/p?y&z=", &[("Cookie", "c=")]);
+        assert_eq!(get(HashKey::Header("x-user-id".into()), &r), None);
+        assert_eq!(get(HashKey::Cookie("c".into()), &r), None);
+        assert_eq!(get(HashKey::Cookie("sid".into()), &r), None);
+        assert_eq!(get(HashKey::Query("y".into()), &r), None);
+        assert_eq!(get(HashKey::Query("z".into()), &r), None);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for h in [&b"=;=;;"[..], b"", b";", b"sid", b"sid=", b"=sid"] {
+            let _ = cookie_value(h, b"sid");
+            let _ = query_value(h, b"sid");
+        }
+    }
+}

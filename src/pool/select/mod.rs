@@ -1,0 +1,7 @@
+//! fulcrum's own `BackendSelection` implementations, where Pingora's fall short.
+
+pub mod least_conn;
+pub mod smooth;
+
+pub use least_conn::LeastConnections;
+pub use smooth::SmoothWeighted;

@@ -1,0 +1,317 @@
+//! The request path (Pingora `ProxyHttp`): route -> pool -> pick -> peer, forwarding headers,
+//! retries on another backend, and fulcrum's own error responses. Each phase stays small.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+
+use crate::pool::{hash_key, InflightGuard, Pool};
+use crate::runtime::{Runtime, SharedRuntime};
+
+const X_REQUEST_ID: &str = "x-request-id";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// The proxy service's logic; holds only the shared runtime snapshot.
+pub struct Proxy {
+    runtime: SharedRuntime,
+}
+
+impl Proxy {
+    pub fn new(runtime: SharedRuntime) -> Self {
+        Proxy { runtime }
+    }
+}
+
+/// Per-request state, kept small: it lives inside the request's future.
+pub struct RequestCtx {
+    /// The snapshot this request started with; it keeps it to the end.
+    runtime: Arc<Runtime>,
+    pool: Option<Arc<Pool>>,
+    request_id: HeaderValue,
+    /// The backend of the current attempt; dropping it releases the in-flight count.
+    current: Option<(usize, InflightGuard)>,
+    /// Backends (pool indices) already tried by this request.
+    tried: Vec<usize>,
+    attempts: u32,
+    /// The status to answer when no further attempt is possible after failures.
+    failure_status: u16,
+}
+
+impl RequestCtx {
+    /// The current attempt failed: remember its backend as tried and release it.
+    fn end_attempt(&mut self, status: u16) {
+        if let Some((i, _guard)) = self.current.take() {
+            self.tried.push(i);
+        }
+        self.failure_status = status;
+    }
+
+    /// Whether another attempt on another backend is allowed.
+    fn may_retry(&self) -> bool {
+        self.pool.as_ref().is_some_and(|p| {
+            self.attempts <= p.retries && self.tried.len() < p.backends().len()
+        })
+    }
+}
+
+/// A fresh request id: 128 random bits in hex.
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The request's host: the Host header, or the authority of an absolute URI / HTTP/2 request.
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// The status fulcrum answers for an error that ended a request (0: the client is gone).
+fn status_for(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        _ if *e.esource() == ErrorSource::Downstream => match e.etype() {
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,
+            _ => 400,
+        },
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+        _ if *e.esource() == ErrorSource::Internal => 500,
+        _ => 502,
+    }
+}
+
+/// A short plain-text response written by fulcrum itself.
+fn own_response(status: u16, request_id: &HeaderValue, body: &Bytes) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(X_REQUEST_ID, request_id.clone())?;
+    if status == 503 {
+        resp.insert_header("retry-after", "1")?;
+    }
+    Ok(resp)
+}
+
+fn own_body(status: u16, request_id: &HeaderValue) -> Bytes {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let id = request_id.to_str().unwrap_or("-");
+    Bytes::from(format!("{status} {reason}\nrequest id: {id}\n"))
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            runtime: self.runtime.load_full(),
+            pool: None,
+            request_id: HeaderValue::from_static("-"),
+            current: None,
+            tried: Vec::new(),
+            attempts: 0,
+            failure_status: 502,
+        }
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {
+        // fulcrum does not compress: no downstream modules at all.
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = req
+            .headers
+            .get(X_REQUEST_ID)
+            .filter(|v| !v.is_empty() && v.len() <= 200)
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let pool = ctx
+            .runtime
+            .router
+            .find(request_host(req), req.uri.path())
+            .and_then(|i| ctx.runtime.pools.get(i).cloned());
+        if pool.is_some() {
+            ctx.pool = pool;
+            return Ok(false);
+        }
+        let body = own_body(404, &ctx.request_id);
+        let resp = own_response(404, &ctx.request_id, &body)?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(pool) = ctx.pool.clone() else {
+            return Err(Error::explain(ErrorType::InternalError, "request has no pool"));
+        };
+        let picked = {
+            let client_ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            let key = pool
+                .hash_key
+                .as_ref()
+                .and_then(|k| hash_key::extract(k, session.req_header(), client_ip));
+            let tried = &ctx.tried;
+            pool.select(key.as_deref(), |i| tried.contains(&i))
+        };
+        let Some(i) = picked else {
+            let (status, why) = if ctx.attempts == 0 {
+                (503, "no ready backend")
+            } else {
+                (ctx.failure_status, "no other backend to retry on")
+            };
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                format!("pool {}: {why}", pool.name),
+            ));
+        };
+        let backend = pool.backends()[i].clone();
+        let peer = pool.peer(i).ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "picked backend is not in its pool")
+        })?;
+        ctx.current = Some((i, InflightGuard::acquire(backend)));
+        ctx.attempts += 1;
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the backend: always safe to try another one.
+        let status = if *e.etype() == ErrorType::ConnectTimedout { 504 } else { 502 };
+        ctx.end_attempt(status);
+        if ctx.may_retry() {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        ctx.end_attempt(status_for(&e).max(502));
+        // Pingora's policy: only an idempotent request whose body can be replayed, and only
+        // when the failure was on a reused (possibly stale) upstream connection.
+        if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+            || !ctx.may_retry()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let mut chain = String::new();
+            for v in upstream.headers.get_all(X_FORWARDED_FOR) {
+                if let Ok(v) = v.to_str() {
+                    chain.push_str(v);
+                    chain.push_str(", ");
+                }
+            }
+            chain.push_str(&ip.to_string());
+            upstream.insert_header(X_FORWARDED_FOR, chain)?;
+        }
+        upstream.insert_header(X_FORWARDED_PROTO, "http")?;
+        if let Some(host) = request_host(session.req_header()) {
+            let host = host.to_string();
+            upstream.insert_header(X_FORWARDED_HOST, host)?;
+        }
+        upstream.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let status = status_for(e);
+        if status > 0 {
+            let body = own_body(status, &ctx.request_id);
+            if let Ok(resp) = own_response(status, &ctx.request_id, &body) {
+                if let Err(err) = session
+                    .as_downstream_mut()
+                    .write_error_response(resp, body)
+                    .await
+                {
+                    tracing::debug!("could not send the {status} response: {err}");
+                }
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.current = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_statuses() {
+        let e = Error::explain(ErrorType::HTTPStatus(503), "x");
+        assert_eq!(status_for(&e), 503);
+        assert_eq!(status_for(&Error::new_up(ErrorType::ConnectTimedout)), 504);
+        assert_eq!(status_for(&Error::new_up(ErrorType::ReadTimedout)), 504);
+        assert_eq!(status_for(&Error::new_up(ErrorType::ConnectRefused)), 502);
+        assert_eq!(status_for(&Error::new_down(ErrorType::ConnectionClosed)), 0);
+        assert_eq!(status_for(&Error::new_down(ErrorType::InvalidHTTPHeader)), 400);
+        assert_eq!(status_for(&Error::new_in(ErrorType::InternalError)), 500);
+    }
+
+    #[test]
+    fn request_ids_are_unique_hex() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+    }
+}
