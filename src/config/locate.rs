@@ -92,6 +92,12 @@ impl Builder {
                     // This node is a key: remember it and where it stands.
                     let k = scalar_key.unwrap_or("?").to_string();
                     self.nodes.entry(join(path, &k)).or_insert(loc);
+                    // A block mapping's start is reported late: its first key is where it begins.
+                    if let Some(start) = self.nodes.get_mut(path.as_str()) {
+                        if (loc.line, loc.col) < (start.line, start.col) {
+                            *start = loc;
+                        }
+                    }
                     *key = Some(k);
                     None
                 }

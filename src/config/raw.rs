@@ -65,8 +65,9 @@ pub struct RawPool {
     pub algorithm: Option<RawAlgorithm>,
     /// `client_ip | path | uri | {header: NAME} | {cookie: NAME} | {query: NAME}`
     pub hash_key: Option<Value>,
+    /// Each checked on its own (`RawBackend`), so that every bad backend is reported.
     #[serde(default)]
-    pub backends: Vec<RawBackend>,
+    pub backends: Vec<Value>,
     pub retries: Option<u32>,
     pub timeouts: Option<RawTimeouts>,
 }

@@ -100,7 +100,9 @@ impl Checker<'_> {
                 }
                 let message = err.into_inner().to_string();
                 if let Some(field) = unknown_field(&message) {
-                    full = join(&full, field);
+                    if !full.ends_with(&format!(".{field}")) {
+                        full = join(&full, field);
+                    }
                 }
                 self.error(full, message);
                 None
@@ -499,6 +501,9 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
     let mut addrs: HashMap<SocketAddr, usize> = HashMap::new();
     for (i, b) in raw.backends.into_iter().enumerate() {
         let bpath = format!("{path}.backends[{i}]");
+        let Some(b) = ck.parse::<RawBackend>(&bpath, b) else {
+            continue;
+        };
         let weight = match b.weight {
             None => 1,
             Some(w) if (1..=MAX_WEIGHT).contains(&w) => w as u32,

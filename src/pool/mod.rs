@@ -127,7 +127,10 @@ impl Pool {
             })
             .collect();
         let balancer = match config.algorithm {
-            Algorithm::RoundRobin => Balancer::Smooth(load_balancer(set, None)),
+            Algorithm::RoundRobin => {
+                let order: Vec<SocketAddr> = config.backends.iter().map(|b| b.addr).collect();
+                Balancer::Smooth(load_balancer(set, Some(order.into())))
+            }
             Algorithm::LeastConnections => {
                 Balancer::LeastConn(load_balancer(set, Some(backends.clone())))
             }

@@ -98,12 +98,29 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
+/// The order in which the configuration lists the backends: the cycle follows it, as nginx's.
+pub type ConfigOrder = Arc<[std::net::SocketAddr]>;
+
 impl BackendSelection for SmoothWeighted {
     type Iter = SmoothIter;
-    type Config = ();
+    type Config = ConfigOrder;
 
     fn build(backends: &BTreeSet<Backend>) -> Self {
-        let backends: Box<[Backend]> = backends.iter().cloned().collect();
+        Self::build_with_config(backends, &ConfigOrder::from(Vec::new()))
+    }
+
+    fn build_with_config(backends: &BTreeSet<Backend>, order: &ConfigOrder) -> Self {
+        let mut backends: Vec<Backend> = backends.iter().cloned().collect();
+        // Stable sort: backends the order does not name keep address order, after the others.
+        let rank: std::collections::HashMap<&std::net::SocketAddr, usize> =
+            order.iter().enumerate().map(|(i, a)| (a, i)).collect();
+        backends.sort_by_key(|b| {
+            b.addr
+                .as_inet()
+                .and_then(|a| rank.get(a).copied())
+                .unwrap_or(usize::MAX)
+        });
+        let backends: Box<[Backend]> = backends.into();
         let weights: Vec<u64> = backends.iter().map(|b| b.weight.max(1) as u64).collect();
         let uniform = weights.windows(2).all(|w| w[0] == w[1]);
         let cycle = if uniform {
@@ -149,6 +166,21 @@ impl BackendIter for SmoothIter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cycle_follows_configuration_order() {
+        let order: ConfigOrder = vec![
+            "127.0.0.1:3".parse().unwrap(),
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        ]
+        .into();
+        let b = set(&[("127.0.0.1:1", 1), ("127.0.0.1:2", 1), ("127.0.0.1:3", 5)]);
+        let sel = Arc::new(SmoothWeighted::build_with_config(&b, &order));
+        let got = picks(&sel, 7);
+        let want = ["127.0.0.1:3", "127.0.0.1:3", "127.0.0.1:1", "127.0.0.1:3", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:3"];
+        assert_eq!(got, want);
+    }
 
     fn set(specs: &[(&str, usize)]) -> BTreeSet<Backend> {
         specs

@@ -1,0 +1,266 @@
+//! Test support: real backends (hyper servers on 127.0.0.1 ephemeral ports), the real `fulcrum`
+//! binary in its own temp dir (killed on drop), and polling helpers bounded in time.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fulcrum");
+
+/// How a test backend answers.
+#[derive(Clone, Copy, Debug)]
+pub enum Behaviour {
+    /// 200 with its name as the body.
+    Normal,
+    /// Like Normal, after a delay.
+    Delay(Duration),
+}
+
+/// A real HTTP/1.1 backend on 127.0.0.1 that answers with its name (body and `x-backend`),
+/// counts its requests and remembers the headers of the last one.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    last_headers: Arc<Mutex<BTreeMap<String, String>>>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        Backend::start_with(name, Behaviour::Normal).await
+    }
+
+    pub async fn start_with(name: &str, behaviour: Behaviour) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let last_headers = Arc::new(Mutex::new(BTreeMap::new()));
+        let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::new(Mutex::new(Vec::new()));
+        let (n, h, l, t) = (name.to_string(), hits.clone(), last_headers.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (n, h, l) = (n.clone(), h.clone(), l.clone());
+                let conn = tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (n, h, l) = (n.clone(), h.clone(), l.clone());
+                        async move {
+                            h.fetch_add(1, Ordering::SeqCst);
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())
+                                })
+                                .collect();
+                            *l.lock().unwrap() = headers;
+                            if let Behaviour::Delay(d) = behaviour {
+                                tokio::time::sleep(d).await;
+                            }
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .header("x-backend", n.as_str())
+                                    .body(Full::new(Bytes::from(n.clone())))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                t.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        Backend {
+            name: name.to_string(),
+            addr,
+            hits,
+            last_headers,
+            tasks,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn last_headers(&self) -> BTreeMap<String, String> {
+        self.last_headers.lock().unwrap().clone()
+    }
+
+    /// Stop listening and drop every open connection.
+    pub fn stop(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port that was free a moment ago (for fulcrum's listeners).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// An address on which nothing listens.
+pub fn closed_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A running `fulcrum` process with its own directory (config, pid file, upgrade socket, log).
+pub struct Fulcrum {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Fulcrum {
+    /// The `server:` block every test instance uses: its own paths and no grace period.
+    pub fn server_block(dir: &Path) -> String {
+        format!(
+            "server:\n  threads: 1\n  pid_file: {}/fulcrum.pid\n  upgrade_sock: {}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n",
+            dir.display(),
+            dir.display()
+        )
+    }
+
+    /// Start fulcrum with one listener on a fresh port and `body` (routes + pools) as the rest
+    /// of the configuration; returns once the listener accepts.
+    pub async fn start(body: &str) -> Fulcrum {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let yaml = format!(
+            "{}listeners:\n  - name: main\n    listen: 127.0.0.1:{port}\n{body}",
+            Fulcrum::server_block(dir.path())
+        );
+        Fulcrum::start_yaml(dir, port, &yaml).await
+    }
+
+    /// Start fulcrum on a complete configuration whose (first) listener is on `port`.
+    pub async fn start_yaml(dir: tempfile::TempDir, port: u16, yaml: &str) -> Fulcrum {
+        let conf = dir.path().join("fulcrum.yaml");
+        std::fs::write(&conf, yaml).expect("write config");
+        let log = std::fs::File::create(dir.path().join("fulcrum.log")).expect("log file");
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn fulcrum");
+        let mut f = Fulcrum { child, dir, port };
+        f.wait_ready().await;
+        f
+    }
+
+    async fn wait_ready(&mut self) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("fulcrum exited early ({status}):\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "fulcrum not ready:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.path().join("fulcrum.yaml")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("fulcrum.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Fulcrum {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP client that never uses a proxy from the environment.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// A client whose connections leave from `ip` (e.g. 127.0.0.7).
+pub fn client_from(ip: IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(ip)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// GET `url` and return (status, x-backend header or "").
+pub async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
+    let resp = client.get(url).send().await.expect("request");
+    let status = resp.status().as_u16();
+    let backend = resp
+        .headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (status, backend)
+}
+
+/// YAML for a list of backends: `[{address: A, name: N, weight: W}, ...]`.
+pub fn backends_yaml(backends: &[(&Backend, u32)]) -> String {
+    let items: Vec<String> = backends
+        .iter()
+        .map(|(b, w)| format!("{{address: \"{}\", name: {}, weight: {w}}}", b.addr, b.name))
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Count requests per backend name.
+pub fn tally(names: &[String]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for n in names {
+        *m.entry(n.clone()).or_insert(0) += 1;
+    }
+    m
+}
