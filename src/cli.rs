@@ -10,7 +10,12 @@ use pingora::server::configuration::Opt;
 #[command(name = "fulcrum", version, about)]
 pub struct Cli {
     /// The configuration file.
-    #[arg(short = 'c', long = "conf", value_name = "FILE", default_value = "/etc/fulcrum/fulcrum.yaml")]
+    #[arg(
+        short = 'c',
+        long = "conf",
+        value_name = "FILE",
+        default_value = "/etc/fulcrum/fulcrum.yaml"
+    )]
     pub conf: PathBuf,
     /// Validate the configuration and exit (binds no port), like `nginx -t`.
     #[arg(short = 't', long = "test")]

@@ -51,7 +51,11 @@ pub fn run() -> Result<std::convert::Infallible, config::LoadError> {
         svc.add_tcp(&b.addr.to_string());
         server.add_service(svc);
     }
-    let listen = config.listeners.first().map(|l| l.addr.to_string()).unwrap_or_default();
+    let listen = config
+        .listeners
+        .first()
+        .map(|l| l.addr.to_string())
+        .unwrap_or_default();
     println!(
         "fulcrum demo: proxy on http://{listen}/ balancing over {} built-in backends\n\
          try:  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done\n\

@@ -27,7 +27,10 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
-            eprintln!("fulcrum: configuration file {} is invalid", cli.conf.display());
+            eprintln!(
+                "fulcrum: configuration file {} is invalid",
+                cli.conf.display()
+            );
             return ExitCode::from(EX_CONFIG);
         }
     };
@@ -35,7 +38,10 @@ fn main() -> ExitCode {
         eprintln!("warning: {w}");
     }
     if cli.test {
-        eprintln!("fulcrum: configuration file {} is valid", cli.conf.display());
+        eprintln!(
+            "fulcrum: configuration file {} is valid",
+            cli.conf.display()
+        );
         return ExitCode::SUCCESS;
     }
     fulcrum::app::run(cli.pingora_opt(), &config)

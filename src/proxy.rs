@@ -57,9 +57,9 @@ impl RequestCtx {
 
     /// Whether another attempt on another backend is allowed.
     fn may_retry(&self) -> bool {
-        self.pool.as_ref().is_some_and(|p| {
-            self.attempts <= p.retries && self.tried.len() < p.backends().len()
-        })
+        self.pool
+            .as_ref()
+            .is_some_and(|p| self.attempts <= p.retries && self.tried.len() < p.backends().len())
     }
 }
 
@@ -162,7 +162,10 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(pool) = ctx.pool.clone() else {
-            return Err(Error::explain(ErrorType::InternalError, "request has no pool"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "request has no pool",
+            ));
         };
         let picked = {
             let client_ip = session
@@ -189,7 +192,10 @@ impl ProxyHttp for Proxy {
         };
         let backend = pool.backends()[i].clone();
         let peer = pool.peer(i).ok_or_else(|| {
-            Error::explain(ErrorType::InternalError, "picked backend is not in its pool")
+            Error::explain(
+                ErrorType::InternalError,
+                "picked backend is not in its pool",
+            )
         })?;
         ctx.current = Some((i, InflightGuard::acquire(backend)));
         ctx.attempts += 1;
@@ -204,7 +210,11 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing reached the backend: always safe to try another one.
-        let status = if *e.etype() == ErrorType::ConnectTimedout { 504 } else { 502 };
+        let status = if *e.etype() == ErrorType::ConnectTimedout {
+            504
+        } else {
+            502
+        };
         ctx.end_attempt(status);
         if ctx.may_retry() {
             e.set_retry(true);
@@ -241,7 +251,11 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
             let mut chain = String::new();
             for v in upstream.headers.get_all(X_FORWARDED_FOR) {
                 if let Ok(v) = v.to_str() {
@@ -303,7 +317,10 @@ mod tests {
         assert_eq!(status_for(&Error::new_up(ErrorType::ReadTimedout)), 504);
         assert_eq!(status_for(&Error::new_up(ErrorType::ConnectRefused)), 502);
         assert_eq!(status_for(&Error::new_down(ErrorType::ConnectionClosed)), 0);
-        assert_eq!(status_for(&Error::new_down(ErrorType::InvalidHTTPHeader)), 400);
+        assert_eq!(
+            status_for(&Error::new_down(ErrorType::InvalidHTTPHeader)),
+            400
+        );
         assert_eq!(status_for(&Error::new_in(ErrorType::InternalError)), 500);
     }
 

@@ -63,7 +63,11 @@ mod tests {
 
     fn router() -> Router {
         Router::new(&[
-            route(Some(HostMatch::Exact("api.example.com".into())), Some("/v1/"), 0),
+            route(
+                Some(HostMatch::Exact("api.example.com".into())),
+                Some("/v1/"),
+                0,
+            ),
             route(Some(HostMatch::Suffix(".example.com".into())), None, 1),
             route(None, Some("/static/"), 2),
             route(None, None, 3),

@@ -20,7 +20,11 @@ impl Runtime {
     pub fn build(config: &Config) -> Runtime {
         Runtime {
             router: Router::new(&config.routes),
-            pools: config.pools.iter().map(|p| Arc::new(Pool::build(p))).collect(),
+            pools: config
+                .pools
+                .iter()
+                .map(|p| Arc::new(Pool::build(p)))
+                .collect(),
         }
     }
 }

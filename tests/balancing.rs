@@ -27,7 +27,11 @@ async fn round_robin_is_exact_over_equal_weights() {
         names.push(name);
     }
     let t = tally(&names);
-    assert_eq!(t.values().copied().collect::<Vec<_>>(), vec![100; 4], "{t:?}");
+    assert_eq!(
+        t.values().copied().collect::<Vec<_>>(),
+        vec![100; 4],
+        "{t:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,14 +84,22 @@ async fn least_connections_avoids_the_slow_backend() {
     let t = tally(&names);
     let slow_n = t.get("slow").copied().unwrap_or(0);
     let fast_avg = (names.len() - slow_n) / 3;
-    assert!(slow_n * 3 < fast_avg, "slow got {slow_n}, fast average {fast_avg}: {t:?}");
+    assert!(
+        slow_n * 3 < fast_avg,
+        "slow got {slow_n}, fast average {fast_avg}: {t:?}"
+    );
 }
 
 async fn key_map(f: &Fulcrum, keys: &[String]) -> BTreeMap<String, String> {
     let c = client();
     let mut m = BTreeMap::new();
     for k in keys {
-        let resp = c.get(f.url("/")).header("x-user-id", k).send().await.unwrap();
+        let resp = c
+            .get(f.url("/"))
+            .header("x-user-id", k)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         let name = resp.headers()["x-backend"].to_str().unwrap().to_string();
         m.insert(k.clone(), name);
@@ -115,15 +127,26 @@ async fn consistent_hash_is_stable_and_moves_only_the_removed_backends_keys() {
         keyless.push(get(&c, &f.url("/")).await.1);
     }
     let spread = tally(&keyless);
-    assert!(spread.len() >= 3 && spread.values().all(|&n| n <= 25), "{spread:?}");
+    assert!(
+        spread.len() >= 3 && spread.values().all(|&n| n <= 25),
+        "{spread:?}"
+    );
     drop(f);
 
     // Remove "d": only its keys move.
-    let f = Fulcrum::start(&pool_yaml("consistent_hash", extra, &backends_yaml(&all[..3]))).await;
+    let f = Fulcrum::start(&pool_yaml(
+        "consistent_hash",
+        extra,
+        &backends_yaml(&all[..3]),
+    ))
+    .await;
     let second = key_map(&f, &keys).await;
     for k in &keys {
         if first[k] != "d" {
-            assert_eq!(first[k], second[k], "key {k} moved although its backend stayed");
+            assert_eq!(
+                first[k], second[k],
+                "key {k} moved although its backend stayed"
+            );
         } else {
             assert_ne!(second[k], "d");
         }
@@ -149,7 +172,10 @@ async fn ip_hash_pins_each_client_address() {
         seen.insert(ip, names[0].clone());
     }
     let used = tally(&seen.values().cloned().collect::<Vec<_>>());
-    assert!(used.len() >= 2, "20 client addresses use more than one backend: {used:?}");
+    assert!(
+        used.len() >= 2,
+        "20 client addresses use more than one backend: {used:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,10 +141,19 @@ mod tests {
         let idx = LocationIndex::build(text);
         assert_eq!(idx.find("pools"), Location { line: 1, col: 1 });
         assert_eq!(idx.find("pools.web"), Location { line: 2, col: 3 });
-        assert_eq!(idx.find("pools.web.backends[0].weight"), Location { line: 4, col: 31 });
-        assert_eq!(idx.find("pools.web.backends[1].address"), Location { line: 5, col: 9 });
+        assert_eq!(
+            idx.find("pools.web.backends[0].weight"),
+            Location { line: 4, col: 31 }
+        );
+        assert_eq!(
+            idx.find("pools.web.backends[1].address"),
+            Location { line: 5, col: 9 }
+        );
         // unknown paths fall back to the nearest ancestor
-        assert_eq!(idx.find("pools.web.backends[1].nope"), Location { line: 5, col: 9 });
+        assert_eq!(
+            idx.find("pools.web.backends[1].nope"),
+            Location { line: 5, col: 9 }
+        );
         assert_eq!(idx.find("zzz"), Location::START);
     }
 }

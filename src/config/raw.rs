@@ -47,22 +47,12 @@ pub struct RawMatch {
     pub path_prefix: Option<String>,
 }
 
-/// `algorithm:` of a pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RawAlgorithm {
-    RoundRobin,
-    LeastConnections,
-    ConsistentHash,
-    IpHash,
-    Random,
-}
-
 /// One entry of `pools:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
-    pub algorithm: Option<RawAlgorithm>,
+    /// `round_robin | least_connections | consistent_hash | ip_hash | random`
+    pub algorithm: Option<String>,
     /// `client_ip | path | uri | {header: NAME} | {cookie: NAME} | {query: NAME}`
     pub hash_key: Option<Value>,
     /// Each checked on its own (`RawBackend`), so that every bad backend is reported.

@@ -171,7 +171,10 @@ fn check_document(ck: &mut Checker, file: &Path, doc: Value) -> Option<Config> {
         Value::Mapping(m) => m,
         Value::Null => Mapping::new(),
         _ => {
-            ck.error("", "the file must be a mapping with listeners, routes and pools");
+            ck.error(
+                "",
+                "the file must be a mapping with listeners, routes and pools",
+            );
             return None;
         }
     };
@@ -285,7 +288,10 @@ fn check_listeners(ck: &mut Checker, value: Option<Value>) -> Option<Vec<Listene
         } else if let Some(first) = names.insert(raw.name.clone(), i) {
             ck.error(
                 format!("{path}.name"),
-                format!("duplicate listener name `{}` (also listeners[{first}])", raw.name),
+                format!(
+                    "duplicate listener name `{}` (also listeners[{first}])",
+                    raw.name
+                ),
             );
             ok = false;
         }
@@ -385,9 +391,12 @@ fn parse_host(host: &str) -> Result<HostMatch, String> {
         None => (false, host.as_str()),
     };
     let valid = !name.is_empty()
-        && name
-            .split('.')
-            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
     if !valid {
         return Err(format!(
             "`{host}` is not a host name (expected e.g. `api.example.com` or `*.example.com`, without port)"
@@ -464,12 +473,19 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
     let path = format!("pools.{name}");
     let raw: RawPool = ck.parse(&path, value)?;
     let errors_before = ck.problems.len();
-    let algorithm = match raw.algorithm.unwrap_or(RawAlgorithm::RoundRobin) {
-        RawAlgorithm::RoundRobin => Algorithm::RoundRobin,
-        RawAlgorithm::LeastConnections => Algorithm::LeastConnections,
-        RawAlgorithm::ConsistentHash => Algorithm::ConsistentHash,
-        RawAlgorithm::IpHash => Algorithm::IpHash,
-        RawAlgorithm::Random => Algorithm::Random,
+    let algorithm = match raw.algorithm.as_deref().unwrap_or("round_robin") {
+        "round_robin" => Algorithm::RoundRobin,
+        "least_connections" => Algorithm::LeastConnections,
+        "consistent_hash" => Algorithm::ConsistentHash,
+        "ip_hash" => Algorithm::IpHash,
+        "random" => Algorithm::Random,
+        other => {
+            ck.error(
+                format!("{path}.algorithm"),
+                format!("unknown algorithm `{other}`: expected round_robin, least_connections, consistent_hash, ip_hash or random"),
+            );
+            Algorithm::RoundRobin
+        }
     };
     let hash_key = match (algorithm, raw.hash_key) {
         (Algorithm::ConsistentHash, Some(v)) => check_hash_key(ck, &format!("{path}.hash_key"), &v),
@@ -494,7 +510,10 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         (_, None) => None,
     };
     if raw.backends.is_empty() {
-        ck.error(format!("{path}.backends"), "a pool needs at least one backend");
+        ck.error(
+            format!("{path}.backends"),
+            "a pool needs at least one backend",
+        );
     }
     let mut backends = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
@@ -522,14 +541,17 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
                 continue;
             }
         };
-        if let Some(first) = addrs.insert(addr, i) {
+        let duplicate = addrs.insert(addr, i);
+        if let Some(first) = duplicate {
             ck.error(
                 format!("{bpath}.address"),
                 format!("duplicate backend {addr} (also backends[{first}])"),
             );
         }
         let bname = b.name.unwrap_or_else(|| addr.to_string());
-        if bname.trim().is_empty() {
+        if duplicate.is_some() {
+            // already reported; its default name would only repeat it
+        } else if bname.trim().is_empty() {
             ck.error(format!("{bpath}.name"), "must not be empty");
         } else if let Some(first) = names.insert(bname.clone(), i) {
             ck.error(
@@ -547,9 +569,19 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
     let d = Timeouts::default();
     let tpath = format!("{path}.timeouts");
     let timeouts = Timeouts {
-        connect: parse_duration(ck, &format!("{tpath}.connect"), raw_t.connect.as_deref(), d.connect),
+        connect: parse_duration(
+            ck,
+            &format!("{tpath}.connect"),
+            raw_t.connect.as_deref(),
+            d.connect,
+        ),
         read: parse_duration(ck, &format!("{tpath}.read"), raw_t.read.as_deref(), d.read),
-        write: parse_duration(ck, &format!("{tpath}.write"), raw_t.write.as_deref(), d.write),
+        write: parse_duration(
+            ck,
+            &format!("{tpath}.write"),
+            raw_t.write.as_deref(),
+            d.write,
+        ),
         idle: parse_duration(ck, &format!("{tpath}.idle"), raw_t.idle.as_deref(), d.idle),
     };
     let retries = raw.retries.unwrap_or(DEFAULT_RETRIES);
@@ -602,14 +634,20 @@ fn check_hash_key(ck: &mut Checker, path: &str, value: &Value) -> Option<HashKey
                 "header" => match http::HeaderName::from_bytes(name.as_bytes()) {
                     Ok(h) => Some(HashKey::Header(h.as_str().to_string())),
                     Err(_) => {
-                        ck.error(format!("{path}.header"), format!("`{name}` is not a header name"));
+                        ck.error(
+                            format!("{path}.header"),
+                            format!("`{name}` is not a header name"),
+                        );
                         None
                     }
                 },
                 "cookie" => Some(HashKey::Cookie(name.to_string())),
                 "query" => Some(HashKey::Query(name.to_string())),
                 other => {
-                    ck.error(format!("{path}.{other}"), format!("unknown hash key `{other}`: {EXPECTED}"));
+                    ck.error(
+                        format!("{path}.{other}"),
+                        format!("unknown hash key `{other}`: {EXPECTED}"),
+                    );
                     None
                 }
             }

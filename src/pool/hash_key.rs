@@ -92,8 +92,14 @@ mod tests {
         assert_eq!(get(HashKey::ClientIp, &r), Some(vec![10, 1, 2, 3]));
         assert_eq!(get(HashKey::Path, &r), Some(b"/a/b".to_vec()));
         assert_eq!(get(HashKey::Uri, &r), Some(b"/a/b?x=1&user=42&y".to_vec()));
-        assert_eq!(get(HashKey::Header("x-user-id".into()), &r), Some(b"u7".to_vec()));
-        assert_eq!(get(HashKey::Cookie("sid".into()), &r), Some(b"abc".to_vec()));
+        assert_eq!(
+            get(HashKey::Header("x-user-id".into()), &r),
+            Some(b"u7".to_vec())
+        );
+        assert_eq!(
+            get(HashKey::Cookie("sid".into()), &r),
+            Some(b"abc".to_vec())
+        );
         assert_eq!(get(HashKey::Query("user".into()), &r), Some(b"42".to_vec()));
     }
 

@@ -260,7 +260,9 @@ mod tests {
     #[test]
     fn random_respects_weights() {
         let p = pool(Algorithm::Random, &[9, 1]);
-        let heavy = (0..2000).filter(|_| p.select(None, |_| false) == Some(0)).count();
+        let heavy = (0..2000)
+            .filter(|_| p.select(None, |_| false) == Some(0))
+            .count();
         assert!((1600..=1950).contains(&heavy), "{heavy}");
     }
 

@@ -47,15 +47,24 @@ impl Backend {
     }
 
     pub async fn start_with(name: &str, behaviour: Behaviour) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let last_headers = Arc::new(Mutex::new(BTreeMap::new()));
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::new(Mutex::new(Vec::new()));
-        let (n, h, l, t) = (name.to_string(), hits.clone(), last_headers.clone(), tasks.clone());
+        let (n, h, l, t) = (
+            name.to_string(),
+            hits.clone(),
+            last_headers.clone(),
+            tasks.clone(),
+        );
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (n, h, l) = (n.clone(), h.clone(), l.clone());
                 let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -190,7 +199,11 @@ impl Fulcrum {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("fulcrum exited early ({status}):\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "fulcrum not ready:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "fulcrum not ready:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -107,7 +107,10 @@ impl BackendIter for LeastConnIter {
                     continue;
                 }
             }
-            if best.as_ref().is_none_or(|(b, _)| rank.cmp(b) == CmpOrdering::Less) {
+            if best
+                .as_ref()
+                .is_none_or(|(b, _)| rank.cmp(b) == CmpOrdering::Less)
+            {
                 best = Some((rank, i));
             }
         }
@@ -162,7 +165,9 @@ mod tests {
     #[test]
     fn load_is_divided_by_weight() {
         let (sel, c) = setup(&[("127.0.0.1:1", 4), ("127.0.0.1:2", 1)]);
-        let _g: Vec<_> = (0..3).map(|_| InflightGuard::acquire(c[0].clone())).collect();
+        let _g: Vec<_> = (0..3)
+            .map(|_| InflightGuard::acquire(c[0].clone()))
+            .collect();
         // 3/4 < 1/1 once the light backend has one in flight
         let _h = InflightGuard::acquire(c[1].clone());
         assert_eq!(first(&sel), "127.0.0.1:1");
@@ -171,7 +176,9 @@ mod tests {
     #[test]
     fn iteration_visits_each_backend_once_in_load_order() {
         let (sel, c) = setup(&[("127.0.0.1:1", 1), ("127.0.0.1:2", 1), ("127.0.0.1:3", 1)]);
-        let _g: Vec<_> = (0..2).map(|_| InflightGuard::acquire(c[0].clone())).collect();
+        let _g: Vec<_> = (0..2)
+            .map(|_| InflightGuard::acquire(c[0].clone()))
+            .collect();
         let _h = InflightGuard::acquire(c[1].clone());
         let mut it = sel.iter(b"");
         let mut order = Vec::new();

@@ -1,0 +1,98 @@
+//! Routing by host and path, 404 when nothing matches, and the headers a backend sees.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_and_path_first_match_wins() {
+    let api = Backend::start("api").await;
+    let wild = Backend::start("wild").await;
+    let stat = Backend::start("static").await;
+    let yaml = format!(
+        "routes:
+  - match: {{host: api.example.com, path_prefix: /v1/}}
+    pool: api
+  - match: {{host: \"*.example.com\"}}
+    pool: wild
+  - match: {{path_prefix: /static/}}
+    pool: stat
+pools:
+  api: {{backends: [{{address: \"{}\"}}]}}
+  wild: {{backends: [{{address: \"{}\"}}]}}
+  stat: {{backends: [{{address: \"{}\"}}]}}
+",
+        api.addr, wild.addr, stat.addr
+    );
+    let f = Fulcrum::start(&yaml).await;
+    let c = client();
+    let cases = [
+        ("api.example.com", "/v1/users", 200, "api"),
+        ("API.example.com:8080", "/v1/x", 200, "api"),
+        ("api.example.com", "/v2/users", 200, "wild"),
+        ("a.b.example.com", "/", 200, "wild"),
+        ("other.test", "/static/app.js", 200, "static"),
+        ("api.example.com", "/static/app.js", 200, "wild"),
+        ("other.test", "/", 404, ""),
+        ("example.com", "/", 404, ""),
+    ];
+    for (host, path, status, backend) in cases {
+        let resp = c
+            .get(f.url(path))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{host}{path}");
+        let got = resp
+            .headers()
+            .get("x-backend")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        assert_eq!(got, backend, "{host}{path}");
+        if status == 404 {
+            assert!(resp.headers().contains_key("x-request-id"));
+            let body = resp.text().await.unwrap();
+            assert!(body.starts_with("404 Not Found"), "{body}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_sees_forwarding_headers() {
+    let b = Backend::start("b").await;
+    let f = Fulcrum::start(&format!(
+        "routes: [{{pool: p}}]\npools:\n  p: {{backends: [{{address: \"{}\"}}]}}\n",
+        b.addr
+    ))
+    .await;
+    let c = client();
+
+    let resp = c
+        .get(f.url("/x"))
+        .header("host", "shop.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = b.last_headers();
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "shop.test");
+    assert_eq!(h["host"], "shop.test", "Host is passed through");
+    let id = &h["x-request-id"];
+    assert_eq!(id.len(), 32, "generated request id: {id}");
+    assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
+
+    let resp = c
+        .get(f.url("/x"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = b.last_headers();
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1", "appended");
+    assert_eq!(h["x-request-id"], "req-123", "kept");
+}
