@@ -29,6 +29,8 @@ fn pool(algorithm: Algorithm, n: usize) -> Pool {
             .collect(),
         retries: 2,
         timeouts: Timeouts::default(),
+        health_check: None,
+        passive_health: None,
     })
 }
 

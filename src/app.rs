@@ -7,8 +7,10 @@ use arc_swap::ArcSwap;
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::services::background::background_service;
 
 use crate::config::{Config, ServerSettings};
+use crate::health::HealthService;
 use crate::proxy::Proxy;
 use crate::runtime::{Runtime, SharedRuntime};
 
@@ -53,7 +55,13 @@ pub fn build_server(opt: Opt, config: &Config) -> (Server, SharedRuntime) {
     for listener in &config.listeners {
         proxy.add_tcp(&listener.addr.to_string());
     }
-    server.add_service(proxy);
+    // The proxy starts accepting once the first round of health checks is done.
+    let health = server.add_service(background_service(
+        "health checks",
+        HealthService::new(runtime.clone()),
+    ));
+    let proxy = server.add_service(proxy);
+    proxy.add_dependency(&health);
     (server, runtime)
 }
 

@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod logging;
 pub mod pool;
 pub mod proxy;

@@ -2,6 +2,7 @@
 //! retries on another backend, and fulcrum's own error responses. Each phase stays small.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -44,6 +45,7 @@ pub struct RequestCtx {
     attempts: u32,
     /// The status to answer when no further attempt is possible after failures.
     failure_status: u16,
+    started: Instant,
 }
 
 impl RequestCtx {
@@ -57,9 +59,25 @@ impl RequestCtx {
 
     /// Whether another attempt on another backend is allowed.
     fn may_retry(&self) -> bool {
-        self.pool
-            .as_ref()
-            .is_some_and(|p| self.attempts <= p.retries && self.tried.len() < p.backends().len())
+        self.pool.as_ref().is_some_and(|p| {
+            self.attempts <= p.retries
+                && self.tried.len() < p.backends().len()
+                && self.remaining(p).is_none_or(|r| !r.is_zero())
+        })
+    }
+
+    /// Time left before the pool's overall request deadline (None: no deadline).
+    fn remaining(&self, pool: &Pool) -> Option<Duration> {
+        pool.timeouts
+            .request
+            .map(|total| total.saturating_sub(self.started.elapsed()))
+    }
+
+    /// Report the current attempt's failure to the pool (passive health).
+    fn report_failure(&self, why: &str) {
+        if let (Some(pool), Some((i, _))) = (&self.pool, &self.current) {
+            pool.report_failure(*i, why);
+        }
     }
 }
 
@@ -125,6 +143,7 @@ impl ProxyHttp for Proxy {
             tried: Vec::new(),
             attempts: 0,
             failure_status: 502,
+            started: Instant::now(),
         }
     }
 
@@ -228,21 +247,39 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut RequestCtx,
-        client_reused: bool,
+        _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        ctx.end_attempt(status_for(&e).max(502));
-        // Pingora's policy: only an idempotent request whose body can be replayed, and only
-        // when the failure was on a reused (possibly stale) upstream connection.
-        if !session.req_header().method.is_idempotent()
-            || session.as_ref().retry_buffer_truncated()
-            || !ctx.may_retry()
-        {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
+        let upstream_fault = *e.esource() != ErrorSource::Downstream;
+        if upstream_fault {
+            ctx.report_failure(e.etype().as_str());
         }
+        ctx.end_attempt(status_for(&e).max(502));
+        // Replay only what is safe: an idempotent request whose body is empty or fully
+        // buffered, failed by the backend before any response byte reached the client.
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        e.set_retry(upstream_fault && replayable && ctx.may_retry());
         e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(pool), Some((i, _))) = (&ctx.pool, &ctx.current) {
+            let status = upstream_response.status.as_u16();
+            match &pool.passive_health {
+                Some(p) if p.fail_on_status.contains(&status) => {
+                    pool.report_failure(*i, &format!("answered {status}"))
+                }
+                _ => pool.report_success(*i),
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(

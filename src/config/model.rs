@@ -110,6 +110,8 @@ pub struct Timeouts {
     pub write: Duration,
     /// How long an idle keep-alive connection to a backend is kept.
     pub idle: Duration,
+    /// Overall deadline of a request's attempts (None: no deadline).
+    pub request: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -119,6 +121,7 @@ impl Default for Timeouts {
             read: Duration::from_secs(60),
             write: Duration::from_secs(60),
             idle: Duration::from_secs(60),
+            request: None,
         }
     }
 }
@@ -135,4 +138,65 @@ pub struct PoolConfig {
     /// Further attempts on other backends after a failed one.
     pub retries: u32,
     pub timeouts: Timeouts,
+    pub health_check: Option<HealthCheckConfig>,
+    pub passive_health: Option<PassiveHealthConfig>,
+}
+
+/// What an active check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// GET `path` (with `host` as Host, default the backend address); passes on `expect_status`.
+    Http {
+        path: String,
+        expect_status: Vec<u16>,
+        host: Option<String>,
+    },
+    /// A TCP connect.
+    Tcp,
+}
+
+/// `health_check:`: active checks of every backend of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that make an unhealthy backend healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy backend unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+/// `passive_health:`: ejecting backends that fail real requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveHealthConfig {
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+    /// Repeated ejections double up to this.
+    pub max_ejection_time: Duration,
+    /// Never more than this share of the pool is ejected at once.
+    pub max_ejected_percent: u32,
+    /// Upstream statuses that count as failures (default: none).
+    pub fail_on_status: Vec<u16>,
+}
+
+impl HealthCheckConfig {
+    /// HAProxy's defaults: check every 2s, 2 passes to rise, 3 failures to fall.
+    pub const DEFAULT: HealthCheckConfig = HealthCheckConfig {
+        kind: CheckKind::Tcp,
+        interval: Duration::from_secs(2),
+        timeout: Duration::from_secs(1),
+        healthy_threshold: 2,
+        unhealthy_threshold: 3,
+    };
+}
+
+impl PassiveHealthConfig {
+    pub const DEFAULT: PassiveHealthConfig = PassiveHealthConfig {
+        consecutive_failures: 5,
+        ejection_time: Duration::from_secs(30),
+        max_ejection_time: Duration::from_secs(300),
+        max_ejected_percent: 50,
+        fail_on_status: Vec::new(),
+    };
 }

@@ -60,6 +60,43 @@ pub struct RawPool {
     pub backends: Vec<Value>,
     pub retries: Option<u32>,
     pub timeouts: Option<RawTimeouts>,
+    pub health_check: Option<RawHealthCheck>,
+    pub passive_health: Option<RawPassiveHealth>,
+}
+
+/// `health_check:` of a pool: exactly one of `http` / `tcp`, plus timing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub http: Option<RawHttpCheck>,
+    pub tcp: Option<RawTcpCheck>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpCheck {
+    pub path: Option<String>,
+    pub expect_status: Option<Vec<u16>>,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcpCheck {}
+
+/// `passive_health:` of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassiveHealth {
+    pub consecutive_failures: Option<u32>,
+    pub ejection_time: Option<String>,
+    pub max_ejection_time: Option<String>,
+    pub max_ejected_percent: Option<u32>,
+    pub fail_on_status: Option<Vec<u16>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,4 +114,5 @@ pub struct RawTimeouts {
     pub read: Option<String>,
     pub write: Option<String>,
     pub idle: Option<String>,
+    pub request: Option<String>,
 }

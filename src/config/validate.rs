@@ -583,7 +583,17 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
             d.write,
         ),
         idle: parse_duration(ck, &format!("{tpath}.idle"), raw_t.idle.as_deref(), d.idle),
+        request: raw_t
+            .request
+            .as_deref()
+            .map(|t| parse_duration(ck, &format!("{tpath}.request"), Some(t), Duration::ZERO)),
     };
+    let health_check = raw
+        .health_check
+        .and_then(|h| check_health(ck, &format!("{path}.health_check"), h));
+    let passive_health = raw
+        .passive_health
+        .map(|p| check_passive(ck, &format!("{path}.passive_health"), p));
     let retries = raw.retries.unwrap_or(DEFAULT_RETRIES);
     if retries > MAX_RETRIES {
         ck.error(
@@ -598,7 +608,126 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         backends,
         retries,
         timeouts,
+        health_check,
+        passive_health,
     })
+}
+
+fn check_statuses(ck: &mut Checker, path: &str, statuses: &[u16]) {
+    if let Some(bad) = statuses.iter().find(|s| !(100..=599).contains(*s)) {
+        ck.error(path, format!("{bad} is not an HTTP status (100-599)"));
+    }
+}
+
+fn check_health(ck: &mut Checker, path: &str, raw: RawHealthCheck) -> Option<HealthCheckConfig> {
+    let kind = match (raw.http, raw.tcp) {
+        (Some(http), None) => {
+            let hpath = http.path.unwrap_or_else(|| "/".into());
+            if !hpath.starts_with('/') || hpath.parse::<http::Uri>().is_err() {
+                ck.error(
+                    format!("{path}.http.path"),
+                    "must be a path starting with `/`, e.g. /healthz",
+                );
+            }
+            let expect_status = http.expect_status.unwrap_or_else(|| vec![200]);
+            if expect_status.is_empty() {
+                ck.error(format!("{path}.http.expect_status"), "must not be empty");
+            }
+            check_statuses(ck, &format!("{path}.http.expect_status"), &expect_status);
+            Some(CheckKind::Http {
+                path: hpath,
+                expect_status,
+                host: http.host,
+            })
+        }
+        (None, Some(_)) => Some(CheckKind::Tcp),
+        (Some(_), Some(_)) => {
+            ck.error(path, "give either `http` or `tcp`, not both");
+            None
+        }
+        (None, None) => {
+            ck.error(path, "needs `http: {path: /healthz}` or `tcp: {}`");
+            None
+        }
+    };
+    let d = HealthCheckConfig::DEFAULT;
+    let interval = parse_duration(
+        ck,
+        &format!("{path}.interval"),
+        raw.interval.as_deref(),
+        d.interval,
+    );
+    let timeout = parse_duration(
+        ck,
+        &format!("{path}.timeout"),
+        raw.timeout.as_deref(),
+        d.timeout,
+    );
+    if timeout > interval {
+        ck.error(
+            format!("{path}.timeout"),
+            "must not be longer than `interval`",
+        );
+    }
+    let healthy_threshold = raw.healthy_threshold.unwrap_or(d.healthy_threshold);
+    let unhealthy_threshold = raw.unhealthy_threshold.unwrap_or(d.unhealthy_threshold);
+    for (key, v) in [
+        ("healthy_threshold", healthy_threshold),
+        ("unhealthy_threshold", unhealthy_threshold),
+    ] {
+        if !(1..=100).contains(&v) {
+            ck.error(format!("{path}.{key}"), "must be between 1 and 100");
+        }
+    }
+    Some(HealthCheckConfig {
+        kind: kind?,
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+    })
+}
+
+fn check_passive(ck: &mut Checker, path: &str, raw: RawPassiveHealth) -> PassiveHealthConfig {
+    let d = PassiveHealthConfig::DEFAULT;
+    let consecutive_failures = raw.consecutive_failures.unwrap_or(d.consecutive_failures);
+    if consecutive_failures == 0 {
+        ck.error(format!("{path}.consecutive_failures"), "must be at least 1");
+    }
+    let ejection_time = parse_duration(
+        ck,
+        &format!("{path}.ejection_time"),
+        raw.ejection_time.as_deref(),
+        d.ejection_time,
+    );
+    let max_ejection_time = parse_duration(
+        ck,
+        &format!("{path}.max_ejection_time"),
+        raw.max_ejection_time.as_deref(),
+        d.max_ejection_time.max(ejection_time),
+    );
+    if max_ejection_time < ejection_time {
+        ck.error(
+            format!("{path}.max_ejection_time"),
+            "must not be shorter than `ejection_time`",
+        );
+    }
+    let max_ejected_percent = raw.max_ejected_percent.unwrap_or(d.max_ejected_percent);
+    if max_ejected_percent > 100 {
+        ck.error(
+            format!("{path}.max_ejected_percent"),
+            "must be between 0 and 100",
+        );
+    }
+    let fail_on_status = raw.fail_on_status.unwrap_or_default();
+    check_statuses(ck, &format!("{path}.fail_on_status"), &fail_on_status);
+    PassiveHealthConfig {
+        consecutive_failures,
+        ejection_time,
+        max_ejection_time,
+        max_ejected_percent,
+        fail_on_status,
+    }
 }
 
 /// Largest backend weight (as HAProxy's 256): keeps the smooth round-robin table small.

@@ -3,11 +3,13 @@
 
 pub mod hash_key;
 pub mod select;
+pub mod state;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::FutureExt;
 use pingora::upstreams::peer::HttpPeer;
@@ -15,66 +17,13 @@ use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::selection::{BackendIter, BackendSelection, Consistent, Random};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 
-use crate::config::{Algorithm, HashKey, PoolConfig, Timeouts};
+use crate::config::{
+    Algorithm, HashKey, HealthCheckConfig, PassiveHealthConfig, PoolConfig, Timeouts,
+};
+use crate::health::Probe;
+use pingora_load_balancing::health_check::HealthCheck;
 use select::{LeastConnections, SmoothWeighted};
-
-/// What fulcrum keeps per backend, shared by every selector built for its pool.
-#[derive(Debug)]
-pub struct BackendState {
-    /// The stable name (`name:` or the address): the `backend` label.
-    pub name: String,
-    pub addr: SocketAddr,
-    pub weight: u32,
-    inflight: AtomicUsize,
-}
-
-impl BackendState {
-    pub fn new(name: String, addr: SocketAddr, weight: u32) -> Self {
-        BackendState {
-            name,
-            addr,
-            weight,
-            inflight: AtomicUsize::new(0),
-        }
-    }
-
-    /// State for a Pingora backend that no pool owns (a selector built without counters).
-    pub fn detached(b: &Backend) -> Self {
-        let addr = b
-            .addr
-            .as_inet()
-            .copied()
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        BackendState::new(addr.to_string(), addr, b.weight as u32)
-    }
-
-    /// Requests now in flight to this backend.
-    pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts one request in flight to a backend for as long as it lives: released exactly once,
-/// whether the request ends, fails or moves on to another backend.
-#[derive(Debug)]
-pub struct InflightGuard(Arc<BackendState>);
-
-impl InflightGuard {
-    pub fn acquire(state: Arc<BackendState>) -> Self {
-        state.inflight.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(state)
-    }
-
-    pub fn backend(&self) -> &Arc<BackendState> {
-        &self.0
-    }
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+pub use state::{BackendState, InflightGuard, Transition};
 
 /// The pool's algorithm, as a Pingora LoadBalancer over the matching selector.
 enum Balancer {
@@ -84,6 +33,26 @@ enum Balancer {
     Random(LoadBalancer<Random>),
 }
 
+impl Balancer {
+    fn backends(&self) -> &Backends {
+        match self {
+            Balancer::Smooth(lb) => lb.backends(),
+            Balancer::LeastConn(lb) => lb.backends(),
+            Balancer::Hash(lb) => lb.backends(),
+            Balancer::Random(lb) => lb.backends(),
+        }
+    }
+}
+
+/// The Pingora identity of a backend (address + weight).
+fn pingora_backend(s: &BackendState) -> Backend {
+    Backend {
+        addr: pingora::protocols::l4::socket::SocketAddr::Inet(s.addr),
+        weight: s.weight as usize,
+        ext: Default::default(),
+    }
+}
+
 /// One upstream pool, built from its configuration.
 pub struct Pool {
     pub name: String,
@@ -91,19 +60,33 @@ pub struct Pool {
     pub hash_key: Option<HashKey>,
     pub retries: u32,
     pub timeouts: Timeouts,
+    pub health_check: Option<HealthCheckConfig>,
+    pub passive_health: Option<PassiveHealthConfig>,
     /// Sorted by address (the order of Pingora's backend set).
     backends: Arc<[Arc<BackendState>]>,
     balancer: Balancer,
     /// Spreads requests that lack the hash key.
     keyless: AtomicU64,
+    /// When the next round of active checks is due, and whether one is running.
+    next_check: Mutex<Instant>,
+    checking: AtomicBool,
 }
 
-fn load_balancer<S>(set: BTreeSet<Backend>, config: Option<S::Config>) -> LoadBalancer<S>
+type Check = Box<dyn HealthCheck + Send + Sync>;
+
+fn load_balancer<S>(
+    set: BTreeSet<Backend>,
+    config: Option<S::Config>,
+    check: Option<Check>,
+) -> LoadBalancer<S>
 where
     S: BackendSelection + 'static,
     S::Iter: BackendIter,
 {
-    let lb = LoadBalancer::from_backends_with_config(Backends::new(Static::new(set)), config);
+    let mut lb = LoadBalancer::from_backends_with_config(Backends::new(Static::new(set)), config);
+    if let Some(check) = check {
+        lb.set_health_check(check);
+    }
     // Static discovery never waits: the update completes on its first poll.
     let _ = lb.update().now_or_never();
     lb
@@ -114,30 +97,30 @@ impl Pool {
         let mut states: Vec<Arc<BackendState>> = config
             .backends
             .iter()
-            .map(|b| Arc::new(BackendState::new(b.name.clone(), b.addr, b.weight)))
+            .map(|b| {
+                let checked = config.health_check.is_some();
+                Arc::new(BackendState::new(b.name.clone(), b.addr, b.weight, checked))
+            })
             .collect();
         states.sort_by_key(|s| s.addr);
         let backends: Arc<[Arc<BackendState>]> = states.into();
-        let set: BTreeSet<Backend> = backends
-            .iter()
-            .map(|s| Backend {
-                addr: pingora::protocols::l4::socket::SocketAddr::Inet(s.addr),
-                weight: s.weight as usize,
-                ext: Default::default(),
-            })
-            .collect();
+        let set: BTreeSet<Backend> = backends.iter().map(|s| pingora_backend(s)).collect();
+        let check = config
+            .health_check
+            .as_ref()
+            .map(|h| -> Check { Box::new(Probe::new(&config.name, h, backends.clone())) });
         let balancer = match config.algorithm {
             Algorithm::RoundRobin => {
                 let order: Vec<SocketAddr> = config.backends.iter().map(|b| b.addr).collect();
-                Balancer::Smooth(load_balancer(set, Some(order.into())))
+                Balancer::Smooth(load_balancer(set, Some(order.into()), check))
             }
             Algorithm::LeastConnections => {
-                Balancer::LeastConn(load_balancer(set, Some(backends.clone())))
+                Balancer::LeastConn(load_balancer(set, Some(backends.clone()), check))
             }
             Algorithm::ConsistentHash | Algorithm::IpHash => {
-                Balancer::Hash(load_balancer(set, None))
+                Balancer::Hash(load_balancer(set, None, check))
             }
-            Algorithm::Random => Balancer::Random(load_balancer(set, None)),
+            Algorithm::Random => Balancer::Random(load_balancer(set, None, check)),
         };
         Pool {
             name: config.name.clone(),
@@ -145,9 +128,105 @@ impl Pool {
             hash_key: config.hash_key.clone(),
             retries: config.retries,
             timeouts: config.timeouts,
+            health_check: config.health_check.clone(),
+            passive_health: config.passive_health.clone(),
             backends,
             balancer,
             keyless: AtomicU64::new(0),
+            next_check: Mutex::new(Instant::now()),
+            checking: AtomicBool::new(false),
+        }
+    }
+
+    /// When the next round of active checks is due (None: no checks, or one is running).
+    pub fn next_check_at(&self) -> Option<Instant> {
+        if self.health_check.is_none() || self.checking.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.next_check.lock().map(|t| *t).ok()
+    }
+
+    /// Check every backend once, concurrently (each check bounded by the pool's timeout).
+    pub async fn check_round(&self) {
+        let Some(hc) = &self.health_check else {
+            return;
+        };
+        if self.checking.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let started = Instant::now();
+        self.balancer.backends().run_health_check(true).await;
+        if let Ok(mut next) = self.next_check.lock() {
+            *next = started + hc.interval;
+        }
+        self.checking.store(false, Ordering::Relaxed);
+    }
+
+    /// Return backends whose ejection time is over to service, logging each once.
+    pub fn end_due_ejections(&self) {
+        if self.passive_health.is_none() {
+            return;
+        }
+        for s in self.backends.iter() {
+            if s.end_ejection_if_due() {
+                tracing::info!(
+                    "pool {} backend {} ({}) returns to service: ejection time is over",
+                    self.name,
+                    s.name,
+                    s.addr
+                );
+            }
+        }
+    }
+
+    /// Whether backend `i` may take traffic now: Pingora's health, admission and ejection.
+    pub fn is_ready(&self, i: usize) -> bool {
+        let Some(s) = self.backends.get(i) else {
+            return false;
+        };
+        s.usable() && self.balancer.backends().ready(&pingora_backend(s))
+    }
+
+    /// A real request to backend `i` got a response that is not a failure.
+    pub fn report_success(&self, i: usize) {
+        if self.passive_health.is_some() {
+            if let Some(s) = self.backends.get(i) {
+                s.request_succeeded();
+            }
+        }
+    }
+
+    /// A real request to backend `i` failed (`why`); eject it when the failures in a row
+    /// reach the threshold, unless that would eject more than `max_ejected_percent`.
+    pub fn report_failure(&self, i: usize, why: &str) {
+        let (Some(p), Some(s)) = (&self.passive_health, self.backends.get(i)) else {
+            return;
+        };
+        let failures = s.request_failed();
+        if failures < p.consecutive_failures {
+            return;
+        }
+        let ejected = self.backends.iter().filter(|b| b.is_ejected()).count();
+        let allowed = self.backends.len() * p.max_ejected_percent as usize / 100;
+        if ejected < allowed {
+            let reason = format!("{failures} failed requests in a row, last: {why}");
+            let time = s.eject(p.ejection_time, p.max_ejection_time, reason);
+            tracing::warn!(
+                "pool {} backend {} ({}) ejected for {:?}: {failures} failed requests in a row, last: {why}",
+                self.name,
+                s.name,
+                s.addr,
+                time
+            );
+        } else if failures == p.consecutive_failures {
+            tracing::warn!(
+                "pool {} backend {} ({}) failing ({why}) but not ejected: {ejected} of {} already are (max_ejected_percent {})",
+                self.name,
+                s.name,
+                s.addr,
+                self.backends.len(),
+                p.max_ejected_percent
+            );
         }
     }
 
@@ -160,7 +239,12 @@ impl Pool {
     /// Returns the index into `backends()`.
     pub fn select(&self, key: Option<&[u8]>, skip: impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.backends.len();
-        let accept = |b: &Backend, ready: bool| ready && self.index_of(b).is_some_and(|i| !skip(i));
+        let accept = |b: &Backend, ready: bool| {
+            ready
+                && self
+                    .index_of(b)
+                    .is_some_and(|i| !skip(i) && self.backends[i].usable())
+        };
         let picked = match &self.balancer {
             Balancer::Smooth(lb) => lb.select_with(b"", n, accept),
             Balancer::LeastConn(lb) => lb.select_with(b"", n, accept),
@@ -220,6 +304,8 @@ mod tests {
                 .collect(),
             retries: 2,
             timeouts: Timeouts::default(),
+            health_check: None,
+            passive_health: None,
         })
     }
 

@@ -29,16 +29,30 @@ pub enum Behaviour {
     Normal,
     /// Like Normal, after a delay.
     Delay(Duration),
+    /// Accept the connection and close it without answering.
+    Close,
+    /// Accept the connection and never answer (nor close).
+    BlackHole,
 }
 
 /// A real HTTP/1.1 backend on 127.0.0.1 that answers with its name (body and `x-backend`),
-/// counts its requests and remembers the headers of the last one.
+/// counts its requests and remembers the headers of the last one. `GET /healthz` answers the
+/// status set by `set_health` (200 at first) and is counted apart, with its times.
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-    last_headers: Arc<Mutex<BTreeMap<String, String>>>,
+    behaviour: Behaviour,
+    shared: Arc<Shared>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    hits: AtomicUsize,
+    last_headers: Mutex<BTreeMap<String, String>>,
+    last_method: Mutex<String>,
+    health_status: std::sync::atomic::AtomicU16,
+    health_checks: Mutex<Vec<Instant>>,
 }
 
 impl Backend {
@@ -50,45 +64,60 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
+        let shared = Arc::new(Shared::default());
+        shared.health_status.store(200, Ordering::SeqCst);
         let addr = listener.local_addr().expect("backend addr");
-        let hits = Arc::new(AtomicUsize::new(0));
-        let last_headers = Arc::new(Mutex::new(BTreeMap::new()));
+        let tasks = Backend::serve(name, listener, behaviour, shared.clone());
+        Backend {
+            name: name.to_string(),
+            addr,
+            behaviour,
+            shared,
+            tasks,
+        }
+    }
+
+    /// Start again on the same address after `stop()`, keeping the counters.
+    pub async fn restart(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.expect("rebind backend");
+        self.tasks = Backend::serve(&self.name, listener, self.behaviour, self.shared.clone());
+    }
+
+    /// Accept and answer on `listener` until stopped; returns the tasks to abort.
+    fn serve(
+        name: &str,
+        listener: TcpListener,
+        behaviour: Behaviour,
+        shared: Arc<Shared>,
+    ) -> Arc<Mutex<Vec<AbortHandle>>> {
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::new(Mutex::new(Vec::new()));
-        let (n, h, l, t) = (
-            name.to_string(),
-            hits.clone(),
-            last_headers.clone(),
-            tasks.clone(),
-        );
+        let (n, sh, t) = (name.to_string(), shared.clone(), tasks.clone());
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (n, h, l) = (n.clone(), h.clone(), l.clone());
+                match behaviour {
+                    Behaviour::Close => {
+                        sh.hits.fetch_add(1, Ordering::SeqCst);
+                        drop(stream);
+                        continue;
+                    }
+                    Behaviour::BlackHole => {
+                        let hold = tokio::spawn(async move {
+                            let _stream = stream;
+                            std::future::pending::<()>().await
+                        });
+                        t.lock().unwrap().push(hold.abort_handle());
+                        continue;
+                    }
+                    _ => {}
+                }
+                let (n, sh) = (n.clone(), sh.clone());
                 let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (n, h, l) = (n.clone(), h.clone(), l.clone());
-                        async move {
-                            h.fetch_add(1, Ordering::SeqCst);
-                            let headers = req
-                                .headers()
-                                .iter()
-                                .map(|(k, v)| {
-                                    (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())
-                                })
-                                .collect();
-                            *l.lock().unwrap() = headers;
-                            if let Behaviour::Delay(d) = behaviour {
-                                tokio::time::sleep(d).await;
-                            }
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .header("x-backend", n.as_str())
-                                    .body(Full::new(Bytes::from(n.clone())))
-                                    .unwrap(),
-                            )
-                        }
+                        let (n, sh) = (n.clone(), sh.clone());
+                        async move { Ok::<_, Infallible>(answer(&n, &sh, behaviour, req).await) }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -98,21 +127,31 @@ impl Backend {
             }
         });
         tasks.lock().unwrap().push(accept.abort_handle());
-        Backend {
-            name: name.to_string(),
-            addr,
-            hits,
-            last_headers,
-            tasks,
-        }
+        tasks
     }
 
+    /// The status `/healthz` answers from now on.
+    pub fn set_health(&self, status: u16) {
+        self.shared.health_status.store(status, Ordering::SeqCst);
+    }
+
+    /// When `/healthz` was asked, so far.
+    pub fn health_checks(&self) -> Vec<Instant> {
+        self.shared.health_checks.lock().unwrap().clone()
+    }
+
+    /// The method of the last request (not counting health checks).
+    pub fn last_method(&self) -> String {
+        self.shared.last_method.lock().unwrap().clone()
+    }
+
+    /// Requests (or, for Close, connections) so far, not counting health checks.
     pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
+        self.shared.hits.load(Ordering::SeqCst)
     }
 
     pub fn last_headers(&self) -> BTreeMap<String, String> {
-        self.last_headers.lock().unwrap().clone()
+        self.shared.last_headers.lock().unwrap().clone()
     }
 
     /// Stop listening and drop every open connection.
@@ -126,6 +165,51 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+async fn answer(
+    name: &str,
+    shared: &Shared,
+    behaviour: Behaviour,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/healthz" {
+        shared.health_checks.lock().unwrap().push(Instant::now());
+        let status = shared.health_status.load(Ordering::SeqCst);
+        return Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(b"health")))
+            .unwrap();
+    }
+    shared.hits.fetch_add(1, Ordering::SeqCst);
+    *shared.last_method.lock().unwrap() = req.method().to_string();
+    *shared.last_headers.lock().unwrap() = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    if let Behaviour::Delay(d) = behaviour {
+        tokio::time::sleep(d).await;
+    }
+    Response::builder()
+        .header("x-backend", name)
+        .body(Full::new(Bytes::from(name.to_string())))
+        .unwrap()
+}
+
+/// Poll `cond` every 10 ms until it holds or `limit` passes; returns the time it took.
+pub async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
