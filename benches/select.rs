@@ -31,6 +31,7 @@ fn pool(algorithm: Algorithm, n: usize) -> Pool {
         timeouts: Timeouts::default(),
         health_check: None,
         passive_health: None,
+        affinity: None,
     })
 }
 

@@ -1,6 +1,7 @@
 //! fulcrum: an HTTP load balancer and reverse proxy on Pingora. Data flows one way:
 //! YAML -> `config` -> `runtime::Runtime` (routes + pools) -> the request path in `proxy`.
 
+pub mod affinity;
 pub mod app;
 pub mod cli;
 pub mod config;

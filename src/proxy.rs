@@ -13,6 +13,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
+use crate::pool::sticky::{Decision, Pin, Sticky};
 use crate::pool::{hash_key, InflightGuard, Pool};
 use crate::runtime::{Runtime, SharedRuntime};
 
@@ -46,6 +47,10 @@ pub struct RequestCtx {
     /// The status to answer when no further attempt is possible after failures.
     failure_status: u16,
     started: Instant,
+    /// What affinity decided (None: the pool has no affinity).
+    affinity: Option<Decision>,
+    /// Whether the response must (re)set the affinity cookie.
+    set_cookie: bool,
 }
 
 impl RequestCtx {
@@ -93,6 +98,35 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// Seconds since the Unix epoch (cookie expiry times).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Apply affinity to a request's first attempt: the pinned backend if it is ready, else its
+/// deterministic successor, else None (balance normally). Records the decision in `ctx`.
+fn pin(pool: &Pool, sticky: &Sticky, req: &RequestHeader, ctx: &mut RequestCtx) -> Option<usize> {
+    let now = unix_now();
+    let (decision, picked) = match sticky.read(req, now) {
+        Pin::Absent => (Decision::Miss, None),
+        Pin::Invalid | Pin::Unknown { .. } => (Decision::Invalid, None),
+        Pin::Backend { index, expires, .. } if pool.is_ready(index) => {
+            ctx.set_cookie = sticky.needs_refresh(expires, now);
+            ctx.affinity = Some(Decision::Hit);
+            return Some(index);
+        }
+        Pin::Backend { id, .. } => {
+            let ready = (0..pool.backends().len()).filter(|&i| pool.is_ready(i));
+            (Decision::Repinned, sticky.successor(id, ready))
+        }
+    };
+    ctx.affinity = Some(decision);
+    ctx.set_cookie = true;
+    picked
 }
 
 /// The status fulcrum answers for an error that ended a request (0: the client is gone).
@@ -144,6 +178,8 @@ impl ProxyHttp for Proxy {
             attempts: 0,
             failure_status: 502,
             started: Instant::now(),
+            affinity: None,
+            set_cookie: false,
         }
     }
 
@@ -186,7 +222,16 @@ impl ProxyHttp for Proxy {
                 "request has no pool",
             ));
         };
-        let picked = {
+        let pinned = match (&pool.affinity, ctx.attempts) {
+            (Some(sticky), 0) => pin(&pool, sticky, session.req_header(), ctx),
+            (Some(_), _) => {
+                // A retry moves the request to another backend: the cookie must follow it.
+                ctx.set_cookie = true;
+                None
+            }
+            (None, _) => None,
+        };
+        let picked = pinned.or_else(|| {
             let client_ip = session
                 .client_addr()
                 .and_then(|a| a.as_inet())
@@ -197,7 +242,7 @@ impl ProxyHttp for Proxy {
                 .and_then(|k| hash_key::extract(k, session.req_header(), client_ip));
             let tried = &ctx.tried;
             pool.select(key.as_deref(), |i| tried.contains(&i))
-        };
+        });
         let Some(i) = picked else {
             let (status, why) = if ctx.attempts == 0 {
                 (503, "no ready backend")
@@ -210,12 +255,29 @@ impl ProxyHttp for Proxy {
             ));
         };
         let backend = pool.backends()[i].clone();
-        let peer = pool.peer(i).ok_or_else(|| {
+        let mut peer = pool.peer(i).ok_or_else(|| {
             Error::explain(
                 ErrorType::InternalError,
                 "picked backend is not in its pool",
             )
         })?;
+        if let Some(left) = ctx.remaining(&pool) {
+            if left.is_zero() {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(504),
+                    format!("pool {}: request deadline passed", pool.name),
+                ));
+            }
+            // Each attempt's timeouts are cut to what is left of the deadline.
+            let o = &mut peer.options;
+            for t in [
+                &mut o.connection_timeout,
+                &mut o.read_timeout,
+                &mut o.write_timeout,
+            ] {
+                *t = Some(t.map_or(left, |t| t.min(left)));
+            }
+        }
         ctx.current = Some((i, InflightGuard::acquire(backend)));
         ctx.attempts += 1;
         Ok(Box::new(peer))
@@ -234,6 +296,7 @@ impl ProxyHttp for Proxy {
         } else {
             502
         };
+        ctx.report_failure(e.etype().as_str());
         ctx.end_attempt(status);
         if ctx.may_retry() {
             e.set_retry(true);
@@ -309,6 +372,27 @@ impl ProxyHttp for Proxy {
             upstream.insert_header(X_FORWARDED_HOST, host)?;
         }
         upstream.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !ctx.set_cookie {
+            return Ok(());
+        }
+        if let (Some(pool), Some((i, _))) = (&ctx.pool, &ctx.current) {
+            if let Some(cookie) = pool
+                .affinity
+                .as_ref()
+                .and_then(|s| s.set_cookie(*i, unix_now(), false))
+            {
+                response.append_header(http::header::SET_COOKIE, cookie)?;
+            }
+        }
         Ok(())
     }
 

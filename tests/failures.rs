@@ -80,3 +80,25 @@ async fn a_backend_slower_than_the_read_timeout_gives_504() {
     let body = resp.text().await.unwrap();
     assert!(body.starts_with("504 Gateway Timeout"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_deadline_bounds_all_attempts() {
+    let slow1 = Backend::start_with("s1", Behaviour::Delay(Duration::from_secs(5))).await;
+    let slow2 = Backend::start_with("s2", Behaviour::Delay(Duration::from_secs(5))).await;
+    let f = Fulcrum::start(&format!(
+        "routes: [{{pool: p}}]\npools:\n  p:\n    retries: 3\n    timeouts: {{read: 1s, request: 400ms}}\n    backends: [{{address: \"{}\"}}, {{address: \"{}\"}}]\n",
+        slow1.addr, slow2.addr
+    ))
+    .await;
+    let started = Instant::now();
+    let resp = client().get(f.url("/")).send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 504);
+    // Without the deadline: two tries of 1 s each.
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    assert_eq!(
+        slow1.hits() + slow2.hits(),
+        1,
+        "no attempt starts after the deadline"
+    );
+}

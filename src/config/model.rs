@@ -140,6 +140,32 @@ pub struct PoolConfig {
     pub timeouts: Timeouts,
     pub health_check: Option<HealthCheckConfig>,
     pub passive_health: Option<PassiveHealthConfig>,
+    pub affinity: Option<AffinityConfig>,
+}
+
+/// Secret key material: never printed.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secrets(pub Vec<Vec<u8>>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets({} keys)", self.0.len())
+    }
+}
+
+/// `affinity:`: the cookie that pins a client to a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AffinityConfig {
+    pub cookie: String,
+    pub max_age: Duration,
+    pub domain: Option<String>,
+    pub path: String,
+    /// `Lax`, `Strict` or `None`.
+    pub same_site: String,
+    /// None: Secure on TLS listeners only.
+    pub secure: Option<bool>,
+    /// Signing keys (the first signs, all verify); empty: unsigned cookies.
+    pub keys: Secrets,
 }
 
 /// What an active check does.

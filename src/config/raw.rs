@@ -62,6 +62,21 @@ pub struct RawPool {
     pub timeouts: Option<RawTimeouts>,
     pub health_check: Option<RawHealthCheck>,
     pub passive_health: Option<RawPassiveHealth>,
+    pub affinity: Option<RawAffinity>,
+}
+
+/// `affinity:` of a pool: the sticky-session cookie.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAffinity {
+    pub cookie: String,
+    pub max_age: Option<String>,
+    pub domain: Option<String>,
+    pub path: Option<String>,
+    pub same_site: Option<String>,
+    pub secure: Option<bool>,
+    pub keys_file: Option<String>,
+    pub keys_env: Option<String>,
 }
 
 /// `health_check:` of a pool: exactly one of `http` / `tcp`, plus timing.

@@ -55,6 +55,8 @@ fn render(file: &str, p: &Problem) -> String {
 /// Collects problems and warnings, locating each by its key path.
 struct Checker<'a> {
     index: &'a LocationIndex,
+    /// The configuration file's directory: relative file names in it are resolved from here.
+    base: std::path::PathBuf,
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
 }
@@ -152,6 +154,7 @@ pub fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let index = LocationIndex::build(text);
     let mut ck = Checker {
         index: &index,
+        base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         problems: Vec::new(),
         warnings: Vec::new(),
     };
@@ -594,6 +597,9 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
     let passive_health = raw
         .passive_health
         .map(|p| check_passive(ck, &format!("{path}.passive_health"), p));
+    let affinity = raw
+        .affinity
+        .map(|a| check_affinity(ck, &format!("{path}.affinity"), a));
     let retries = raw.retries.unwrap_or(DEFAULT_RETRIES);
     if retries > MAX_RETRIES {
         ck.error(
@@ -610,7 +616,123 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         timeouts,
         health_check,
         passive_health,
+        affinity,
     })
+}
+
+/// Shortest accepted affinity key, in bytes.
+pub const MIN_KEY_LEN: usize = 16;
+
+fn check_affinity(ck: &mut Checker, path: &str, raw: RawAffinity) -> AffinityConfig {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    if !token(&raw.cookie) {
+        ck.error(
+            format!("{path}.cookie"),
+            format!("`{}` is not a valid cookie name", raw.cookie),
+        );
+    }
+    let max_age = parse_duration(
+        ck,
+        &format!("{path}.max_age"),
+        raw.max_age.as_deref(),
+        Duration::from_secs(3600),
+    );
+    let cookie_path = raw.path.unwrap_or_else(|| "/".into());
+    if !cookie_path.starts_with('/') || cookie_path.contains([';', ',', ' ']) {
+        ck.error(format!("{path}.path"), "must be a path starting with `/`");
+    }
+    if let Some(d) = &raw.domain {
+        if parse_host(d).is_err() || d.starts_with("*.") {
+            ck.error(format!("{path}.domain"), format!("`{d}` is not a domain"));
+        }
+    }
+    let same_site = match raw.same_site.as_deref().unwrap_or("Lax") {
+        s @ ("Lax" | "Strict" | "None") => s.to_string(),
+        other => {
+            ck.error(
+                format!("{path}.same_site"),
+                format!("`{other}`: expected Lax, Strict or None"),
+            );
+            "Lax".into()
+        }
+    };
+    if same_site == "None" && raw.secure == Some(false) {
+        ck.error(
+            format!("{path}.same_site"),
+            "SameSite=None needs a Secure cookie (browsers drop it otherwise)",
+        );
+    }
+    let text = match (&raw.keys_file, &raw.keys_env) {
+        (Some(_), Some(_)) => {
+            ck.error(path, "give `keys_file` or `keys_env`, not both");
+            None
+        }
+        (Some(file), None) => match std::fs::read_to_string(ck.base.join(file)) {
+            Ok(t) => Some((format!("{path}.keys_file"), t)),
+            Err(e) => {
+                ck.error(
+                    format!("{path}.keys_file"),
+                    format!("cannot read {file}: {e}"),
+                );
+                None
+            }
+        },
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(t) => Some((format!("{path}.keys_env"), t)),
+            Err(_) => {
+                ck.error(
+                    format!("{path}.keys_env"),
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+        (None, None) => {
+            ck.warn(
+                path,
+                "no keys_file or keys_env: affinity cookies are unsigned (a client can pick its backend)",
+            );
+            None
+        }
+    };
+    let mut keys = Vec::new();
+    if let Some((kpath, text)) = text {
+        // One key per line (or comma-separated); blank lines and `#` comments are skipped.
+        for key in text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split(','))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            if key.len() < MIN_KEY_LEN {
+                ck.error(
+                    &kpath,
+                    format!(
+                        "a key is {} bytes long: keys need at least {MIN_KEY_LEN}",
+                        key.len()
+                    ),
+                );
+            }
+            keys.push(key.as_bytes().to_vec());
+        }
+        if keys.is_empty() {
+            ck.error(&kpath, "holds no key");
+        }
+    }
+    AffinityConfig {
+        cookie: raw.cookie,
+        max_age,
+        domain: raw.domain,
+        path: cookie_path,
+        same_site,
+        secure: raw.secure,
+        keys: Secrets(keys),
+    }
 }
 
 fn check_statuses(ck: &mut Checker, path: &str, statuses: &[u16]) {

@@ -4,6 +4,7 @@
 pub mod hash_key;
 pub mod select;
 pub mod state;
+pub mod sticky;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -62,6 +63,7 @@ pub struct Pool {
     pub timeouts: Timeouts,
     pub health_check: Option<HealthCheckConfig>,
     pub passive_health: Option<PassiveHealthConfig>,
+    pub affinity: Option<sticky::Sticky>,
     /// Sorted by address (the order of Pingora's backend set).
     backends: Arc<[Arc<BackendState>]>,
     balancer: Balancer,
@@ -130,6 +132,10 @@ impl Pool {
             timeouts: config.timeouts,
             health_check: config.health_check.clone(),
             passive_health: config.passive_health.clone(),
+            affinity: config
+                .affinity
+                .as_ref()
+                .map(|a| sticky::Sticky::new(&config.name, a, &backends)),
             backends,
             balancer,
             keyless: AtomicU64::new(0),
@@ -306,6 +312,7 @@ mod tests {
             timeouts: Timeouts::default(),
             health_check: None,
             passive_health: None,
+            affinity: None,
         })
     }
 

@@ -1,0 +1,220 @@
+//! The pool's side of affinity: the backends' stable ids, reading the request's cookie into a
+//! pin, the deterministic successor of a pin, and the Set-Cookie header.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pingora::http::RequestHeader;
+
+use crate::affinity::{self, Keys};
+use crate::config::AffinityConfig;
+use crate::pool::hash_key::cookie_value;
+use crate::pool::BackendState;
+
+/// What affinity did for a request (kept for metrics and the access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// A valid cookie whose backend was ready: sent there.
+    Hit,
+    /// No cookie: balanced normally, cookie set.
+    Miss,
+    /// A valid cookie whose backend was not ready: deterministic successor, new cookie.
+    Repinned,
+    /// A tampered, expired, unparsable or foreign cookie: balanced normally, new cookie.
+    Invalid,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Hit => "hit",
+            Decision::Miss => "miss",
+            Decision::Repinned => "repinned",
+            Decision::Invalid => "invalid",
+        }
+    }
+}
+
+/// What the request's cookie says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    /// No affinity cookie.
+    Absent,
+    /// A cookie that is not valid for this pool now.
+    Invalid,
+    /// A valid cookie naming backend `index` (id `id`), valid until `expires`.
+    Backend { index: usize, id: u64, expires: u64 },
+    /// A valid cookie whose backend is no longer in the pool.
+    Unknown { id: u64 },
+}
+
+/// A pool's affinity settings, ready for the request path.
+pub struct Sticky {
+    pool: String,
+    cookie: String,
+    keys: Keys,
+    max_age: u64,
+    /// `; Max-Age=..; Path=..; [Domain=..;] SameSite=..; HttpOnly`, without Secure.
+    attributes: String,
+    secure: Option<bool>,
+    /// Stable id of each backend, by pool index.
+    ids: Vec<u64>,
+    by_id: HashMap<u64, usize>,
+}
+
+impl Sticky {
+    pub fn new(pool: &str, config: &AffinityConfig, backends: &[Arc<BackendState>]) -> Sticky {
+        let ids: Vec<u64> = backends
+            .iter()
+            .map(|b| affinity::backend_id(pool, &b.name))
+            .collect();
+        let by_id = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let max_age = config.max_age.as_secs().max(1);
+        let mut attributes = format!("; Max-Age={max_age}; Path={}", config.path);
+        if let Some(d) = &config.domain {
+            attributes.push_str(&format!("; Domain={d}"));
+        }
+        attributes.push_str(&format!("; SameSite={}; HttpOnly", config.same_site));
+        Sticky {
+            pool: pool.to_string(),
+            cookie: config.cookie.clone(),
+            keys: Keys::new(&config.keys.0),
+            max_age,
+            attributes,
+            secure: config.secure,
+            ids,
+            by_id,
+        }
+    }
+
+    /// Read the affinity cookie of `req` at `now` (unix seconds).
+    pub fn read(&self, req: &RequestHeader, now: u64) -> Pin {
+        let value = req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .find_map(|h| cookie_value(h.as_bytes(), self.cookie.as_bytes()));
+        let Some(value) = value else {
+            return Pin::Absent;
+        };
+        match affinity::open(&self.keys, &self.pool, value, now) {
+            Err(_) => Pin::Invalid,
+            Ok(id) => match self.by_id.get(&id) {
+                Some(&index) => Pin::Backend {
+                    index,
+                    id,
+                    expires: expiry_of(value).unwrap_or(now),
+                },
+                None => Pin::Unknown { id },
+            },
+        }
+    }
+
+    /// Whether a cookie valid until `expires` is worth renewing at `now` (half its life gone).
+    pub fn needs_refresh(&self, expires: u64, now: u64) -> bool {
+        expires.saturating_sub(now) < self.max_age / 2
+    }
+
+    /// The deterministic successor of pin `id` among `candidates` (pool indices).
+    pub fn successor(&self, id: u64, candidates: impl Iterator<Item = usize>) -> Option<usize> {
+        let candidates: Vec<usize> = candidates.collect();
+        let winner = affinity::rendezvous(id, candidates.iter().map(|&i| self.ids[i]))?;
+        candidates.get(winner).copied()
+    }
+
+    /// The Set-Cookie value pinning backend `index` from `now`; `tls` says whether the client
+    /// came over TLS (Secure by default there).
+    pub fn set_cookie(&self, index: usize, now: u64, tls: bool) -> Option<String> {
+        let id = *self.ids.get(index)?;
+        let value = affinity::seal(&self.keys, &self.pool, id, now + self.max_age);
+        let secure = if self.secure.unwrap_or(tls) {
+            "; Secure"
+        } else {
+            ""
+        };
+        Some(format!(
+            "{}={value}{}{secure}",
+            self.cookie, self.attributes
+        ))
+    }
+}
+
+/// The expiry field of a cookie value that `affinity::open` accepted.
+fn expiry_of(value: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(value).ok()?;
+    text.split('.').nth(2)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secrets;
+    use std::time::Duration;
+
+    fn sticky(keys: &[&str]) -> Sticky {
+        let backends: Vec<Arc<BackendState>> = (0..3)
+            .map(|i| {
+                Arc::new(BackendState::new(
+                    format!("b{i}"),
+                    format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                    1,
+                    false,
+                ))
+            })
+            .collect();
+        let config = AffinityConfig {
+            cookie: "sid".into(),
+            max_age: Duration::from_secs(3600),
+            domain: Some("example.com".into()),
+            path: "/".into(),
+            same_site: "Lax".into(),
+            secure: None,
+            keys: Secrets(keys.iter().map(|k| k.as_bytes().to_vec()).collect()),
+        };
+        Sticky::new("web", &config, &backends)
+    }
+
+    fn request(cookie: &str) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.append_header("cookie", cookie).unwrap();
+        r
+    }
+
+    #[test]
+    fn round_trip_through_set_cookie() {
+        let s = sticky(&["0123456789abcdef0123"]);
+        let header = s.set_cookie(2, 1000, false).unwrap();
+        assert!(
+            header.ends_with("; Max-Age=3600; Path=/; Domain=example.com; SameSite=Lax; HttpOnly"),
+            "{header}"
+        );
+        let value = header.split(';').next().unwrap();
+        let pin = s.read(&request(&format!("a=1; {value}")), 1000);
+        assert!(
+            matches!(
+                pin,
+                Pin::Backend {
+                    index: 2,
+                    expires: 4600,
+                    ..
+                }
+            ),
+            "{pin:?}"
+        );
+        assert!(!s.needs_refresh(4600, 1000));
+        assert!(s.needs_refresh(4600, 3000));
+        assert!(s.set_cookie(0, 0, true).unwrap().ends_with("; Secure"));
+    }
+
+    #[test]
+    fn bad_cookies_are_invalid_and_absent_is_absent() {
+        let s = sticky(&["0123456789abcdef0123"]);
+        assert_eq!(s.read(&request("a=1"), 0), Pin::Absent);
+        assert_eq!(s.read(&request("sid=garbage"), 0), Pin::Invalid);
+        let other = sticky(&["another-key-0123456789"])
+            .set_cookie(0, 0, false)
+            .unwrap();
+        let value = other.split(';').next().unwrap();
+        assert_eq!(s.read(&request(value), 0), Pin::Invalid);
+    }
+}
