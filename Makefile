@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN_DEBUG := $(CARGO_TARGET_DIR)/debug/fulcrum
 BIN_RELEASE := $(CARGO_TARGET_DIR)/release/fulcrum
 
-.PHONY: all setup build release demo test lint check-conf bench bench-select
+.PHONY: all setup test-tools build release demo test lint check-conf bench bench-select
 
 all: build
 
@@ -15,6 +15,12 @@ setup:
 	@command -v cmake >/dev/null 2>&1 || { \
 	  echo "installing cmake"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake; }
+
+# What the tests use beyond Rust: promtool (Debian's prometheus package) and curl.
+test-tools:
+	@command -v promtool >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || { \
+	  echo "installing promtool and curl"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus curl; }
 
 build: setup
 	cargo build
@@ -32,7 +38,7 @@ lint: setup
 check-conf: build
 	@for f in conf/*.yaml; do $(BIN_DEBUG) -c $$f -t || exit 1; done
 
-test: lint check-conf
+test: lint check-conf test-tools
 	cargo test --all-targets
 
 bench-select: setup

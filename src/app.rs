@@ -9,8 +9,15 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 
+use std::sync::atomic::AtomicBool;
+
+use pingora::services::listening::Service;
+
+use crate::access_log;
+use crate::admin::{AdminApp, DrainWatch};
 use crate::config::{Config, ServerSettings};
 use crate::health::HealthService;
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::runtime::{Runtime, SharedRuntime};
 
@@ -46,12 +53,25 @@ pub fn server_conf(s: &ServerSettings) -> ServerConf {
     }
 }
 
-/// A bootstrapped server with the proxy service for `config` added, ready to run.
-pub fn build_server(opt: Opt, config: &Config) -> (Server, SharedRuntime) {
+/// A bootstrapped server with every service for `config` added, ready to run.
+pub fn build_server(opt: Opt, config: &Config) -> Result<(Server, SharedRuntime), String> {
+    let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config.server));
     server.bootstrap();
-    let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config)));
-    let mut proxy = http_proxy_service(&server.configuration, Proxy::new(runtime.clone()));
+    let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, &metrics)));
+    metrics
+        .watch(runtime.clone())
+        .map_err(|e| format!("metrics: {e}"))?;
+
+    let access_log = config.access_log.clone().map(|target| {
+        let (log, writer) = access_log::channel(target);
+        server.add_service(background_service("access log", writer));
+        Arc::new(log)
+    });
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Proxy::new(runtime.clone(), access_log),
+    );
     for listener in &config.listeners {
         proxy.add_tcp(&listener.addr.to_string());
     }
@@ -62,14 +82,31 @@ pub fn build_server(opt: Opt, config: &Config) -> (Server, SharedRuntime) {
     ));
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&health);
-    (server, runtime)
+
+    if let Some(admin) = &config.admin {
+        let draining = Arc::new(AtomicBool::new(false));
+        server.add_service(background_service(
+            "drain watch",
+            DrainWatch::new(server.watch_execution_phase(), draining.clone()),
+        ));
+        let mut service = Service::new(
+            "admin".to_string(),
+            AdminApp::new(metrics.clone(), runtime.clone(), draining),
+        );
+        service.add_tcp(&admin.listen.to_string());
+        server.add_service(service);
+    }
+    Ok((server, runtime))
 }
 
-/// Run the proxy for `config` until shutdown; never returns.
-pub fn run(opt: Opt, config: &Config) -> ! {
-    let (server, _runtime) = build_server(opt, config);
+/// Run the proxy for `config` until shutdown; returns only if it cannot start.
+pub fn run(opt: Opt, config: &Config) -> Result<std::convert::Infallible, String> {
+    let (server, _runtime) = build_server(opt, config)?;
     for l in &config.listeners {
         tracing::info!("listener {} on {}", l.name, l.addr);
+    }
+    if let Some(a) = &config.admin {
+        tracing::info!("admin on {}", a.listen);
     }
     server.run_forever()
 }

@@ -35,14 +35,14 @@ impl ServeHttp for NamedBackend {
     }
 }
 
-/// Run the demo until interrupted; never returns.
-pub fn run() -> Result<std::convert::Infallible, config::LoadError> {
-    let config = config::parse(Path::new("<demo>"), DEMO_YAML)?;
-    let (mut server, _runtime) = crate::app::build_server(Opt::default(), &config);
+/// Run the demo until interrupted; returns only if it cannot start.
+pub fn run() -> Result<std::convert::Infallible, String> {
+    let config = config::parse(Path::new("<demo>"), DEMO_YAML).map_err(|e| e.to_string())?;
+    let (mut server, _runtime) = crate::app::build_server(Opt::default(), &config)?;
     let pool = config
         .pools
         .first()
-        .ok_or_else(|| config::LoadError::Read("the demo configuration has no pool".into()))?;
+        .ok_or("the demo configuration has no pool")?;
     for b in &pool.backends {
         let app = NamedBackend {
             name: b.name.clone(),
@@ -56,10 +56,17 @@ pub fn run() -> Result<std::convert::Infallible, config::LoadError> {
         .first()
         .map(|l| l.addr.to_string())
         .unwrap_or_default();
+    let admin = config
+        .admin
+        .as_ref()
+        .map(|a| a.listen.to_string())
+        .unwrap_or_default();
     println!(
         "fulcrum demo: proxy on http://{listen}/ balancing over {} built-in backends\n\
-         try:  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done\n\
-         stop: Ctrl-C",
+         try:     for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done\n\
+         metrics: curl -s http://{admin}/metrics | grep ^fulcrum_\n\
+         status:  curl -s http://{admin}/status\n\
+         stop:    Ctrl-C",
         pool.backends.len()
     );
     server.run_forever()

@@ -1,6 +1,8 @@
 //! fulcrum: an HTTP load balancer and reverse proxy on Pingora. Data flows one way:
 //! YAML -> `config` -> `runtime::Runtime` (routes + pools) -> the request path in `proxy`.
 
+pub mod access_log;
+pub mod admin;
 pub mod affinity;
 pub mod app;
 pub mod cli;
@@ -8,7 +10,9 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 pub mod runtime;

@@ -18,8 +18,8 @@ fn main() -> ExitCode {
     if let Some(Command::Demo) = cli.command {
         return match fulcrum::demo::run() {
             Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EX_CONFIG)
+                eprintln!("fulcrum demo: {e}");
+                ExitCode::FAILURE
             }
         };
     }
@@ -44,5 +44,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    fulcrum::app::run(cli.pingora_opt(), &config)
+    match fulcrum::app::run(cli.pingora_opt(), &config) {
+        Err(e) => {
+            eprintln!("fulcrum: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

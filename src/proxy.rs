@@ -10,12 +10,14 @@ use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{ErrorSource, ErrorType};
 
+use crate::access_log::{AccessLog, Entry};
+use crate::metrics::ErrorKind;
 use crate::pool::sticky::{Decision, Pin, Sticky};
 use crate::pool::{hash_key, InflightGuard, Pool};
-use crate::runtime::{Runtime, SharedRuntime};
+use crate::runtime::{PoolObserver, Runtime, SharedRuntime};
 
 const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -25,11 +27,15 @@ const X_FORWARDED_HOST: &str = "x-forwarded-host";
 /// The proxy service's logic; holds only the shared runtime snapshot.
 pub struct Proxy {
     runtime: SharedRuntime,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Proxy {
-    pub fn new(runtime: SharedRuntime) -> Self {
-        Proxy { runtime }
+    pub fn new(runtime: SharedRuntime, access_log: Option<Arc<AccessLog>>) -> Self {
+        Proxy {
+            runtime,
+            access_log,
+        }
     }
 }
 
@@ -38,6 +44,10 @@ pub struct RequestCtx {
     /// The snapshot this request started with; it keeps it to the end.
     runtime: Arc<Runtime>,
     pool: Option<Arc<Pool>>,
+    /// Index of `pool` in the runtime (for its observer).
+    pool_index: Option<usize>,
+    /// Index of the listener the request came in on.
+    listener: usize,
     request_id: HeaderValue,
     /// The backend of the current attempt; dropping it releases the in-flight count.
     current: Option<(usize, InflightGuard)>,
@@ -51,6 +61,10 @@ pub struct RequestCtx {
     affinity: Option<Decision>,
     /// Whether the response must (re)set the affinity cookie.
     set_cookie: bool,
+    /// The status of the backend's response, if one arrived.
+    upstream_status: Option<u16>,
+    /// The status fulcrum answered itself after a failure (0: client gone).
+    error_status: Option<u16>,
 }
 
 impl RequestCtx {
@@ -79,10 +93,18 @@ impl RequestCtx {
     }
 
     /// Report the current attempt's failure to the pool (passive health).
-    fn report_failure(&self, why: &str) {
+    fn report_failure(&self, kind: ErrorKind, why: &str) {
         if let (Some(pool), Some((i, _))) = (&self.pool, &self.current) {
             pool.report_failure(*i, why);
+            if let Some(o) = self.observer() {
+                o.metrics.upstream_error(*i, kind);
+            }
         }
+    }
+
+    /// The metric handles and log limit of the request's pool (None before routing).
+    fn observer(&self) -> Option<&PoolObserver> {
+        self.pool_index.and_then(|i| self.runtime.observers.get(i))
     }
 }
 
@@ -172,6 +194,8 @@ impl ProxyHttp for Proxy {
         RequestCtx {
             runtime: self.runtime.load_full(),
             pool: None,
+            pool_index: None,
+            listener: 0,
             request_id: HeaderValue::from_static("-"),
             current: None,
             tried: Vec::new(),
@@ -180,6 +204,8 @@ impl ProxyHttp for Proxy {
             started: Instant::now(),
             affinity: None,
             set_cookie: false,
+            upstream_status: None,
+            error_status: None,
         }
     }
 
@@ -195,13 +221,13 @@ impl ProxyHttp for Proxy {
             .filter(|v| !v.is_empty() && v.len() <= 200)
             .cloned()
             .unwrap_or_else(new_request_id);
-        let pool = ctx
+        ctx.listener = ctx
             .runtime
-            .router
-            .find(request_host(req), req.uri.path())
-            .and_then(|i| ctx.runtime.pools.get(i).cloned());
-        if pool.is_some() {
-            ctx.pool = pool;
+            .listener_of(session.server_addr().and_then(|a| a.as_inet()));
+        let index = ctx.runtime.router.find(request_host(req), req.uri.path());
+        if let Some(pool) = index.and_then(|i| ctx.runtime.pools.get(i).cloned()) {
+            ctx.pool = Some(pool);
+            ctx.pool_index = index;
             return Ok(false);
         }
         let body = own_body(404, &ctx.request_id);
@@ -243,7 +269,17 @@ impl ProxyHttp for Proxy {
             let tried = &ctx.tried;
             pool.select(key.as_deref(), |i| tried.contains(&i))
         });
+        if ctx.attempts > 0 {
+            if let Some(o) = ctx.observer() {
+                o.metrics.retry();
+            }
+        }
         let Some(i) = picked else {
+            if ctx.attempts == 0 {
+                if let Some(o) = ctx.observer() {
+                    o.metrics.no_backend();
+                }
+            }
             let (status, why) = if ctx.attempts == 0 {
                 (503, "no ready backend")
             } else {
@@ -296,7 +332,7 @@ impl ProxyHttp for Proxy {
         } else {
             502
         };
-        ctx.report_failure(e.etype().as_str());
+        ctx.report_failure(ErrorKind::of(&e), e.etype().as_str());
         ctx.end_attempt(status);
         if ctx.may_retry() {
             e.set_retry(true);
@@ -315,7 +351,7 @@ impl ProxyHttp for Proxy {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let upstream_fault = *e.esource() != ErrorSource::Downstream;
         if upstream_fault {
-            ctx.report_failure(e.etype().as_str());
+            ctx.report_failure(ErrorKind::of(&e), e.etype().as_str());
         }
         ctx.end_attempt(status_for(&e).max(502));
         // Replay only what is safe: an idempotent request whose body is empty or fully
@@ -333,14 +369,17 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(pool), Some((i, _))) = (&ctx.pool, &ctx.current) {
-            let status = upstream_response.status.as_u16();
-            match &pool.passive_health {
-                Some(p) if p.fail_on_status.contains(&status) => {
-                    pool.report_failure(*i, &format!("answered {status}"))
-                }
-                _ => pool.report_success(*i),
-            }
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        let failed = ctx
+            .pool
+            .as_ref()
+            .and_then(|p| p.passive_health.as_ref())
+            .is_some_and(|p| p.fail_on_status.contains(&status));
+        if failed {
+            ctx.report_failure(ErrorKind::Status, &format!("answered {status}"));
+        } else if let (Some(pool), Some((i, _))) = (&ctx.pool, &ctx.current) {
+            pool.report_success(*i);
         }
         Ok(())
     }
@@ -403,6 +442,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let status = status_for(e);
+        ctx.error_status = Some(status);
         if status > 0 {
             let body = own_body(status, &ctx.request_id);
             if let Ok(resp) = own_response(status, &ctx.request_id, &body) {
@@ -421,7 +461,89 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _e: &Error) -> bool {
+        // `logging` reports failures itself, with pool and backend, rate-limited.
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _e: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        // Retries are counted (fulcrum_retries_total) and failures logged once, in `logging`.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = match (session.response_written(), ctx.error_status) {
+            (Some(resp), _) => resp.status.as_u16(),
+            (None, Some(code)) if code > 0 => code,
+            // The client went away before any response: nginx's 499.
+            _ => 499,
+        };
+        let backend = ctx
+            .current
+            .as_ref()
+            .map(|(i, _)| *i)
+            .or(ctx.tried.last().copied());
+        let elapsed = ctx.started.elapsed();
+        let rt = &ctx.runtime;
+        let observer = ctx.observer().unwrap_or(&rt.unrouted);
+        observer
+            .metrics
+            .request(ctx.listener, backend, status, elapsed.as_secs_f64());
+        if let Some(d) = ctx.affinity {
+            observer.metrics.affinity(d);
+        }
+        let pool_name = ctx.pool.as_ref().map_or("", |p| p.name.as_str());
+        let backend_name = ctx
+            .pool
+            .as_ref()
+            .zip(backend)
+            .and_then(|(p, i)| p.backends().get(i))
+            .map_or("", |b| b.name.as_str());
+        if let Some(e) = e.filter(|_| status >= 500) {
+            if let Some(suppressed) = observer.error_log.allow() {
+                let more = if suppressed > 0 {
+                    format!(" ({suppressed} similar messages suppressed)")
+                } else {
+                    String::new()
+                };
+                tracing::warn!(
+                    "pool {pool_name} backend {backend_name}: answered {status} after {} attempt(s): {e}; request id {}{more}",
+                    ctx.attempts,
+                    ctx.request_id.to_str().unwrap_or("-"),
+                );
+            }
+        }
+        if let Some(log) = &self.access_log {
+            let req = session.req_header();
+            log.send(&Entry {
+                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                listener: rt.listeners.get(ctx.listener).map_or("", |l| l.0.as_str()),
+                client: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default(),
+                method: req.method.as_str(),
+                host: request_host(req).unwrap_or(""),
+                path: req.uri.path(),
+                status,
+                bytes_in: session.as_downstream().body_bytes_read(),
+                bytes_out: session.as_downstream().body_bytes_sent(),
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                pool: pool_name,
+                backend: backend_name,
+                attempts: ctx.attempts,
+                upstream_status: ctx.upstream_status,
+                request_id: ctx.request_id.to_str().unwrap_or("-"),
+                affinity: ctx.affinity.map(Decision::as_str),
+            });
+        }
         ctx.current = None;
     }
 }

@@ -1,31 +1,82 @@
-//! The runtime snapshot: routes and pools built from a validated `Config`. The request path
-//! loads it once per request; a reload swaps in a new one.
+//! The runtime snapshot: routes, pools and their metric handles, built from a validated
+//! `Config`. The request path loads it once per request; a reload swaps in a new one.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::metrics::{Metrics, PoolMetrics};
 use crate::pool::Pool;
+use crate::ratelimit::RateLimit;
 use crate::route::Router;
+
+/// What the request path keeps beside each pool: its metric handles and its error-log limit.
+pub struct PoolObserver {
+    pub metrics: PoolMetrics,
+    pub error_log: RateLimit,
+}
 
 /// Everything the request path needs from one configuration.
 pub struct Runtime {
     pub router: Router,
     /// Indexed as `Config::pools` (routes refer to them by index).
     pub pools: Vec<Arc<Pool>>,
+    /// `observers[i]` belongs to `pools[i]`.
+    pub observers: Vec<PoolObserver>,
+    /// For requests that no route matched.
+    pub unrouted: PoolObserver,
+    /// Listener names and addresses, in configuration order.
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// SHA-256 of the configuration file, hex; and when it was loaded.
+    pub config_hash: String,
+    pub loaded_at: SystemTime,
 }
 
 impl Runtime {
-    pub fn build(config: &Config) -> Runtime {
+    pub fn build(config: &Config, metrics: &Metrics) -> Runtime {
+        let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|p| Arc::new(Pool::build(p)))
+            .collect();
+        let observers = pools
+            .iter()
+            .map(|p| PoolObserver {
+                metrics: metrics.pool(&p.name, p.backends(), &names),
+                error_log: RateLimit::default(),
+            })
+            .collect();
         Runtime {
             router: Router::new(&config.routes),
-            pools: config
-                .pools
+            pools,
+            observers,
+            unrouted: PoolObserver {
+                metrics: metrics.pool("", &[], &names),
+                error_log: RateLimit::default(),
+            },
+            listeners: config
+                .listeners
                 .iter()
-                .map(|p| Arc::new(Pool::build(p)))
+                .map(|l| (l.name.clone(), l.addr))
                 .collect(),
+            config_hash: config.hash.clone(),
+            loaded_at: SystemTime::now(),
         }
+    }
+
+    /// The listener (index) a connection arrived on, from its local address.
+    pub fn listener_of(&self, local: Option<&SocketAddr>) -> usize {
+        let Some(local) = local else { return 0 };
+        self.listeners
+            .iter()
+            .position(|(_, a)| {
+                a.port() == local.port() && (a.ip().is_unspecified() || a.ip() == local.ip())
+            })
+            .unwrap_or(0)
     }
 }
 

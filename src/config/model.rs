@@ -17,6 +17,23 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// Things that are legal but probably not what the operator meant, with their location.
     pub warnings: Vec<String>,
+    /// SHA-256 of the file's text, hex (shown by /status, to tell which file is live).
+    pub hash: String,
+    pub admin: Option<AdminConfig>,
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// `admin:`: the admin listener (/metrics, /healthz, /status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// `access_log:`: one JSON line per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogConfig {
+    Stdout,
+    File(PathBuf),
 }
 
 /// `server:`: the Pingora ServerConf settings fulcrum passes through (None = fulcrum's default).

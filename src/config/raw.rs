@@ -131,3 +131,20 @@ pub struct RawTimeouts {
     pub idle: Option<String>,
     pub request: Option<String>,
 }
+
+/// `admin:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: String,
+}
+
+/// `access_log:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// A file, or `stdout`.
+    pub path: String,
+    /// Only `json`.
+    pub format: Option<String>,
+}

@@ -165,6 +165,11 @@ pub fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         return Err(fail(problems));
     }
     let mut config = config.ok_or_else(|| fail(Vec::new()))?;
+    config.hash = ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     config.warnings = ck.warnings.iter().map(|w| render(&file_name, w)).collect();
     Ok(config)
 }
@@ -182,6 +187,8 @@ fn check_document(ck: &mut Checker, file: &Path, doc: Value) -> Option<Config> {
         }
     };
     let mut server = None;
+    let mut admin = None;
+    let mut access_log = None;
     let mut listeners = None;
     let mut routes = None;
     let mut pools = None;
@@ -192,17 +199,21 @@ fn check_document(ck: &mut Checker, file: &Path, doc: Value) -> Option<Config> {
         };
         match key.as_str() {
             "server" => server = Some(value),
+            "admin" => admin = Some(value),
+            "access_log" => access_log = Some(value),
             "listeners" => listeners = Some(value),
             "routes" => routes = Some(value),
             "pools" => pools = Some(value),
             other => ck.error(
                 other,
-                format!("unknown key `{other}`, expected one of `server`, `listeners`, `routes`, `pools`"),
+                format!("unknown key `{other}`, expected one of `server`, `admin`, `access_log`, `listeners`, `routes`, `pools`"),
             ),
         }
     }
     let server = check_server(ck, server);
     let listeners = check_listeners(ck, listeners);
+    let admin = check_admin(ck, admin, listeners.as_deref().unwrap_or_default());
+    let access_log = check_access_log(ck, access_log);
     let (pools, pool_index) = check_pools(ck, pools);
     let routes = check_routes(ck, routes, &pool_index);
     if let (Some(routes), Some(pools)) = (&routes, &pools) {
@@ -220,7 +231,71 @@ fn check_document(ck: &mut Checker, file: &Path, doc: Value) -> Option<Config> {
         routes: routes?,
         pools: pools?,
         warnings: Vec::new(),
+        hash: String::new(),
+        admin: admin?,
+        access_log: access_log?,
     })
+}
+
+/// `admin:` (absent: no admin listener). Outer None: invalid.
+fn check_admin(
+    ck: &mut Checker,
+    value: Option<Value>,
+    listeners: &[ListenerConfig],
+) -> Option<Option<AdminConfig>> {
+    let raw: RawAdmin = match value {
+        None | Some(Value::Null) => return Some(None),
+        Some(v) => ck.parse("admin", v)?,
+    };
+    match parse_socket_addr(&raw.listen) {
+        Ok(listen) if listeners.iter().any(|l| l.addr == listen) => {
+            ck.error("admin.listen", format!("{listen} is also a proxy listener"));
+            None
+        }
+        Ok(listen) => {
+            if !listen.ip().is_loopback() {
+                ck.warn(
+                    "admin.listen",
+                    format!("{listen} is not a loopback address: metrics and status are visible to the network"),
+                );
+            }
+            Some(Some(AdminConfig { listen }))
+        }
+        Err(msg) => {
+            ck.error("admin.listen", msg);
+            None
+        }
+    }
+}
+
+/// `access_log:` (absent: off). Outer None: invalid.
+fn check_access_log(ck: &mut Checker, value: Option<Value>) -> Option<Option<AccessLogConfig>> {
+    let raw: RawAccessLog = match value {
+        None | Some(Value::Null) => return Some(None),
+        Some(v) => ck.parse("access_log", v)?,
+    };
+    if let Some(f) = raw.format.as_deref().filter(|f| *f != "json") {
+        ck.error(
+            "access_log.format",
+            format!("`{f}`: only `json` is supported"),
+        );
+        return None;
+    }
+    if raw.path == "stdout" {
+        return Some(Some(AccessLogConfig::Stdout));
+    }
+    let path = ck.base.join(&raw.path);
+    let dir_ok = path
+        .parent()
+        .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir());
+    if !dir_ok {
+        ck.error(
+            "access_log.path",
+            format!("the directory of {} does not exist", path.display()),
+        );
+        return None;
+    }
+    Some(Some(AccessLogConfig::File(path)))
 }
 
 fn check_server(ck: &mut Checker, value: Option<Value>) -> Option<ServerSettings> {

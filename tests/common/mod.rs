@@ -213,6 +213,25 @@ pub async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> boo
     }
 }
 
+/// Like `wait_for`, with an async condition.
+pub async fn wait_for_async<F, Fut>(limit: Duration, what: &str, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A port that was free a moment ago (for fulcrum's listeners).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

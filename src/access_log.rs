@@ -1,0 +1,148 @@
+//! The access log: one JSON object per request. The request path only formats the line and
+//! hands it to a bounded channel (never blocking: a full channel drops and counts); a
+//! background service writes it, and reopens the file on SIGUSR1 (what logrotate expects).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::AccessLogConfig;
+use crate::ratelimit::RateLimit;
+
+/// Lines that may wait for the writer before new ones are dropped.
+const QUEUE: usize = 65_536;
+
+/// One request, as logged.
+#[derive(Debug, Serialize)]
+pub struct Entry<'a> {
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub listener: &'a str,
+    pub client: String,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+    pub duration_ms: f64,
+    pub pool: &'a str,
+    pub backend: &'a str,
+    pub attempts: u32,
+    pub upstream_status: Option<u16>,
+    pub request_id: &'a str,
+    pub affinity: Option<&'a str>,
+}
+
+/// The request path's handle.
+pub struct AccessLog {
+    tx: mpsc::Sender<String>,
+    dropped: AtomicU64,
+    complaints: RateLimit,
+}
+
+impl AccessLog {
+    /// Queue one entry; never waits.
+    pub fn send(&self, entry: &Entry) {
+        let Ok(mut line) = serde_json::to_string(entry) else {
+            return;
+        };
+        line.push('\n');
+        if self.tx.try_send(line).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.complaints.allow().is_some() {
+                tracing::warn!("access log: writer behind, {n} lines dropped so far");
+            }
+        }
+    }
+}
+
+/// The background service that writes the lines.
+pub struct AccessLogWriter {
+    target: AccessLogConfig,
+    rx: Mutex<Option<mpsc::Receiver<String>>>,
+}
+
+/// The handle for the request path and the writer service that drains it.
+pub fn channel(target: AccessLogConfig) -> (AccessLog, AccessLogWriter) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (
+        AccessLog {
+            tx,
+            dropped: AtomicU64::new(0),
+            complaints: RateLimit::default(),
+        },
+        AccessLogWriter {
+            target,
+            rx: Mutex::new(Some(rx)),
+        },
+    )
+}
+
+impl AccessLogWriter {
+    fn open(&self) -> Box<dyn Write + Send> {
+        match &self.target {
+            AccessLogConfig::Stdout => Box::new(std::io::stdout()),
+            AccessLogConfig::File(path) => {
+                match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                {
+                    Ok(f) => Box::new(std::io::BufWriter::new(f)),
+                    Err(e) => {
+                        tracing::error!("access log: cannot open {}: {e}", path.display());
+                        Box::new(std::io::sink())
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AccessLogWriter {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut rx) = self.rx.lock().ok().and_then(|mut r| r.take()) else {
+            return;
+        };
+        let mut reopen =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("access log: no SIGUSR1 handler, cannot reopen: {e}");
+                    None
+                }
+            };
+        let mut out = self.open();
+        loop {
+            tokio::select! {
+                line = rx.recv() => {
+                    let Some(line) = line else { break };
+                    let _ = out.write_all(line.as_bytes());
+                    // Write what is queued, then flush once.
+                    while let Ok(more) = rx.try_recv() {
+                        let _ = out.write_all(more.as_bytes());
+                    }
+                    let _ = out.flush();
+                }
+                Some(()) = async { match reopen.as_mut() { Some(s) => s.recv().await, None => None } } => {
+                    let _ = out.flush();
+                    out = self.open();
+                    tracing::info!("access log: reopened on SIGUSR1");
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        while let Ok(more) = rx.try_recv() {
+            let _ = out.write_all(more.as_bytes());
+        }
+        let _ = out.flush();
+    }
+}
