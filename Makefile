@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN_DEBUG := $(CARGO_TARGET_DIR)/debug/fulcrum
 BIN_RELEASE := $(CARGO_TARGET_DIR)/release/fulcrum
 
-.PHONY: all setup test-tools build release demo test lint check-conf bench bench-select
+.PHONY: all setup test-tools build release demo test lint check-conf check-unit bench bench-select
 
 all: build
 
@@ -16,11 +16,12 @@ setup:
 	  echo "installing cmake"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake; }
 
-# What the tests use beyond Rust: promtool (Debian's prometheus package) and curl.
+# What the tests use beyond Rust: promtool (Debian's prometheus package), curl, systemd-analyze.
 test-tools:
-	@command -v promtool >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || { \
-	  echo "installing promtool and curl"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus curl; }
+	@command -v promtool >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 \
+	  && command -v systemd-analyze >/dev/null 2>&1 || { \
+	  echo "installing promtool, curl and systemd-analyze"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus curl systemd; }
 
 build: setup
 	cargo build
@@ -38,7 +39,15 @@ lint: setup
 check-conf: build
 	@for f in conf/*.yaml; do $(BIN_DEBUG) -c $$f -t || exit 1; done
 
-test: lint check-conf test-tools
+# The unit file: `systemd-analyze verify` clean and security exposure at most 2.0 (20 of 100),
+# with ExecStart pointing at the binary just built.
+check-unit: build test-tools
+	@d=$$(mktemp -d) && sed "s#/usr/local/bin/fulcrum#$(BIN_DEBUG)#g" systemd/fulcrum.service > $$d/fulcrum.service \
+	  && systemd-analyze verify $$d/fulcrum.service \
+	  && systemd-analyze security --offline=true --threshold=20 $$d/fulcrum.service | tail -1 \
+	  && rm -r $$d
+
+test: lint check-conf check-unit test-tools
 	cargo test --all-targets
 
 bench-select: setup

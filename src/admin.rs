@@ -49,7 +49,7 @@ impl AdminApp {
                         json!({
                             "name": b.name,
                             "address": b.addr.to_string(),
-                            "weight": b.weight,
+                            "weight": b.weight(),
                             "ready": p.is_ready(i),
                             "healthy": b.is_healthy(),
                             "admitted": b.is_admitted(),

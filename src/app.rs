@@ -12,6 +12,7 @@ use pingora::services::background::background_service;
 use std::sync::atomic::AtomicBool;
 
 use pingora::services::listening::Service;
+use pingora::services::ServiceHandle;
 
 use crate::access_log;
 use crate::admin::{AdminApp, DrainWatch};
@@ -19,6 +20,7 @@ use crate::config::{Config, ServerSettings};
 use crate::health::HealthService;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::reload::ReloadService;
 use crate::runtime::{Runtime, SharedRuntime};
 
 /// fulcrum's defaults where Pingora's do not suit a load balancer (see README, "server").
@@ -41,7 +43,8 @@ pub fn server_conf(s: &ServerSettings) -> ServerConf {
         group: s.group.clone(),
         grace_period_seconds: Some(s.grace_period_seconds.unwrap_or(10)),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds.unwrap_or(5)),
-        daemon_wait_for_ready: s.daemon_wait_for_ready.unwrap_or(false),
+        // -d returns once the new process is ready: what `systemctl reload` relies on.
+        daemon_wait_for_ready: s.daemon_wait_for_ready.unwrap_or(true),
         daemon_ready_timeout_seconds: s
             .daemon_ready_timeout_seconds
             .and_then(std::num::NonZeroU64::new),
@@ -53,11 +56,13 @@ pub fn server_conf(s: &ServerSettings) -> ServerConf {
     }
 }
 
-/// A bootstrapped server with every service for `config` added, ready to run.
-pub fn build_server(opt: Opt, config: &Config) -> Result<(Server, SharedRuntime), String> {
+/// A server with every service for `config` added (but SIGHUP reload), ready to run.
+pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
     let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config.server));
-    server.bootstrap();
+    // Bootstrap (taking over the listening sockets on an upgrade) runs as a service, after a
+    // daemon has forked: only then can `daemon_wait_for_ready` tell the parent it is ready.
+    let bootstrap = server.bootstrap_as_a_service();
     let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, &metrics)));
     metrics
         .watch(runtime.clone())
@@ -68,9 +73,15 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<(Server, SharedRuntime)
         server.add_service(background_service("access log", writer));
         Arc::new(log)
     });
+    // Draining starts with a graceful shutdown or upgrade (the proxy and /healthz follow it).
+    let draining = Arc::new(AtomicBool::new(false));
+    server.add_service(background_service(
+        "drain watch",
+        DrainWatch::new(server.watch_execution_phase(), draining.clone()),
+    ));
     let mut proxy = http_proxy_service(
         &server.configuration,
-        Proxy::new(runtime.clone(), access_log),
+        Proxy::new(runtime.clone(), access_log, draining.clone()),
     );
     for listener in &config.listeners {
         proxy.add_tcp(&listener.addr.to_string());
@@ -82,26 +93,46 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<(Server, SharedRuntime)
     ));
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&health);
+    proxy.add_dependency(&bootstrap);
+    health.add_dependency(&bootstrap);
 
     if let Some(admin) = &config.admin {
-        let draining = Arc::new(AtomicBool::new(false));
-        server.add_service(background_service(
-            "drain watch",
-            DrainWatch::new(server.watch_execution_phase(), draining.clone()),
-        ));
         let mut service = Service::new(
             "admin".to_string(),
             AdminApp::new(metrics.clone(), runtime.clone(), draining),
         );
         service.add_tcp(&admin.listen.to_string());
-        server.add_service(service);
+        server.add_service(service).add_dependency(&bootstrap);
     }
-    Ok((server, runtime))
+    Ok(Assembled {
+        server,
+        runtime,
+        metrics,
+        bootstrap,
+    })
+}
+
+/// A server ready to run, with the pieces that outlive its construction.
+pub struct Assembled {
+    pub server: Server,
+    pub runtime: SharedRuntime,
+    pub metrics: Arc<Metrics>,
+    /// Services that listen must start after it.
+    pub bootstrap: ServiceHandle,
 }
 
 /// Run the proxy for `config` until shutdown; returns only if it cannot start.
 pub fn run(opt: Opt, config: &Config) -> Result<std::convert::Infallible, String> {
-    let (server, _runtime) = build_server(opt, config)?;
+    let Assembled {
+        mut server,
+        runtime,
+        metrics,
+        ..
+    } = build_server(opt, config)?;
+    server.add_service(background_service(
+        "reload",
+        ReloadService::new(config, runtime, metrics),
+    ));
     for l in &config.listeners {
         tracing::info!("listener {} on {}", l.name, l.addr);
     }

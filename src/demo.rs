@@ -38,7 +38,11 @@ impl ServeHttp for NamedBackend {
 /// Run the demo until interrupted; returns only if it cannot start.
 pub fn run() -> Result<std::convert::Infallible, String> {
     let config = config::parse(Path::new("<demo>"), DEMO_YAML).map_err(|e| e.to_string())?;
-    let (mut server, _runtime) = crate::app::build_server(Opt::default(), &config)?;
+    let crate::app::Assembled {
+        mut server,
+        bootstrap,
+        ..
+    } = crate::app::build_server(Opt::default(), &config)?;
     let pool = config
         .pools
         .first()
@@ -49,7 +53,7 @@ pub fn run() -> Result<std::convert::Infallible, String> {
         };
         let mut svc = Service::new(format!("demo {}", b.name), app);
         svc.add_tcp(&b.addr.to_string());
-        server.add_service(svc);
+        server.add_service(svc).add_dependency(&bootstrap);
     }
     let listen = config
         .listeners

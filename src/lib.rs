@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod route;
 pub mod runtime;

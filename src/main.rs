@@ -23,7 +23,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match config::load(&cli.conf) {
+    // An absolute path, so that SIGHUP still finds the file after a daemon's chdir.
+    let conf = std::fs::canonicalize(&cli.conf).unwrap_or_else(|_| cli.conf.clone());
+    let config = match config::load(&conf) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

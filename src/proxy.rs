@@ -1,6 +1,7 @@
 //! The request path (Pingora `ProxyHttp`): route -> pool -> pick -> peer, forwarding headers,
 //! retries on another backend, and fulcrum's own error responses. Each phase stays small.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,13 +29,28 @@ const X_FORWARDED_HOST: &str = "x-forwarded-host";
 pub struct Proxy {
     runtime: SharedRuntime,
     access_log: Option<Arc<AccessLog>>,
+    /// Set once a graceful shutdown or upgrade began: responses then close their connection,
+    /// so that keep-alive clients move to the new process before this one stops reading.
+    draining: Arc<AtomicBool>,
 }
 
 impl Proxy {
-    pub fn new(runtime: SharedRuntime, access_log: Option<Arc<AccessLog>>) -> Self {
+    pub fn new(
+        runtime: SharedRuntime,
+        access_log: Option<Arc<AccessLog>>,
+        draining: Arc<AtomicBool>,
+    ) -> Self {
         Proxy {
             runtime,
             access_log,
+            draining,
+        }
+    }
+
+    /// While draining, answer with `Connection: close`.
+    fn close_if_draining(&self, session: &mut Session) {
+        if self.draining.load(Ordering::Relaxed) {
+            session.set_keepalive(None);
         }
     }
 }
@@ -230,6 +246,7 @@ impl ProxyHttp for Proxy {
             ctx.pool_index = index;
             return Ok(false);
         }
+        self.close_if_draining(session);
         let body = own_body(404, &ctx.request_id);
         let resp = own_response(404, &ctx.request_id, &body)?;
         session.write_response_header(Box::new(resp), false).await?;
@@ -416,10 +433,11 @@ impl ProxyHttp for Proxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        self.close_if_draining(session);
         if !ctx.set_cookie {
             return Ok(());
         }

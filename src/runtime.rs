@@ -37,11 +37,19 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn build(config: &Config, metrics: &Metrics) -> Runtime {
+        Runtime::rebuild(config, metrics, None)
+    }
+
+    /// Build from `config`, carrying over the backend state of same-named pools of `previous`.
+    pub fn rebuild(config: &Config, metrics: &Metrics, previous: Option<&Runtime>) -> Runtime {
         let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
-            .map(|p| Arc::new(Pool::build(p)))
+            .map(|p| {
+                let old = previous.and_then(|r| r.pools.iter().find(|o| o.name == p.name));
+                Arc::new(Pool::rebuild(p, old.map(|o| o.as_ref())))
+            })
             .collect();
         let observers = pools
             .iter()

@@ -47,6 +47,23 @@ fn sum(samples: &[Sample], name: &str, filter: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Scrape until `ready` holds for the samples (a request is counted in its logging phase,
+/// which may end just after the client has its response); returns the text.
+async fn scrape_when(admin: u16, what: &str, ready: impl Fn(&[Sample]) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape(admin).await;
+        if ready(&parse(&text)) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn scrape(admin: u16) -> String {
     let resp = client()
         .get(format!("http://127.0.0.1:{admin}/metrics"))
@@ -96,9 +113,11 @@ async fn request_counts_add_up_and_promtool_accepts_the_exposition() {
             404
         );
     }
-    let text = scrape(admin).await;
+    let text = scrape_when(admin, "47 requests counted", |s| {
+        sum(s, "fulcrum_requests_total", &[]) == 47.0
+    })
+    .await;
     let s = parse(&text);
-    assert_eq!(sum(&s, "fulcrum_requests_total", &[]), 47.0, "{text}");
     assert_eq!(
         sum(
             &s,
@@ -226,15 +245,14 @@ async fn a_stopped_backend_moves_its_gauges_and_the_failure_counters() {
     let api_down = format!("http://127.0.0.1:{}/api/x", f.port);
     let r = cl.get(&api_down).send().await.unwrap();
     assert_eq!(r.status(), 502, "api has no health check: connect failure");
-    let s = parse(&scrape(admin).await);
-    assert_eq!(
+    scrape_when(admin, "the 502 counted", |s| {
         sum(
-            &s,
+            s,
             "fulcrum_requests_total",
-            &[("pool", "api"), ("code", "502")]
-        ),
-        1.0
-    );
+            &[("pool", "api"), ("code", "502")],
+        ) == 1.0
+    })
+    .await;
     b.stop();
     a.stop();
     wait_for_async(Duration::from_secs(5), "web all down", || async {
@@ -306,7 +324,10 @@ async fn distinct_hosts_and_paths_add_no_series() {
         .unwrap();
     cl.get(f.url("/api/x")).send().await.unwrap();
     cl.get(f.url("/x")).send().await.unwrap();
-    let before = scrape(admin).await;
+    let before = scrape_when(admin, "warm-up counted", |s| {
+        sum(s, "fulcrum_requests_total", &[]) == 3.0
+    })
+    .await;
     let url = f.url("");
     let mut tasks = Vec::new();
     for t in 0..8 {
@@ -333,7 +354,10 @@ async fn distinct_hosts_and_paths_add_no_series() {
     for t in tasks {
         t.await.unwrap();
     }
-    let after = scrape(admin).await;
+    let after = scrape_when(admin, "every request counted", |s| {
+        sum(s, "fulcrum_requests_total", &[]) == 10_003.0
+    })
+    .await;
     // process_* values change, but no line may appear.
     assert_eq!(
         count(&before),

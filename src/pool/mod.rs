@@ -49,7 +49,7 @@ impl Balancer {
 fn pingora_backend(s: &BackendState) -> Backend {
     Backend {
         addr: pingora::protocols::l4::socket::SocketAddr::Inet(s.addr),
-        weight: s.weight as usize,
+        weight: s.weight() as usize,
         ext: Default::default(),
     }
 }
@@ -96,12 +96,29 @@ where
 
 impl Pool {
     pub fn build(config: &PoolConfig) -> Pool {
+        Pool::rebuild(config, None)
+    }
+
+    /// Build from `config`, carrying over the state (health, ejection, in-flight count) of
+    /// every backend that `previous` (this pool as it was) has with the same name and address.
+    pub fn rebuild(config: &PoolConfig, previous: Option<&Pool>) -> Pool {
+        let checked = config.health_check.is_some();
         let mut states: Vec<Arc<BackendState>> = config
             .backends
             .iter()
             .map(|b| {
-                let checked = config.health_check.is_some();
-                Arc::new(BackendState::new(b.name.clone(), b.addr, b.weight, checked))
+                let kept = previous.and_then(|p| {
+                    let i = p.backends.binary_search_by_key(&b.addr, |s| s.addr).ok()?;
+                    let s = &p.backends[i];
+                    (s.name == b.name).then(|| s.clone())
+                });
+                match kept {
+                    Some(s) => {
+                        s.carry_over(b.weight, checked);
+                        s
+                    }
+                    None => Arc::new(BackendState::new(b.name.clone(), b.addr, b.weight, checked)),
+                }
             })
             .collect();
         states.sort_by_key(|s| s.addr);

@@ -21,7 +21,8 @@ pub struct BackendState {
     /// The stable name (`name:` or the address): the `backend` label.
     pub name: String,
     pub addr: SocketAddr,
-    pub weight: u32,
+    /// The configured weight (a reload may change it while keeping the rest of the state).
+    weight: AtomicU32,
     inflight: AtomicUsize,
     /// False until the backend passed its first active check (always true without checks).
     admitted: AtomicBool,
@@ -45,7 +46,7 @@ impl BackendState {
         BackendState {
             name,
             addr,
-            weight,
+            weight: AtomicU32::new(weight),
             inflight: AtomicUsize::new(0),
             admitted: AtomicBool::new(!checked),
             healthy: AtomicBool::new(!checked),
@@ -74,6 +75,23 @@ impl BackendState {
             .copied()
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         BackendState::new(addr.to_string(), addr, b.weight as u32, false)
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Carry this state into a new configuration of its pool (reload): new weight, and
+    /// admission as the new pool's checks require. Pingora's health starts afresh with the new
+    /// pool ("healthy"), so a backend that was not healthy must pass a check again.
+    pub fn carry_over(&self, weight: u32, checked: bool) {
+        self.weight.store(weight, Ordering::Relaxed);
+        if !checked {
+            self.admitted.store(true, Ordering::Relaxed);
+            self.healthy.store(true, Ordering::Relaxed);
+        } else if !self.is_healthy() {
+            self.admitted.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Requests now in flight to this backend.
@@ -246,6 +264,20 @@ mod tests {
         assert!(s.end_ejection_if_due());
         assert!(!s.end_ejection_if_due());
         assert_eq!(s.went_up.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn carried_over_state_keeps_health_and_regates_the_unhealthy() {
+        let s = state(true);
+        assert!(s.check_passed());
+        s.record_admitted();
+        s.carry_over(3, true);
+        assert!(s.usable() && s.weight() == 3, "healthy: stays admitted");
+        s.set_healthy(false, "x".into());
+        s.carry_over(3, true);
+        assert!(!s.usable(), "unhealthy: must pass a check again");
+        s.carry_over(3, false);
+        assert!(s.usable(), "no checks any more: admitted");
     }
 
     #[test]

@@ -250,6 +250,8 @@ pub struct Fulcrum {
     pub child: Child,
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Processes started so far (1 + upgrades): names the log file of each.
+    generation: usize,
 }
 
 impl Fulcrum {
@@ -278,18 +280,90 @@ impl Fulcrum {
     pub async fn start_yaml(dir: tempfile::TempDir, port: u16, yaml: &str) -> Fulcrum {
         let conf = dir.path().join("fulcrum.yaml");
         std::fs::write(&conf, yaml).expect("write config");
-        let log = std::fs::File::create(dir.path().join("fulcrum.log")).expect("log file");
-        let child = Command::new(BIN)
+        let child = Fulcrum::spawn(dir.path(), 0, &[]);
+        let mut f = Fulcrum {
+            child,
+            dir,
+            port,
+            generation: 0,
+        };
+        f.wait_ready().await;
+        f
+    }
+
+    /// Start `fulcrum -c DIR/fulcrum.yaml EXTRA..`, logging to DIR/fulcrum.GEN.log.
+    fn spawn(dir: &Path, generation: usize, extra: &[&str]) -> Child {
+        let log =
+            std::fs::File::create(dir.join(format!("fulcrum.{generation}.log"))).expect("log file");
+        Command::new(BIN)
             .arg("-c")
-            .arg(&conf)
+            .arg(dir.join("fulcrum.yaml"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .expect("spawn fulcrum");
-        let mut f = Fulcrum { child, dir, port };
-        f.wait_ready().await;
-        f
+            .expect("spawn fulcrum")
+    }
+
+    /// Replace the configuration file (for a reload or an upgrade).
+    pub fn rewrite(&self, body: &str) {
+        let yaml = format!(
+            "{}listeners:\n  - name: main\n    listen: 127.0.0.1:{}\n{body}",
+            Fulcrum::server_block(self.dir.path()),
+            self.port
+        );
+        std::fs::write(self.conf_path(), yaml).expect("rewrite config");
+    }
+
+    /// Send `signal` (e.g. "HUP") to the running process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{signal}");
+    }
+
+    /// Graceful upgrade: start `fulcrum -u`, wait until it waits for the sockets, SIGQUIT the
+    /// old process, wait for it to exit, and adopt the new one. Returns the old exit status.
+    pub async fn upgrade(&mut self) -> std::process::ExitStatus {
+        let sock = self.dir.path().join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let generation = self.generation + 1;
+        let mut new = Fulcrum::spawn(self.dir.path(), generation, &["-u"]);
+        let start = Instant::now();
+        while !sock.exists() {
+            if let Ok(Some(status)) = new.try_wait() {
+                panic!(
+                    "new process exited ({status}) before taking over:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "new process never listened on the upgrade socket"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.signal("QUIT");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "old process did not exit:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        self.child = new;
+        self.generation = generation;
+        status
     }
 
     async fn wait_ready(&mut self) {
@@ -315,8 +389,15 @@ impl Fulcrum {
         self.dir.path().join("fulcrum.yaml")
     }
 
+    /// Everything every process of this instance logged, oldest first.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("fulcrum.log")).unwrap_or_default()
+        (0..=self.generation)
+            .map(|g| {
+                std::fs::read_to_string(self.dir.path().join(format!("fulcrum.{g}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,115 @@
+//! SIGHUP: re-read and validate the configuration file; if it is valid, build the new runtime
+//! (keeping the state of unchanged backends) and swap it in atomically; if not, keep serving
+//! the old one and say why. Requests in flight finish on the snapshot they started with.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::{self, Config};
+use crate::metrics::Metrics;
+use crate::runtime::{Runtime, SharedRuntime};
+
+/// The background service that reloads on SIGHUP.
+pub struct ReloadService {
+    path: PathBuf,
+    runtime: SharedRuntime,
+    metrics: Arc<Metrics>,
+    /// The configuration now applied (listeners and process settings as started).
+    current: Mutex<Config>,
+}
+
+impl ReloadService {
+    pub fn new(config: &Config, runtime: SharedRuntime, metrics: Arc<Metrics>) -> Self {
+        ReloadService {
+            path: config.source.clone(),
+            runtime,
+            metrics,
+            current: Mutex::new(config.clone()),
+        }
+    }
+
+    /// Reload once; true if the new configuration was applied.
+    pub fn reload(&self) -> bool {
+        let Ok(mut current) = self.current.lock() else {
+            return false;
+        };
+        let new = match config::load(&self.path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.reload(false);
+                for line in e.to_string().lines() {
+                    tracing::error!("reload refused: {line}");
+                }
+                tracing::error!(
+                    "reload refused: still serving {} as loaded before (sha256 {})",
+                    self.path.display(),
+                    current.hash
+                );
+                return false;
+            }
+        };
+        for w in &new.warnings {
+            tracing::warn!("reload: {w}");
+        }
+        let mut applied = new;
+        for (what, changed) in [
+            ("listeners", applied.listeners != current.listeners),
+            ("admin", applied.admin != current.admin),
+            ("access_log", applied.access_log != current.access_log),
+            (
+                "server",
+                format!("{:?}", applied.server) != format!("{:?}", current.server),
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    "reload: `{what}` changed, which needs a graceful upgrade (fulcrum -u); the running `{what}` is kept, the rest is applied"
+                );
+            }
+        }
+        applied.listeners = current.listeners.clone();
+        applied.admin = current.admin.clone();
+        applied.access_log = current.access_log.clone();
+        applied.server = current.server.clone();
+
+        let old = self.runtime.load_full();
+        let next = Runtime::rebuild(&applied, &self.metrics, Some(&old));
+        self.runtime.store(Arc::new(next));
+        self.metrics.reload(true);
+        tracing::info!(
+            "reload: applied {} (sha256 {}): {} pools, {} routes",
+            self.path.display(),
+            applied.hash,
+            applied.pools.len(),
+            applied.routes.len()
+        );
+        *current = applied;
+        true
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("reload: cannot handle SIGHUP: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                Some(()) = hup.recv() => {
+                    tracing::info!("reload: SIGHUP received, reading {}", self.path.display());
+                    self.reload();
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

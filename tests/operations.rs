@@ -1,0 +1,407 @@
+//! Zero-downtime operations: SIGHUP reload under load, graceful upgrades under load, and
+//! failed reloads and upgrades that leave the running process serving.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CHECK: &str = "{http: {path: /healthz}, interval: 200ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1}";
+
+fn pool_yaml(algorithm: &str, backends: &[(&Backend, u32)], admin: u16) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(b, w)| format!("{{address: \"{}\", name: {}, weight: {w}}}", b.addr, b.name))
+        .collect();
+    format!(
+        "admin: {{listen: 127.0.0.1:{admin}}}\nroutes: [{{pool: p}}]\npools:\n  p:\n    algorithm: {algorithm}\n    backends: [{}]\n    health_check: {CHECK}\n",
+        list.join(", ")
+    )
+}
+
+/// Keep-alive GETs from `clients` clients until `stop`: (sent, failures with their errors).
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (url, stop, sent, failures) =
+                    (url.clone(), stop.clone(), sent.clone(), failures.clone());
+                tokio::spawn(async move {
+                    let c = client();
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        match c.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => {}
+                            Ok(r) => failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("status {}", r.status())),
+                            Err(e) => failures.lock().unwrap().push(format!("{e:?}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failures,
+            tasks,
+        }
+    }
+
+    fn sent(&self) -> usize {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.sent.load(Ordering::SeqCst), failures)
+    }
+}
+
+async fn metric(admin: u16, name_and_labels: &str) -> f64 {
+    let text = client()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_under_load_adds_removes_and_reweighs_without_a_failed_request() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let c = Backend::start("c").await;
+    let sick = Backend::start("sick").await;
+    sick.set_health(500);
+    let admin = free_port();
+    let f = Fulcrum::start(&pool_yaml(
+        "round_robin",
+        &[(&a, 1), (&b, 1), (&sick, 1)],
+        admin,
+    ))
+    .await;
+    let load = Load::start(f.url("/"), 3);
+    wait_for(Duration::from_secs(5), "traffic", || {
+        a.hits() > 20 && b.hits() > 20
+    })
+    .await;
+
+    // Add c.
+    f.rewrite(&pool_yaml(
+        "round_robin",
+        &[(&a, 1), (&b, 1), (&c, 1), (&sick, 1)],
+        admin,
+    ));
+    f.signal("HUP");
+    let added = wait_for(Duration::from_secs(5), "c serving", || c.hits() > 0).await;
+    assert!(
+        added < Duration::from_millis(800),
+        "c joined after {added:?}"
+    );
+
+    // Remove a.
+    f.rewrite(&pool_yaml(
+        "round_robin",
+        &[(&b, 1), (&c, 1), (&sick, 1)],
+        admin,
+    ));
+    f.signal("HUP");
+    wait_for(Duration::from_secs(5), "reload applied", || {
+        f.log().matches("reload: applied").count() == 2
+    })
+    .await;
+    let a_after = a.hits();
+    let b_before = b.hits();
+    wait_for(Duration::from_secs(5), "traffic goes on", || {
+        b.hits() > b_before + 30
+    })
+    .await;
+    assert!(
+        a.hits() <= a_after + 3,
+        "a removed: only requests in flight finish there"
+    );
+
+    // Change weights and the algorithm.
+    f.rewrite(&pool_yaml(
+        "least_connections",
+        &[(&b, 3), (&c, 1), (&sick, 1)],
+        admin,
+    ));
+    f.signal("HUP");
+    wait_for(Duration::from_secs(5), "reload applied", || {
+        f.log().matches("reload: applied").count() == 3
+    })
+    .await;
+    let (b0, c0) = (b.hits(), c.hits());
+    wait_for(Duration::from_secs(5), "more traffic", || {
+        b.hits() + c.hits() > b0 + c0 + 100
+    })
+    .await;
+
+    // An invalid file: refused, the old configuration keeps serving, the counter moves.
+    f.rewrite("routes: [{pool: nowhere}]\npools: {}\n");
+    f.signal("HUP");
+    wait_for(Duration::from_secs(5), "refusal logged", || {
+        f.log().contains("reload refused")
+    })
+    .await;
+    let sent = load.sent();
+    wait_for(Duration::from_secs(5), "still serving", || {
+        load.sent() > sent + 50
+    })
+    .await;
+    assert_eq!(
+        metric(admin, "fulcrum_config_reloads_total{result=\"failure\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric(admin, "fulcrum_config_reloads_total{result=\"success\"}").await,
+        3.0
+    );
+
+    let (sent, failures) = load.finish().await;
+    eprintln!(
+        "reload under load: {sent} requests, {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        f.log()
+    );
+    // Health state survived four reloads: the sick backend was never admitted.
+    assert_eq!(sick.hits(), 0);
+    assert!(
+        f.log().contains("reload refused: tests") || f.log().contains("reload refused: /"),
+        "{}",
+        f.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_graceful_upgrades_under_load_fail_no_request() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let slow = Backend::start_with("slow", Behaviour::Delay(Duration::from_secs(3))).await;
+    let admin = free_port();
+    let body = format!(
+        "{}  slowpool:\n    backends: [{{address: \"{}\"}}]\n",
+        pool_yaml("round_robin", &[(&a, 1), (&b, 1)], admin),
+        slow.addr
+    )
+    .replace(
+        "routes: [{pool: p}]",
+        "routes: [{match: {path_prefix: /slow}, pool: slowpool}, {pool: p}]",
+    );
+    let mut f = Fulcrum::start(&body).await;
+    let load = Load::start(f.url("/"), 4);
+    wait_for(Duration::from_secs(5), "traffic", || a.hits() > 20).await;
+
+    let mut pids = vec![f.child.id()];
+    for round in 0..3 {
+        // A slow request in flight across the upgrade completes.
+        let slow_url = f.url("/slow");
+        let slow_req = tokio::spawn(async move {
+            client()
+                .get(slow_url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        });
+        wait_for(Duration::from_secs(5), "slow request in flight", || {
+            slow.hits() > round
+        })
+        .await;
+        let status = f.upgrade().await;
+        assert!(status.success(), "old process exit: {status}");
+        pids.push(f.child.id());
+        assert_eq!(
+            slow_req.await.unwrap().expect("slow request"),
+            200,
+            "round {round}"
+        );
+        let sent = load.sent();
+        wait_for(Duration::from_secs(5), "new process serving", || {
+            load.sent() > sent + 50
+        })
+        .await;
+    }
+    let (sent, failures) = load.finish().await;
+    eprintln!(
+        "graceful upgrades: 3 upgrades, {sent} requests, {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    pids.dedup();
+    assert_eq!(pids.len(), 4, "a new pid each time: {pids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upgrade_leaves_the_old_process_serving() {
+    let a = Backend::start("a").await;
+    let admin = free_port();
+    let f = Fulcrum::start(&pool_yaml("round_robin", &[(&a, 1)], admin)).await;
+    // The new binary refuses an invalid configuration before touching the sockets.
+    let good = std::fs::read_to_string(f.conf_path()).unwrap();
+    std::fs::write(f.conf_path(), "pools: {p: {backends: []}}\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(f.conf_path())
+        .arg("-u")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    std::fs::write(f.conf_path(), good).unwrap();
+    assert_eq!(get(&client(), &f.url("/")).await, (200, "a".to_string()));
+
+    // A new process whose old one never hands over (no SIGQUIT) gives up and exits non-zero,
+    // leaving the old one serving.
+    let started = Instant::now();
+    let out = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(f.conf_path())
+        .arg("-u")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(get(&client(), &f.url("/")).await, (200, "a".to_string()));
+}
+
+/// Kills a daemonized fulcrum (not our child) by the pid in its pid file.
+struct Daemon(std::path::PathBuf);
+
+impl Daemon {
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.0).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_units_reload_sequence_upgrades_a_daemon_without_a_failed_request() {
+    let a = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let yaml = format!(
+        "{}  error_log: {}/error.log\nlisteners: [{{name: main, listen: 127.0.0.1:{port}}}]\nroutes: [{{pool: p}}]\npools:\n  p: {{backends: [{{address: \"{}\"}}]}}\n",
+        Fulcrum::server_block(dir.path()),
+        dir.path().display(),
+        a.addr
+    );
+    let conf = dir.path().join("fulcrum.yaml");
+    std::fs::write(&conf, yaml).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("-c")
+            .arg(&conf)
+            .args(args)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!(
+                "fulcrum {args:?}: {}\n{}\nerror.log:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            );
+        }
+        out.status
+    };
+    // ExecStart: fulcrum -d returns once the daemon is up.
+    assert!(run(&["-d"]).success());
+    let daemon = Daemon(dir.path().join("fulcrum.pid"));
+    wait_for(Duration::from_secs(10), "pid file", || {
+        daemon.pid().is_some()
+    })
+    .await;
+    let old = daemon.pid().unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    wait_for_async(Duration::from_secs(10), "daemon serving", || async {
+        client()
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let load = Load::start(url, 3);
+    wait_for(Duration::from_secs(5), "traffic", || a.hits() > 50).await;
+
+    // ExecReload: -t, then -d -u (returns when the new process waits for the sockets), then QUIT.
+    assert!(run(&["-t"]).success());
+    assert!(run(&["-d", "-u"]).success());
+    let kill = std::process::Command::new("kill")
+        .args(["-QUIT", &old.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    wait_for(Duration::from_secs(20), "old daemon gone", || !alive(old)).await;
+    let new = daemon.pid().expect("new pid file");
+    assert_ne!(new, old);
+    assert!(alive(new));
+    let sent = load.sent();
+    wait_for(Duration::from_secs(5), "new daemon serving", || {
+        load.sent() > sent + 50
+    })
+    .await;
+    let (sent, failures) = load.finish().await;
+    eprintln!("daemon upgrade: {sent} requests, {} failed", failures.len());
+    assert!(failures.is_empty(), "{failures:?}");
+}
