@@ -32,6 +32,9 @@ fn pool(algorithm: Algorithm, n: usize) -> Pool {
         health_check: None,
         passive_health: None,
         affinity: None,
+        protocol: fulcrum::config::UpstreamProtocol::H1,
+        upstream_tls: None,
+        max_h2_streams: 100,
     })
 }
 

@@ -16,12 +16,16 @@ use pingora::services::ServiceHandle;
 
 use crate::access_log;
 use crate::admin::{AdminApp, DrainWatch};
-use crate::config::{Config, ServerSettings};
+use crate::config::{Config, ListenerTls, ServerSettings};
 use crate::health::HealthService;
 use crate::metrics::Metrics;
+use crate::parent_ready::ParentReady;
 use crate::proxy::Proxy;
 use crate::reload::ReloadService;
 use crate::runtime::{Runtime, SharedRuntime};
+use crate::tls::{LoadedCert, SniResolver};
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::ALPN;
 
 /// fulcrum's defaults where Pingora's do not suit a load balancer (see README, "server").
 pub fn server_conf(s: &ServerSettings) -> ServerConf {
@@ -63,6 +67,15 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
     // Bootstrap (taking over the listening sockets on an upgrade) runs as a service, after a
     // daemon has forked: only then can `daemon_wait_for_ready` tell the parent it is ready.
     let bootstrap = server.bootstrap_as_a_service();
+    let conf = &server.configuration;
+    if conf.daemon && conf.daemon_wait_for_ready {
+        // The process that will wait for the daemon's SIGUSR1 is this one, before the fork.
+        let settle = server.add_service(background_service(
+            "daemon parent watch",
+            ParentReady::new(std::process::id()),
+        ));
+        bootstrap.add_dependency(&settle);
+    }
     let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, &metrics)));
     metrics
         .watch(runtime.clone())
@@ -83,8 +96,27 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         &server.configuration,
         Proxy::new(runtime.clone(), access_log, draining.clone()),
     );
+    let mut certificates = Vec::new();
     for listener in &config.listeners {
-        proxy.add_tcp(&listener.addr.to_string());
+        let addr = listener.addr.to_string();
+        let Some(tls) = &listener.tls else {
+            proxy.add_tcp(&addr);
+            continue;
+        };
+        let resolver =
+            Arc::new(load_resolver(tls).map_err(|e| format!("listener {}: {e}", listener.name))?);
+        // The paths are not used: certificates come from the resolver, loaded and checked above
+        // (Pingora's rustls listener would panic on a bad file; ours are validated first).
+        let mut settings = TlsSettings::intermediate("", "")
+            .map_err(|e| format!("listener {}: {e}", listener.name))?;
+        settings.set_cert_resolver(resolver.clone());
+        if tls.http2 {
+            settings.enable_h2();
+        } else {
+            settings.set_alpn(ALPN::H1);
+        }
+        proxy.add_tls_with_settings(&addr, None, settings);
+        certificates.push((listener.name.clone(), resolver));
     }
     // The proxy starts accepting once the first round of health checks is done.
     let health = server.add_service(background_service(
@@ -109,6 +141,7 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         runtime,
         metrics,
         bootstrap,
+        certificates,
     })
 }
 
@@ -119,19 +152,58 @@ pub struct Assembled {
     pub metrics: Arc<Metrics>,
     /// Services that listen must start after it.
     pub bootstrap: ServiceHandle,
+    /// The SNI resolver of each TLS listener, by listener name (SIGHUP reloads them).
+    pub certificates: Vec<(String, Arc<SniResolver>)>,
+}
+
+/// Load every certificate of a TLS listener into a resolver.
+pub fn load_resolver(tls: &ListenerTls) -> Result<SniResolver, String> {
+    let certs = load_certificates(tls)?;
+    SniResolver::new(&certs).ok_or_else(|| "no certificate".to_string())
+}
+
+/// Load and check every certificate/key pair of a TLS listener.
+pub fn load_certificates(tls: &ListenerTls) -> Result<Vec<LoadedCert>, String> {
+    let now = crate::tls::unix_now();
+    tls.certificates
+        .iter()
+        .map(|p| crate::tls::load_pair(&p.cert, &p.key, now).map_err(|(_, e)| e))
+        .collect()
+}
+
+/// In the foreground, install fulcrum's handlers for SIGHUP and SIGUSR1 before any service
+/// starts, so that an early signal is not fatal (their default action ends the process); it is
+/// delivered once the service listens. Not before a daemon's fork: tokio's signal pipe would
+/// then be shared by the parent and the daemon, and either could swallow the other's signals.
+fn install_early_signal_handlers() -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| format!("signal setup: {e}"))?;
+    rt.block_on(async {
+        for kind in [SignalKind::hangup(), SignalKind::user_defined1()] {
+            drop(signal(kind).map_err(|e| format!("signal setup: {e}"))?);
+        }
+        Ok(())
+    })
 }
 
 /// Run the proxy for `config` until shutdown; returns only if it cannot start.
 pub fn run(opt: Opt, config: &Config) -> Result<std::convert::Infallible, String> {
+    if !opt.daemon {
+        install_early_signal_handlers()?;
+    }
     let Assembled {
         mut server,
         runtime,
         metrics,
+        certificates,
         ..
     } = build_server(opt, config)?;
     server.add_service(background_service(
         "reload",
-        ReloadService::new(config, runtime, metrics),
+        ReloadService::new(config, runtime, metrics, certificates),
     ));
     for l in &config.listeners {
         tracing::info!("listener {} on {}", l.name, l.addr);

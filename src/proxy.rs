@@ -47,6 +47,37 @@ impl Proxy {
         }
     }
 
+    /// `redirect_https`: 308 to the same host (on the https `port`) and path.
+    async fn redirect_https(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        port: u16,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let Some(host) = request_host(req).map(crate::route::normalize_host) else {
+            let body = own_body(400, &ctx.request_id);
+            let resp = own_response(400, &ctx.request_id, &body)?;
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await?;
+            return Ok(true);
+        };
+        let port = if port == 443 {
+            String::new()
+        } else {
+            format!(":{port}")
+        };
+        let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let location = format!("https://{host}{port}{target}");
+        let body = Bytes::from(format!("308 Permanent Redirect\nlocation: {location}\n"));
+        let mut resp = own_response(308, &ctx.request_id, &body)?;
+        resp.insert_header(http::header::LOCATION, location)?;
+        self.close_if_draining(session);
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+
     /// While draining, answer with `Connection: close`.
     fn close_if_draining(&self, session: &mut Session) {
         if self.draining.load(Ordering::Relaxed) {
@@ -240,6 +271,15 @@ impl ProxyHttp for Proxy {
         ctx.listener = ctx
             .runtime
             .listener_of(session.server_addr().and_then(|a| a.as_inet()));
+        if let Some(port) = ctx
+            .runtime
+            .listeners
+            .get(ctx.listener)
+            .and_then(|l| l.redirect_to)
+        {
+            return self.redirect_https(session, ctx, port).await;
+        }
+        let req = session.req_header();
         let index = ctx.runtime.router.find(request_host(req), req.uri.path());
         if let Some(pool) = index.and_then(|i| ctx.runtime.pools.get(i).cloned()) {
             ctx.pool = Some(pool);
@@ -314,6 +354,10 @@ impl ProxyHttp for Proxy {
                 "picked backend is not in its pool",
             )
         })?;
+        if session.is_upgrade_req() {
+            // A WebSocket (or other upgraded) connection may be quiet for up to `idle`.
+            peer.options.read_timeout = Some(pool.timeouts.idle);
+        }
         if let Some(left) = ctx.remaining(&pool) {
             if left.is_zero() {
                 return Err(Error::explain(
@@ -422,7 +466,12 @@ impl ProxyHttp for Proxy {
             chain.push_str(&ip.to_string());
             upstream.insert_header(X_FORWARDED_FOR, chain)?;
         }
-        upstream.insert_header(X_FORWARDED_PROTO, "http")?;
+        let tls = ctx
+            .runtime
+            .listeners
+            .get(ctx.listener)
+            .is_some_and(|l| l.tls);
+        upstream.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
         if let Some(host) = request_host(session.req_header()) {
             let host = host.to_string();
             upstream.insert_header(X_FORWARDED_HOST, host)?;
@@ -442,11 +491,14 @@ impl ProxyHttp for Proxy {
             return Ok(());
         }
         if let (Some(pool), Some((i, _))) = (&ctx.pool, &ctx.current) {
-            if let Some(cookie) = pool
-                .affinity
-                .as_ref()
-                .and_then(|s| s.set_cookie(*i, unix_now(), false))
-            {
+            if let Some(cookie) = pool.affinity.as_ref().and_then(|s| {
+                let tls = ctx
+                    .runtime
+                    .listeners
+                    .get(ctx.listener)
+                    .is_some_and(|l| l.tls);
+                s.set_cookie(*i, unix_now(), tls)
+            }) {
                 response.append_header(http::header::SET_COOKIE, cookie)?;
             }
         }
@@ -541,7 +593,10 @@ impl ProxyHttp for Proxy {
             let req = session.req_header();
             log.send(&Entry {
                 time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                listener: rt.listeners.get(ctx.listener).map_or("", |l| l.0.as_str()),
+                listener: rt
+                    .listeners
+                    .get(ctx.listener)
+                    .map_or("", |l| l.name.as_str()),
                 client: session
                     .client_addr()
                     .and_then(|a| a.as_inet())

@@ -12,6 +12,7 @@ use pingora::services::background::BackgroundService;
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, SharedRuntime};
+use crate::tls::SniResolver;
 
 /// The background service that reloads on SIGHUP.
 pub struct ReloadService {
@@ -20,15 +21,51 @@ pub struct ReloadService {
     metrics: Arc<Metrics>,
     /// The configuration now applied (listeners and process settings as started).
     current: Mutex<Config>,
+    /// The SNI resolver of each TLS listener, by name: certificates are reloaded in place.
+    certificates: Vec<(String, Arc<SniResolver>)>,
 }
 
 impl ReloadService {
-    pub fn new(config: &Config, runtime: SharedRuntime, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: &Config,
+        runtime: SharedRuntime,
+        metrics: Arc<Metrics>,
+        certificates: Vec<(String, Arc<SniResolver>)>,
+    ) -> Self {
         ReloadService {
             path: config.source.clone(),
             runtime,
             metrics,
             current: Mutex::new(config.clone()),
+            certificates,
+        }
+    }
+
+    /// Reload the certificates of every TLS listener whose address did not change (the files
+    /// were checked by the validation that just passed).
+    fn reload_certificates(&self, running: &Config, new: &Config) {
+        for (name, resolver) in &self.certificates {
+            let find = |c: &Config| c.listeners.iter().find(|l| &l.name == name).cloned();
+            let (Some(old), Some(new)) = (find(running), find(new)) else {
+                continue;
+            };
+            let Some(tls) = new
+                .tls
+                .as_ref()
+                .filter(|_| old.addr == new.addr && old.tls.is_some())
+            else {
+                continue;
+            };
+            match crate::app::load_certificates(tls) {
+                Ok(certs) => {
+                    resolver.replace(&certs);
+                    tracing::info!(
+                        "reload: listener {name}: {} certificate(s) loaded",
+                        certs.len()
+                    );
+                }
+                Err(e) => tracing::error!("reload: listener {name}: certificates kept: {e}"),
+            }
         }
     }
 
@@ -55,9 +92,20 @@ impl ReloadService {
         for w in &new.warnings {
             tracing::warn!("reload: {w}");
         }
+        self.reload_certificates(&current, &new);
         let mut applied = new;
+        let same_sockets = |a: &Config, b: &Config| {
+            a.listeners.len() == b.listeners.len()
+                && a.listeners.iter().zip(&b.listeners).all(|(x, y)| {
+                    x.name == y.name
+                        && x.addr == y.addr
+                        && x.redirect_https == y.redirect_https
+                        && x.tls.is_some() == y.tls.is_some()
+                        && x.tls.as_ref().map(|t| t.http2) == y.tls.as_ref().map(|t| t.http2)
+                })
+        };
         for (what, changed) in [
-            ("listeners", applied.listeners != current.listeners),
+            ("listeners", !same_sockets(&applied, &current)),
             ("admin", applied.admin != current.admin),
             ("access_log", applied.access_log != current.access_log),
             (

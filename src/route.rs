@@ -39,7 +39,7 @@ impl Router {
 }
 
 /// The host name without port or trailing dot (`Example.com.:8080` -> `Example.com`).
-fn normalize_host(host: &str) -> &str {
+pub fn normalize_host(host: &str) -> &str {
     let host = if host.starts_with('[') {
         // IPv6 literal: keep up to the closing bracket.
         host.find(']').map_or(host, |end| &host[..=end])

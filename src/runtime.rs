@@ -28,8 +28,8 @@ pub struct Runtime {
     pub observers: Vec<PoolObserver>,
     /// For requests that no route matched.
     pub unrouted: PoolObserver,
-    /// Listener names and addresses, in configuration order.
-    pub listeners: Vec<(String, SocketAddr)>,
+    /// The listeners, in configuration order.
+    pub listeners: Vec<ListenerInfo>,
     /// SHA-256 of the configuration file, hex; and when it was loaded.
     pub config_hash: String,
     pub loaded_at: SystemTime,
@@ -69,7 +69,12 @@ impl Runtime {
             listeners: config
                 .listeners
                 .iter()
-                .map(|l| (l.name.clone(), l.addr))
+                .map(|l| ListenerInfo {
+                    name: l.name.clone(),
+                    addr: l.addr,
+                    tls: l.tls.is_some(),
+                    redirect_to: l.redirect_https.then(|| https_port(config)),
+                })
                 .collect(),
             config_hash: config.hash.clone(),
             loaded_at: SystemTime::now(),
@@ -81,11 +86,30 @@ impl Runtime {
         let Some(local) = local else { return 0 };
         self.listeners
             .iter()
-            .position(|(_, a)| {
+            .position(|l| {
+                let a = l.addr;
                 a.port() == local.port() && (a.ip().is_unspecified() || a.ip() == local.ip())
             })
             .unwrap_or(0)
     }
+}
+
+/// What the request path needs to know about a listener.
+pub struct ListenerInfo {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub tls: bool,
+    /// For `redirect_https`: the port to redirect to.
+    pub redirect_to: Option<u16>,
+}
+
+/// The port https redirects go to: the first TLS listener's, else 443.
+fn https_port(config: &Config) -> u16 {
+    config
+        .listeners
+        .iter()
+        .find(|l| l.tls.is_some())
+        .map_or(443, |l| l.addr.port())
 }
 
 /// The current snapshot, shared by the proxy and whatever replaces it.

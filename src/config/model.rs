@@ -58,7 +58,46 @@ pub struct ServerSettings {
 pub struct ListenerConfig {
     pub name: String,
     pub addr: SocketAddr,
+    /// TLS termination (None: plain HTTP).
+    pub tls: Option<ListenerTls>,
+    /// Plain listener answering every request with a 308 to https.
+    pub redirect_https: bool,
 }
+
+/// `tls:` of a listener: certificate/key pairs (the first is the default) and ALPN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub certificates: Vec<CertPair>,
+    /// Offer h2 by ALPN (default true).
+    pub http2: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How fulcrum talks to a pool's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    H1,
+    /// HTTP/2 over TLS.
+    H2,
+    /// HTTP/2 over plain TCP (prior knowledge), e.g. gRPC.
+    H2c,
+}
+
+/// `tls:` of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// SNI and the name the certificate must carry (default: none sent, address checked).
+    pub sni: String,
+    pub verify: bool,
+    pub ca_file: Option<PathBuf>,
+}
+
+pub const DEFAULT_MAX_H2_STREAMS: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMatch {
@@ -158,6 +197,10 @@ pub struct PoolConfig {
     pub health_check: Option<HealthCheckConfig>,
     pub passive_health: Option<PassiveHealthConfig>,
     pub affinity: Option<AffinityConfig>,
+    pub protocol: UpstreamProtocol,
+    pub upstream_tls: Option<UpstreamTls>,
+    /// Concurrent streams per upstream h2 connection.
+    pub max_h2_streams: usize,
 }
 
 /// Secret key material: never printed.

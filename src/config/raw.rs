@@ -29,6 +29,32 @@ pub struct RawServer {
 pub struct RawListener {
     pub name: String,
     pub listen: String,
+    pub tls: Option<RawListenerTls>,
+    pub redirect_https: Option<bool>,
+}
+
+/// `tls:` of a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub certificates: Vec<RawCertPair>,
+    pub http2: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `tls:` of a pool (to its backends).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub sni: Option<String>,
+    pub verify: Option<bool>,
+    pub ca_file: Option<String>,
 }
 
 /// One entry of `routes:`.
@@ -63,6 +89,10 @@ pub struct RawPool {
     pub health_check: Option<RawHealthCheck>,
     pub passive_health: Option<RawPassiveHealth>,
     pub affinity: Option<RawAffinity>,
+    /// `h1 | h2 | h2c`
+    pub protocol: Option<String>,
+    pub tls: Option<RawUpstreamTls>,
+    pub max_h2_streams: Option<usize>,
 }
 
 /// `affinity:` of a pool: the sticky-session cookie.

@@ -373,6 +373,25 @@ fn check_listeners(ck: &mut Checker, value: Option<Value>) -> Option<Vec<Listene
             );
             ok = false;
         }
+        let tls = raw
+            .tls
+            .map(|t| check_listener_tls(ck, &format!("{path}.tls"), t));
+        let redirect_https = raw.redirect_https.unwrap_or(false);
+        if redirect_https && tls.is_some() {
+            ck.error(
+                format!("{path}.redirect_https"),
+                "only a plain listener redirects to https; this one has `tls`",
+            );
+            ok = false;
+        }
+        let tls = match tls {
+            Some(None) => {
+                ok = false;
+                None
+            }
+            Some(t) => t,
+            None => None,
+        };
         match parse_socket_addr(&raw.listen) {
             Ok(addr) => {
                 if let Some(first) = addrs.insert(addr, i) {
@@ -385,6 +404,8 @@ fn check_listeners(ck: &mut Checker, value: Option<Value>) -> Option<Vec<Listene
                 out.push(ListenerConfig {
                     name: raw.name,
                     addr,
+                    tls,
+                    redirect_https,
                 });
             }
             Err(msg) => {
@@ -394,6 +415,39 @@ fn check_listeners(ck: &mut Checker, value: Option<Value>) -> Option<Vec<Listene
         }
     }
     ok.then_some(out)
+}
+
+/// `tls:` of a listener: every pair is loaded and checked now, so that `-t` catches a missing
+/// file, a key that does not match, or an expired certificate. None: invalid.
+fn check_listener_tls(ck: &mut Checker, path: &str, raw: RawListenerTls) -> Option<ListenerTls> {
+    if raw.certificates.is_empty() {
+        ck.error(
+            format!("{path}.certificates"),
+            "needs at least one {cert, key} pair",
+        );
+        return None;
+    }
+    let now = crate::tls::unix_now();
+    let mut ok = true;
+    let mut certificates = Vec::new();
+    for (j, pair) in raw.certificates.into_iter().enumerate() {
+        let ppath = format!("{path}.certificates[{j}]");
+        let cert = ck.base.join(&pair.cert);
+        let key = ck.base.join(&pair.key);
+        if let Err((part, msg)) = crate::tls::load_pair(&cert, &key, now) {
+            let which = match part {
+                crate::tls::Part::Cert => "cert",
+                crate::tls::Part::Key => "key",
+            };
+            ck.error(format!("{ppath}.{which}"), msg);
+            ok = false;
+        }
+        certificates.push(CertPair { cert, key });
+    }
+    ok.then_some(ListenerTls {
+        certificates,
+        http2: raw.http2.unwrap_or(true),
+    })
 }
 
 fn check_routes(
@@ -675,6 +729,49 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
     let affinity = raw
         .affinity
         .map(|a| check_affinity(ck, &format!("{path}.affinity"), a));
+    let upstream_tls = raw.tls.map(|t| {
+        let ca_file = t.ca_file.map(|f| ck.base.join(f));
+        if let Some(f) = &ca_file {
+            if let Err(e) = crate::tls::load_ca(f) {
+                ck.error(format!("{path}.tls.ca_file"), e);
+            }
+        }
+        UpstreamTls {
+            sni: t.sni.unwrap_or_default(),
+            verify: t.verify.unwrap_or(true),
+            ca_file,
+        }
+    });
+    let protocol = match raw.protocol.as_deref().unwrap_or("h1") {
+        "h1" => UpstreamProtocol::H1,
+        "h2" => UpstreamProtocol::H2,
+        "h2c" => UpstreamProtocol::H2c,
+        other => {
+            ck.error(
+                format!("{path}.protocol"),
+                format!("unknown protocol `{other}`: expected h1, h2 (over tls) or h2c"),
+            );
+            UpstreamProtocol::H1
+        }
+    };
+    match (protocol, &upstream_tls) {
+        (UpstreamProtocol::H2, None) => ck.error(
+            format!("{path}.protocol"),
+            "h2 is HTTP/2 over TLS: add `tls:` to the pool, or use h2c for plain HTTP/2",
+        ),
+        (UpstreamProtocol::H2c, Some(_)) => ck.error(
+            format!("{path}.protocol"),
+            "h2c is plain HTTP/2: remove `tls:`, or use h2",
+        ),
+        _ => {}
+    }
+    let max_h2_streams = raw.max_h2_streams.unwrap_or(DEFAULT_MAX_H2_STREAMS);
+    if !(1..=10_000).contains(&max_h2_streams) {
+        ck.error(
+            format!("{path}.max_h2_streams"),
+            "must be between 1 and 10000",
+        );
+    }
     let retries = raw.retries.unwrap_or(DEFAULT_RETRIES);
     if retries > MAX_RETRIES {
         ck.error(
@@ -692,6 +789,9 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         health_check,
         passive_health,
         affinity,
+        protocol,
+        upstream_tls,
+        max_h2_streams,
     })
 }
 

@@ -20,8 +20,10 @@ use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 
 use crate::config::{
     Algorithm, HashKey, HealthCheckConfig, PassiveHealthConfig, PoolConfig, Timeouts,
+    UpstreamProtocol, UpstreamTls,
 };
 use crate::health::Probe;
+use pingora::utils::tls::WrappedX509;
 use pingora_load_balancing::health_check::HealthCheck;
 use select::{LeastConnections, SmoothWeighted};
 pub use state::{BackendState, InflightGuard, Transition};
@@ -64,6 +66,11 @@ pub struct Pool {
     pub health_check: Option<HealthCheckConfig>,
     pub passive_health: Option<PassiveHealthConfig>,
     pub affinity: Option<sticky::Sticky>,
+    protocol: UpstreamProtocol,
+    upstream_tls: Option<UpstreamTls>,
+    /// The CA bundle of `upstream_tls` (None: the system's roots).
+    upstream_ca: Option<Arc<[WrappedX509]>>,
+    max_h2_streams: usize,
     /// Sorted by address (the order of Pingora's backend set).
     backends: Arc<[Arc<BackendState>]>,
     balancer: Balancer,
@@ -153,6 +160,24 @@ impl Pool {
                 .affinity
                 .as_ref()
                 .map(|a| sticky::Sticky::new(&config.name, a, &backends)),
+            protocol: config.protocol,
+            upstream_tls: config.upstream_tls.clone(),
+            upstream_ca: config
+                .upstream_tls
+                .as_ref()
+                .and_then(|t| t.ca_file.as_ref())
+                .and_then(|f| match crate::tls::load_ca(f) {
+                    Ok(ca) => Some(ca),
+                    Err(e) => {
+                        // Validated moments ago; a file changed since is reported, not fatal.
+                        tracing::error!(
+                            "pool {}: {e}; verifying with the system's roots",
+                            config.name
+                        );
+                        None
+                    }
+                }),
+            max_h2_streams: config.max_h2_streams,
             backends,
             balancer,
             keyless: AtomicU64::new(0),
@@ -295,12 +320,26 @@ impl Pool {
     /// The peer for one attempt on backend `i`, with the pool's timeouts.
     pub fn peer(&self, i: usize) -> Option<HttpPeer> {
         let state = self.backends.get(i)?;
-        let mut peer = HttpPeer::new(state.addr, false, String::new());
+        let (tls, sni) = match &self.upstream_tls {
+            Some(t) => (true, t.sni.clone()),
+            None => (false, String::new()),
+        };
+        let mut peer = HttpPeer::new(state.addr, tls, sni);
         let o = &mut peer.options;
         o.connection_timeout = Some(self.timeouts.connect);
+        o.total_connection_timeout = Some(self.timeouts.connect.saturating_mul(2));
         o.read_timeout = Some(self.timeouts.read);
         o.write_timeout = Some(self.timeouts.write);
         o.idle_timeout = Some(self.timeouts.idle);
+        if let Some(t) = &self.upstream_tls {
+            o.verify_cert = t.verify;
+            o.verify_hostname = t.verify && !t.sni.is_empty();
+            o.ca = self.upstream_ca.clone();
+        }
+        if self.protocol != UpstreamProtocol::H1 {
+            o.set_http_version(2, 2);
+            o.max_h2_streams = self.max_h2_streams;
+        }
         Some(peer)
     }
 }
@@ -330,6 +369,9 @@ mod tests {
             health_check: None,
             passive_health: None,
             affinity: None,
+            protocol: crate::config::UpstreamProtocol::H1,
+            upstream_tls: None,
+            max_h2_streams: 100,
         })
     }
 

@@ -461,3 +461,97 @@ pub fn tally(names: &[String]) -> BTreeMap<String, usize> {
     }
     m
 }
+
+/// A throwaway PKI made by the test (rcgen): a CA and leaf certificates it signs, written as
+/// PEM files into a temp dir. Nothing here is ever committed.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+/// A leaf certificate's files and DER.
+pub struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: Vec<u8>,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fulcrum test CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        TestPki { dir, ca, ca_key }
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// A leaf for `names`, valid now (or expired in 2021 when `expired`).
+    pub fn leaf(&self, file: &str, names: &[&str], expired: bool) -> Leaf {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or("leaf"),
+        );
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let leaf = Leaf {
+            cert: self.dir.path().join(format!("{file}.crt")),
+            key: self.dir.path().join(format!("{file}.key")),
+            der: cert.der().to_vec(),
+        };
+        std::fs::write(&leaf.cert, cert.pem()).unwrap();
+        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
+        leaf
+    }
+
+    /// A rustls client config trusting this CA, with the given ALPN protocols.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<tokio_rustls::rustls::ClientConfig> {
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// A reqwest client trusting this CA that resolves `names` to 127.0.0.1:`port`.
+    pub fn https_client(&self, names: &[&str], port: u16) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .tls_info(true)
+            .timeout(Duration::from_secs(10))
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.ca.pem().as_bytes()).unwrap(),
+            );
+        for n in names {
+            b = b.resolve(n, SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        b.build().unwrap()
+    }
+}

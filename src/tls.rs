@@ -1,0 +1,214 @@
+//! TLS material: loading and checking certificate/key pairs (missing file, key that does not
+//! match, expired), the SNI resolver that picks a certificate per handshake (exact names,
+//! wildcards, a default), and CA bundles for verifying upstreams.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::tls::sign::CertifiedKey;
+use pingora::tls::{
+    CertificateDer, ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert,
+};
+use pingora::utils::tls::{parse_x509, WrappedX509};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// Which file of a pair a problem is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Cert,
+    Key,
+}
+
+/// A certificate chain with its key, checked, and the names it serves.
+#[derive(Clone)]
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    /// DNS names from the leaf's subjectAltName (or its CN), lower-case; may start with `*.`.
+    pub names: Vec<String>,
+}
+
+impl std::fmt::Debug for LoadedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoadedCert({:?})", self.names)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// All PEM certificates of a file, in order.
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read(path)?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
+    let certs = certs.map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Load and check one certificate chain and its key, as of `now` (unix seconds).
+pub fn load_pair(cert: &Path, key: &Path, now: i64) -> Result<LoadedCert, (Part, String)> {
+    let chain = certificates(cert).map_err(|e| (Part::Cert, e))?;
+    let key_pem = read(key).map_err(|e| (Part::Key, e))?;
+    let private: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| (Part::Key, format!("{}: not PEM: {e}", key.display())))?
+        .ok_or_else(|| (Part::Key, format!("{} holds no private key", key.display())))?;
+
+    let (_, leaf) = X509Certificate::from_der(chain[0].as_ref()).map_err(|e| {
+        (
+            Part::Cert,
+            format!("{}: not an X.509 certificate: {e}", cert.display()),
+        )
+    })?;
+    let validity = leaf.validity();
+    if validity.not_after.timestamp() < now {
+        return Err((
+            Part::Cert,
+            format!("{} expired on {}", cert.display(), validity.not_after),
+        ));
+    }
+    if validity.not_before.timestamp() > now {
+        return Err((
+            Part::Cert,
+            format!(
+                "{} is not valid before {}",
+                cert.display(),
+                validity.not_before
+            ),
+        ));
+    }
+    let mut names: Vec<String> = leaf
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.is_empty() {
+        names.extend(
+            leaf.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+
+    pingora::tls::install_default_crypto_provider();
+    let provider = CryptoProvider::get_default()
+        .ok_or_else(|| (Part::Key, "no TLS crypto provider".to_string()))?;
+    let certified = CertifiedKey::from_der(chain, private, provider).map_err(|e| {
+        (
+            Part::Key,
+            format!("{} does not go with {}: {e}", key.display(), cert.display()),
+        )
+    })?;
+    Ok(LoadedCert {
+        key: Arc::new(certified),
+        names,
+    })
+}
+
+/// The certificates of one listener, by name.
+#[derive(Debug)]
+struct CertTable {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored as `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// For clients without SNI, or names no certificate covers: the first certificate.
+    default: Arc<CertifiedKey>,
+}
+
+impl CertTable {
+    fn new(certs: &[LoadedCert]) -> Option<CertTable> {
+        let default = certs.first()?.key.clone();
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for c in certs {
+            for n in &c.names {
+                // The first certificate naming a host wins, as listed.
+                match n.strip_prefix("*.") {
+                    Some(parent) => wildcard.entry(parent.to_string()),
+                    None => exact.entry(n.clone()),
+                }
+                .or_insert_with(|| c.key.clone());
+            }
+        }
+        Some(CertTable {
+            exact,
+            wildcard,
+            default,
+        })
+    }
+
+    fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        if let Some(k) = self.exact.get(&name) {
+            return k.clone();
+        }
+        name.split_once('.')
+            .and_then(|(_, parent)| self.wildcard.get(parent))
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
+
+/// Chooses a listener's certificate by SNI; its table can be replaced (SIGHUP) while serving.
+#[derive(Debug)]
+pub struct SniResolver {
+    table: ArcSwap<CertTable>,
+}
+
+impl SniResolver {
+    /// None when `certs` is empty.
+    pub fn new(certs: &[LoadedCert]) -> Option<SniResolver> {
+        Some(SniResolver {
+            table: ArcSwap::from_pointee(CertTable::new(certs)?),
+        })
+    }
+
+    /// Serve `certs` from the next handshake on.
+    pub fn replace(&self, certs: &[LoadedCert]) {
+        if let Some(t) = CertTable::new(certs) {
+            self.table.store(Arc::new(t));
+        }
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.table.load().pick(hello.server_name()))
+    }
+}
+
+/// A CA bundle (PEM) for verifying upstream certificates, in Pingora's form.
+pub fn load_ca(path: &Path) -> Result<Arc<[WrappedX509]>, String> {
+    let certs = certificates(path)?;
+    let mut out = Vec::with_capacity(certs.len());
+    for c in certs {
+        X509Certificate::from_der(c.as_ref())
+            .map_err(|e| format!("{}: not an X.509 certificate: {e}", path.display()))?;
+        out.push(WrappedX509::new(c.as_ref().to_vec(), parse_x509));
+    }
+    Ok(out.into())
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
