@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN_DEBUG := $(CARGO_TARGET_DIR)/debug/fulcrum
 BIN_RELEASE := $(CARGO_TARGET_DIR)/release/fulcrum
 
-.PHONY: all setup test-tools build release demo test lint check-conf check-unit bench bench-select
+.PHONY: all setup test-tools bench-tools build release demo test lint check-conf check-unit bench bench-select
 
 all: build
 
@@ -51,6 +51,15 @@ test: lint check-conf check-unit test-tools
 	cargo test --all-targets
 
 bench-select: setup
-	cargo bench --bench select
+	cargo bench --bench select --bench affinity
 
-bench: bench-select
+# What the load benchmark compares against: Debian's nginx and HAProxy, and wrk.
+bench-tools:
+	@command -v nginx >/dev/null 2>&1 && command -v haproxy >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing nginx, haproxy and wrk"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx haproxy wrk; }
+
+# The load benchmark against nginx and HAProxy (about 6 minutes), then the micro-benchmarks.
+bench: release bench-tools
+	python3 benches/load.py $(BIN_RELEASE)
+	$(MAKE) bench-select
