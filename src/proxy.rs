@@ -271,12 +271,13 @@ impl ProxyHttp for Proxy {
         ctx.listener = ctx
             .runtime
             .listener_of(session.server_addr().and_then(|a| a.as_inet()));
-        if let Some(port) = ctx
-            .runtime
-            .listeners
-            .get(ctx.listener)
-            .and_then(|l| l.redirect_to)
-        {
+        let listener = ctx.runtime.listeners.get(ctx.listener);
+        // Pingora keeps an idle client connection forever ("0"); bound it. `None` (closing)
+        // is left alone.
+        if session.get_keepalive() == Some(0) {
+            session.set_keepalive(listener.map(|l| l.keepalive_secs));
+        }
+        if let Some(port) = listener.and_then(|l| l.redirect_to) {
             return self.redirect_https(session, ctx, port).await;
         }
         let req = session.req_header();

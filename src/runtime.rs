@@ -74,6 +74,7 @@ impl Runtime {
                     addr: l.addr,
                     tls: l.tls.is_some(),
                     redirect_to: l.redirect_https.then(|| https_port(config)),
+                    keepalive_secs: l.keepalive_timeout.as_secs().max(1),
                 })
                 .collect(),
             config_hash: config.hash.clone(),
@@ -101,6 +102,8 @@ pub struct ListenerInfo {
     pub tls: bool,
     /// For `redirect_https`: the port to redirect to.
     pub redirect_to: Option<u16>,
+    /// Idle limit of client keep-alive connections, in seconds.
+    pub keepalive_secs: u64,
 }
 
 /// The port https redirects go to: the first TLS listener's, else 443.

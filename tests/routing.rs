@@ -96,3 +96,35 @@ async fn backend_sees_forwarding_headers() {
     assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1", "appended");
     assert_eq!(h["x-request-id"], "req-123", "kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connections_are_closed_after_the_keepalive_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let yaml = format!(
+        "{}listeners:\n  - {{name: main, listen: 127.0.0.1:{port}, keepalive_timeout: 1s}}\nroutes: [{{pool: p}}]\npools:\n  p: {{backends: [{{address: \"{}\"}}]}}\n",
+        Fulcrum::server_block(dir.path()),
+        b.addr
+    );
+    let _f = Fulcrum::start_yaml(dir, port, &yaml).await;
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let idle = std::time::Instant::now();
+    // The server closes the idle connection: read returns 0 (EOF), within the timeout + slack.
+    let eof = tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut buf)).await;
+    assert!(matches!(eof, Ok(Ok(0))), "{eof:?}");
+    let after = idle.elapsed();
+    assert!(
+        after >= std::time::Duration::from_millis(900) && after < std::time::Duration::from_secs(3),
+        "{after:?}"
+    );
+}

@@ -62,7 +62,12 @@ pub struct ListenerConfig {
     pub tls: Option<ListenerTls>,
     /// Plain listener answering every request with a 308 to https.
     pub redirect_https: bool,
+    /// How long an idle client keep-alive connection is kept (whole seconds, at least 1).
+    pub keepalive_timeout: Duration,
 }
+
+/// Default idle time of a client keep-alive connection (as nginx's keepalive_timeout 75s).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// `tls:` of a listener: certificate/key pairs (the first is the default) and ALPN.
 #[derive(Debug, Clone, PartialEq, Eq)]

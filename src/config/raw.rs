@@ -31,6 +31,7 @@ pub struct RawListener {
     pub listen: String,
     pub tls: Option<RawListenerTls>,
     pub redirect_https: Option<bool>,
+    pub keepalive_timeout: Option<String>,
 }
 
 /// `tls:` of a listener.

@@ -377,6 +377,13 @@ fn check_listeners(ck: &mut Checker, value: Option<Value>) -> Option<Vec<Listene
             .tls
             .map(|t| check_listener_tls(ck, &format!("{path}.tls"), t));
         let redirect_https = raw.redirect_https.unwrap_or(false);
+        let keepalive_timeout = parse_duration(
+            ck,
+            &format!("{path}.keepalive_timeout"),
+            raw.keepalive_timeout.as_deref(),
+            DEFAULT_KEEPALIVE_TIMEOUT,
+        )
+        .max(Duration::from_secs(1));
         if redirect_https && tls.is_some() {
             ck.error(
                 format!("{path}.redirect_https"),
@@ -406,6 +413,7 @@ fn check_listeners(ck: &mut Checker, value: Option<Value>) -> Option<Vec<Listene
                     addr,
                     tls,
                     redirect_https,
+                    keepalive_timeout,
                 });
             }
             Err(msg) => {
