@@ -199,8 +199,35 @@ fn install_early_signal_handlers() -> Result<(), String> {
     })
 }
 
+/// Fail fast, with the listener's name, when an address cannot be bound (in use, or a low port
+/// without CAP_NET_BIND_SERVICE). Pingora would retry a busy port for a long while and then
+/// panic inside its service. Not on an upgrade: the running process holds the sockets.
+fn check_bindable(config: &Config) -> Result<(), String> {
+    let admin = config.admin.iter().map(|a| ("admin".to_string(), a.listen));
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| (format!("listener {}", l.name), l.addr));
+    for (what, addr) in listeners.chain(admin) {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => " (another process listens there)",
+                std::io::ErrorKind::PermissionDenied => {
+                    " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+                }
+                _ => "",
+            };
+            return Err(format!("{what}: cannot listen on {addr}: {e}{hint}"));
+        }
+    }
+    Ok(())
+}
+
 /// Run the proxy for `config` until shutdown; returns only if it cannot start.
 pub fn run(opt: Opt, config: &Config) -> Result<std::convert::Infallible, String> {
+    if !opt.upgrade {
+        check_bindable(config)?;
+    }
     if !opt.daemon {
         install_early_signal_handlers()?;
     }

@@ -118,3 +118,28 @@ fn test_mode_binds_no_port_and_prints_warnings() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_busy_port_is_a_prompt_runtime_failure_naming_the_listener() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("f.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "server: {{pid_file: {0}/p.pid, upgrade_sock: {0}/u.sock, grace_period_seconds: 0}}\nlisteners: [{{name: front, listen: 127.0.0.1:{port}}}]\nroutes: [{{pool: a}}]\npools:\n  a: {{backends: [{{address: 127.0.0.1:9}}]}}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(BIN).arg("-c").arg(&conf).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("listener front: cannot listen on"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
