@@ -96,9 +96,12 @@ fn unknown_flags_exit_2() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[test]
-fn test_mode_binds_no_port_and_prints_warnings() {
-    // Hold the listener's port: -t must still succeed, because it binds nothing.
+/// A configuration whose one listener (`name`) is on a port this test holds; `more_pools` are
+/// appended to its pools. Returns (the held socket, the dir, the config path).
+fn config_on_a_held_port(
+    name: &str,
+    more_pools: &str,
+) -> (std::net::TcpListener, tempfile::TempDir, std::path::PathBuf) {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
@@ -106,10 +109,19 @@ fn test_mode_binds_no_port_and_prints_warnings() {
     std::fs::write(
         &conf,
         format!(
-            "listeners: [{{name: main, listen: 127.0.0.1:{port}}}]\nroutes: [{{pool: a}}]\npools:\n  a: {{backends: [{{address: 127.0.0.1:9}}]}}\n  unused: {{backends: [{{address: 127.0.0.1:10}}]}}\n"
+            "server: {{pid_file: {0}/p.pid, upgrade_sock: {0}/u.sock, grace_period_seconds: 0}}\nlisteners: [{{name: {name}, listen: 127.0.0.1:{port}}}]\nroutes: [{{pool: a}}]\npools:\n  a: {{backends: [{{address: 127.0.0.1:9}}]}}\n{more_pools}",
+            dir.path().display()
         ),
     )
     .unwrap();
+    (held, dir, conf)
+}
+
+#[test]
+fn test_mode_binds_no_port_and_prints_warnings() {
+    // Hold the listener's port: -t must still succeed, because it binds nothing.
+    let (_held, _dir, conf) =
+        config_on_a_held_port("main", "  unused: {backends: [{address: 127.0.0.1:10}]}\n");
     let out = check(&conf);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -121,18 +133,7 @@ fn test_mode_binds_no_port_and_prints_warnings() {
 
 #[test]
 fn a_busy_port_is_a_prompt_runtime_failure_naming_the_listener() {
-    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = held.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("f.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "server: {{pid_file: {0}/p.pid, upgrade_sock: {0}/u.sock, grace_period_seconds: 0}}\nlisteners: [{{name: front, listen: 127.0.0.1:{port}}}]\nroutes: [{{pool: a}}]\npools:\n  a: {{backends: [{{address: 127.0.0.1:9}}]}}\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let (_held, _dir, conf) = config_on_a_held_port("front", "");
     let started = std::time::Instant::now();
     let out = Command::new(BIN).arg("-c").arg(&conf).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -281,24 +281,19 @@ async fn admin_answers_healthz_404s_the_rest_and_is_not_behind_the_proxy() {
     let admin = free_port();
     let f = Fulcrum::start(&two_pools(&a, &b, &c, admin, "")).await;
     let cl = client();
-    let r = cl
-        .get(format!("http://127.0.0.1:{admin}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = cl
-        .get(format!("http://127.0.0.1:{admin}/nope"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let r = cl
-        .post(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    for (method, path, status) in [
+        ("GET", "/healthz", 200),
+        ("GET", "/nope", 404),
+        ("POST", "/metrics", 404),
+    ] {
+        let url = format!("http://127.0.0.1:{admin}{path}");
+        let r = cl
+            .request(method.parse().unwrap(), url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{method} {path}");
+    }
     // Through the proxy listener, /metrics is just a path: routed (here: no route -> 404).
     let r = cl.get(f.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 404);
