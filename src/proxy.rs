@@ -161,6 +161,38 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
+/// X-Forwarded-For: the values the client sent, then its address. The common case (no header
+/// yet, IPv4) is formatted by hand: `Ipv4Addr`'s Display was a measurable share of a request.
+fn forwarded_for<'a>(
+    existing: impl Iterator<Item = &'a HeaderValue>,
+    ip: std::net::IpAddr,
+) -> HeaderValue {
+    let mut out: Vec<u8> = Vec::with_capacity(48);
+    for v in existing {
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        std::net::IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// The request's host: the Host header, or the authority of an absolute URI / HTTP/2 request.
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
@@ -457,24 +489,23 @@ impl ProxyHttp for Proxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let mut chain = String::new();
-            for v in upstream.headers.get_all(X_FORWARDED_FOR) {
-                if let Ok(v) = v.to_str() {
-                    chain.push_str(v);
-                    chain.push_str(", ");
-                }
-            }
-            chain.push_str(&ip.to_string());
-            upstream.insert_header(X_FORWARDED_FOR, chain)?;
+            let xff = forwarded_for(upstream.headers.get_all(X_FORWARDED_FOR).iter(), ip);
+            upstream.insert_header(X_FORWARDED_FOR, xff)?;
         }
         let tls = ctx
             .runtime
             .listeners
             .get(ctx.listener)
             .is_some_and(|l| l.tls);
-        upstream.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
-        if let Some(host) = request_host(session.req_header()) {
-            let host = host.to_string();
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        upstream.insert_header(X_FORWARDED_PROTO, proto)?;
+        let req = session.req_header();
+        let host = req.headers.get(HOST).cloned().or_else(|| {
+            req.uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        if let Some(host) = host {
             upstream.insert_header(X_FORWARDED_HOST, host)?;
         }
         upstream.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
@@ -639,6 +670,24 @@ mod tests {
             400
         );
         assert_eq!(status_for(&Error::new_in(ErrorType::InternalError)), 500);
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_client() {
+        let ip4: std::net::IpAddr = "10.0.255.7".parse().unwrap();
+        assert_eq!(forwarded_for(std::iter::empty(), ip4), "10.0.255.7");
+        let sent = [
+            HeaderValue::from_static("203.0.113.9"),
+            HeaderValue::from_static("198.51.100.1"),
+        ];
+        assert_eq!(
+            forwarded_for(sent.iter(), "0.1.100.99".parse().unwrap()),
+            "203.0.113.9, 198.51.100.1, 0.1.100.99"
+        );
+        assert_eq!(
+            forwarded_for(std::iter::empty(), "::1".parse().unwrap()),
+            "::1"
+        );
     }
 
     #[test]
