@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use pingora::proxy::http_proxy_service;
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::{http_proxy_service, http_proxy_service_with_name};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -94,12 +95,26 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         "drain watch",
         DrainWatch::new(server.watch_execution_phase(), draining.clone()),
     ));
-    let mut proxy = http_proxy_service(
-        &server.configuration,
-        Proxy::new(runtime.clone(), access_log, draining.clone()),
-    );
+    let proxy_logic = || Proxy::new(runtime.clone(), access_log.clone(), draining.clone());
+    let mut proxy = http_proxy_service(&server.configuration, proxy_logic());
+    // Pingora enables h2c per service: h2c listeners get a service of their own.
+    let mut h2c_proxy = None;
     let mut certificates = Vec::new();
-    for listener in &config.listeners {
+    for listener in config.listeners.iter().filter(|l| l.h2c) {
+        let service = h2c_proxy.get_or_insert_with(|| {
+            let mut s =
+                http_proxy_service_with_name(&server.configuration, proxy_logic(), "fulcrum h2c");
+            if let Some(app) = s.app_logic_mut() {
+                let mut options = HttpServerOptions::default();
+                options.h2c = true;
+                app.server_options = Some(options);
+            }
+            s
+        });
+        let endpoint = ListenerConfig::tcp(listener.addr.to_string()).l4_buffer(l4_buffer());
+        service.add_listener(endpoint);
+    }
+    for listener in config.listeners.iter().filter(|l| !l.h2c) {
         let addr = listener.addr.to_string();
         let endpoint = ListenerConfig::tcp(addr.clone()).l4_buffer(l4_buffer());
         let Some(tls) = &listener.tls else {
@@ -129,6 +144,11 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&health);
     proxy.add_dependency(&bootstrap);
+    if let Some(h2c_proxy) = h2c_proxy {
+        let h2c_proxy = server.add_service(h2c_proxy);
+        h2c_proxy.add_dependency(&health);
+        h2c_proxy.add_dependency(&bootstrap);
+    }
     health.add_dependency(&bootstrap);
 
     if let Some(admin) = &config.admin {

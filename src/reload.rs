@@ -100,6 +100,7 @@ impl ReloadService {
                     x.name == y.name
                         && x.addr == y.addr
                         && x.redirect_https == y.redirect_https
+                        && x.h2c == y.h2c
                         && x.tls.is_some() == y.tls.is_some()
                         && x.tls.as_ref().map(|t| t.http2) == y.tls.as_ref().map(|t| t.http2)
                 })

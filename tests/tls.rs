@@ -586,3 +586,70 @@ async fn sighup_reloads_certificates_in_place() {
     .await;
     assert_eq!(get_der(port).await, renewed.der);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_listener_carries_grpc_with_trailers_and_still_speaks_http1() {
+    let backend = h2c_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let yaml = format!(
+        "{}listeners:\n  - {{name: grpc, listen: 127.0.0.1:{port}, h2c: true}}\nroutes: [{{pool: grpc}}]\npools:\n  grpc:\n    protocol: h2c\n    backends: [{{address: \"{backend}\"}}]\n",
+        Fulcrum::server_block(dir.path())
+    );
+    let _f = Fulcrum::start_yaml(dir, port, &yaml).await;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let payload = Bytes::from_static(b"\0\0\0\0\x02hi");
+    let req = Request::post(format!("http://127.0.0.1:{port}/pkg.Echo/Say"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(payload.clone()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(
+        collected.trailers().cloned().expect("trailers")["grpc-status"],
+        "0"
+    );
+    assert_eq!(collected.to_bytes(), payload);
+    // HTTP/1.1 on the same listener (the h2c backend speaks only h2, so any answer from
+    // fulcrum proves the listener parsed HTTP/1.1).
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+}
+
+#[test]
+fn h2c_on_a_tls_listener_is_refused() {
+    let pki = TestPki::new();
+    let leaf = pki.leaf("x", &["x.test"], false);
+    let conf = pki.dir.path().join("h2c.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listeners:\n  - name: t\n    listen: 127.0.0.1:8443\n    h2c: true\n    tls: {}\nroutes: [{{pool: p}}]\npools:\n  p: {{backends: [{{address: 127.0.0.1:9}}]}}\n",
+            certs_yaml(&[&leaf])
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-t")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("listeners[0].h2c: h2c is HTTP/2 without TLS"),
+        "{stderr}"
+    );
+}

@@ -64,6 +64,8 @@ pub struct ListenerConfig {
     pub redirect_https: bool,
     /// How long an idle client keep-alive connection is kept (whole seconds, at least 1).
     pub keepalive_timeout: Duration,
+    /// Plain listener that also accepts HTTP/2 with prior knowledge (h2c), e.g. for gRPC.
+    pub h2c: bool,
 }
 
 /// Default idle time of a client keep-alive connection (as nginx's keepalive_timeout 75s).

@@ -32,6 +32,7 @@ pub struct RawListener {
     pub tls: Option<RawListenerTls>,
     pub redirect_https: Option<bool>,
     pub keepalive_timeout: Option<String>,
+    pub h2c: Option<bool>,
 }
 
 /// `tls:` of a listener.

@@ -377,6 +377,14 @@ fn check_listeners(ck: &mut Checker, value: Option<Value>) -> Option<Vec<Listene
             .tls
             .map(|t| check_listener_tls(ck, &format!("{path}.tls"), t));
         let redirect_https = raw.redirect_https.unwrap_or(false);
+        let h2c = raw.h2c.unwrap_or(false);
+        if h2c && tls.is_some() {
+            ck.error(
+                format!("{path}.h2c"),
+                "h2c is HTTP/2 without TLS; a TLS listener offers h2 by ALPN (`tls.http2`)",
+            );
+            ok = false;
+        }
         let keepalive_timeout = parse_duration(
             ck,
             &format!("{path}.keepalive_timeout"),
@@ -414,6 +422,7 @@ fn check_listeners(ck: &mut Checker, value: Option<Value>) -> Option<Vec<Listene
                     tls,
                     redirect_https,
                     keepalive_timeout,
+                    h2c,
                 });
             }
             Err(msg) => {
