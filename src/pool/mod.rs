@@ -30,20 +30,65 @@ pub use state::{BackendState, InflightGuard, Transition};
 
 /// The pool's algorithm, as a Pingora LoadBalancer over the matching selector.
 enum Balancer {
-    Smooth(LoadBalancer<SmoothWeighted>),
-    LeastConn(LoadBalancer<LeastConnections>),
-    Hash(LoadBalancer<Consistent>),
-    Random(LoadBalancer<Random>),
+    Smooth(Balanced<SmoothWeighted>),
+    LeastConn(Balanced<LeastConnections>),
+    Hash(Balanced<Consistent>),
+    Random(Balanced<Random>),
 }
 
 impl Balancer {
     fn backends(&self) -> &Backends {
         match self {
-            Balancer::Smooth(lb) => lb.backends(),
-            Balancer::LeastConn(lb) => lb.backends(),
-            Balancer::Hash(lb) => lb.backends(),
-            Balancer::Random(lb) => lb.backends(),
+            Balancer::Smooth(b) => b.lb.backends(),
+            Balancer::LeastConn(b) => b.lb.backends(),
+            Balancer::Hash(b) => b.lb.backends(),
+            Balancer::Random(b) => b.lb.backends(),
         }
+    }
+}
+
+/// A LoadBalancer (membership and health) with a selector of the same backends that fulcrum
+/// walks itself: `LoadBalancer::select_with` allocates a set per pick to skip repeats, which
+/// was most of a pick's cost. A pool's backends never change after it is built (a reload
+/// builds a new pool), so the two always agree.
+struct Balanced<S: BackendSelection> {
+    lb: LoadBalancer<S>,
+    selector: Arc<S>,
+}
+
+impl<S> Balanced<S>
+where
+    S: BackendSelection + 'static,
+    S::Iter: BackendIter,
+{
+    fn new(set: BTreeSet<Backend>, config: Option<S::Config>, check: Option<Check>) -> Self {
+        let selector = Arc::new(match &config {
+            Some(c) => S::build_with_config(&set, c),
+            None => S::build(&set),
+        });
+        Balanced {
+            lb: load_balancer(set, config, check),
+            selector,
+        }
+    }
+
+    /// The first of at most `max` candidates (in the algorithm's order for `key`) that Pingora
+    /// deems ready and `accept` maps to a pool index.
+    fn select(
+        &self,
+        key: &[u8],
+        max: usize,
+        accept: impl Fn(&Backend) -> Option<usize>,
+    ) -> Option<usize> {
+        let backends = self.lb.backends();
+        let mut candidates = self.selector.iter(key);
+        for _ in 0..max {
+            let b = candidates.next()?;
+            if let Some(i) = accept(b).filter(|_| backends.ready(b)) {
+                return Some(i);
+            }
+        }
+        None
     }
 }
 
@@ -138,15 +183,15 @@ impl Pool {
         let balancer = match config.algorithm {
             Algorithm::RoundRobin => {
                 let order: Vec<SocketAddr> = config.backends.iter().map(|b| b.addr).collect();
-                Balancer::Smooth(load_balancer(set, Some(order.into()), check))
+                Balancer::Smooth(Balanced::new(set, Some(order.into()), check))
             }
             Algorithm::LeastConnections => {
-                Balancer::LeastConn(load_balancer(set, Some(backends.clone()), check))
+                Balancer::LeastConn(Balanced::new(set, Some(backends.clone()), check))
             }
             Algorithm::ConsistentHash | Algorithm::IpHash => {
-                Balancer::Hash(load_balancer(set, None, check))
+                Balancer::Hash(Balanced::new(set, None, check))
             }
-            Algorithm::Random => Balancer::Random(load_balancer(set, None, check)),
+            Algorithm::Random => Balancer::Random(Balanced::new(set, None, check)),
         };
         Pool {
             name: config.name.clone(),
@@ -287,29 +332,26 @@ impl Pool {
     /// Returns the index into `backends()`.
     pub fn select(&self, key: Option<&[u8]>, skip: impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.backends.len();
-        let accept = |b: &Backend, ready: bool| {
-            ready
-                && self
-                    .index_of(b)
-                    .is_some_and(|i| !skip(i) && self.backends[i].usable())
+        let accept = |b: &Backend| {
+            self.index_of(b)
+                .filter(|&i| !skip(i) && self.backends[i].usable())
         };
-        let picked = match &self.balancer {
-            Balancer::Smooth(lb) => lb.select_with(b"", n, accept),
-            Balancer::LeastConn(lb) => lb.select_with(b"", n, accept),
-            Balancer::Random(lb) => lb.select_with(b"", n.max(16) * 2, accept),
-            Balancer::Hash(lb) => {
+        match &self.balancer {
+            Balancer::Smooth(b) => b.select(b"", n, accept),
+            Balancer::LeastConn(b) => b.select(b"", n, accept),
+            Balancer::Random(b) => b.select(b"", n.max(16) * 2, accept),
+            Balancer::Hash(b) => {
                 // A ring has 160 points per backend; walk far enough to see them all.
                 let steps = n.saturating_mul(160).clamp(256, 65_536);
                 match key {
-                    Some(key) => lb.select_with(key, steps, accept),
+                    Some(key) => b.select(key, steps, accept),
                     None => {
                         let spread = self.keyless.fetch_add(1, Ordering::Relaxed);
-                        lb.select_with(&spread.to_le_bytes(), steps, accept)
+                        b.select(&spread.to_le_bytes(), steps, accept)
                     }
                 }
             }
-        }?;
-        self.index_of(&picked)
+        }
     }
 
     fn index_of(&self, b: &Backend) -> Option<usize> {
