@@ -274,10 +274,13 @@ def main():
                     print(f"round {r+1} {mode:5} {n:8} {res['rps']:9.0f} req/s  {res['cpu_us']:6.1f} us/req  "
                           f"p50 {res['p50']:.3f} ms  p99 {res['p99']:.3f} ms  rss {res['rss_mb']:.1f} MB  "
                           f"non-2xx {res['bad']} {res['sock']}", flush=True)
-        features = {}
-        for v in ("round_robin", "least_connections", "consistent_hash", "affinity", "all"):
-            features[v] = [rig.measure("fulcrum", args.seconds, False, v) for _ in range(max(1, args.rounds - 1))]
-            print(f"feature {v:18} {med([x['cpu_us'] for x in features[v]]):6.1f} us/req", flush=True)
+        variants = ("round_robin", "least_connections", "consistent_hash", "affinity", "all")
+        features = {v: [] for v in variants}
+        for r in range(args.rounds):  # interleaved too: drift cancels
+            for v in variants:
+                res = rig.measure("fulcrum", args.seconds, False, v)
+                features[v].append(res)
+                print(f"round {r+1} feature {v:18} {res['cpu_us']:6.1f} us/req", flush=True)
         idle = {n: rig.idle_rss(n, args.idle) for n in names}
         for n, (b, i) in idle.items():
             print(f"idle {n:8} {b:.1f} MB -> {i:.1f} MB with {args.idle} idle connections", flush=True)
