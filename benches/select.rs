@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use fulcrum::config::{Algorithm, BackendConfig, HashKey, PoolConfig, Timeouts};
+use fulcrum::config::{Algorithm, BackendConfig, HashKey, PoolConfig};
 use fulcrum::pool::Pool;
 
 fn pool(algorithm: Algorithm, n: usize) -> Pool {
@@ -12,30 +12,20 @@ fn pool(algorithm: Algorithm, n: usize) -> Pool {
         Algorithm::IpHash => Some(HashKey::ClientIp),
         _ => None,
     };
-    Pool::build(&PoolConfig {
-        name: "bench".into(),
-        algorithm,
-        hash_key,
-        backends: (0..n)
-            .map(|i| {
-                let addr = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8080));
-                BackendConfig {
-                    name: addr.to_string(),
-                    addr,
-                    // mixed weights, so round robin runs its smooth table
-                    weight: 1 + (i % 3) as u32,
-                }
-            })
-            .collect(),
-        retries: 2,
-        timeouts: Timeouts::default(),
-        health_check: None,
-        passive_health: None,
-        affinity: None,
-        protocol: fulcrum::config::UpstreamProtocol::H1,
-        upstream_tls: None,
-        max_h2_streams: 100,
-    })
+    let backends = (0..n)
+        .map(|i| {
+            let addr = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8080));
+            BackendConfig {
+                name: addr.to_string(),
+                addr,
+                // mixed weights, so round robin runs its smooth table
+                weight: 1 + (i % 3) as u32,
+            }
+        })
+        .collect();
+    let mut config = PoolConfig::with_defaults("bench", algorithm, backends);
+    config.hash_key = hash_key;
+    Pool::build(&config)
 }
 
 fn picks(c: &mut Criterion) {

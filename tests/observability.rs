@@ -85,14 +85,19 @@ fn two_pools(a: &Backend, b: &Backend, c: &Backend, admin: u16, extra: &str) -> 
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_counts_add_up_and_promtool_accepts_the_exposition() {
-    let (a, b, c) = (
+/// The backends `a`, `b` (pool web) and `c` (pool api) of `two_pools`, and a free admin port.
+async fn three_backends_and_an_admin_port() -> (Backend, Backend, Backend, u16) {
+    (
         Backend::start("a").await,
         Backend::start("b").await,
         Backend::start("c").await,
-    );
-    let admin = free_port();
+        free_port(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_counts_add_up_and_promtool_accepts_the_exposition() {
+    let (a, b, c, admin) = three_backends_and_an_admin_port().await;
     let f = Fulcrum::start(&two_pools(&a, &b, &c, admin, "")).await;
     let cl = client();
     for _ in 0..30 {
@@ -178,12 +183,7 @@ async fn request_counts_add_up_and_promtool_accepts_the_exposition() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_backend_moves_its_gauges_and_the_failure_counters() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
-    let admin = free_port();
+    let (a, b, c, admin) = three_backends_and_an_admin_port().await;
     let f = Fulcrum::start(&two_pools(&a, &b, &c, admin, "")).await;
     b.stop();
     // A connect failure on b is retried on a; the retry and the error are counted.
@@ -273,12 +273,7 @@ async fn a_stopped_backend_moves_its_gauges_and_the_failure_counters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_answers_healthz_404s_the_rest_and_is_not_behind_the_proxy() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
-    let admin = free_port();
+    let (a, b, c, admin) = three_backends_and_an_admin_port().await;
     let f = Fulcrum::start(&two_pools(&a, &b, &c, admin, "")).await;
     let cl = client();
     for (method, path, status) in [
@@ -302,12 +297,7 @@ async fn admin_answers_healthz_404s_the_rest_and_is_not_behind_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_hosts_and_paths_add_no_series() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
-    let admin = free_port();
+    let (a, b, c, admin) = three_backends_and_an_admin_port().await;
     let f = Fulcrum::start(&two_pools(&a, &b, &c, admin, "")).await;
     let count = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
     let cl = client();
@@ -364,12 +354,7 @@ async fn distinct_hosts_and_paths_add_no_series() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_a_json_line_per_request_and_reopens_on_sigusr1() {
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
-    let admin = free_port();
+    let (a, b, c, admin) = three_backends_and_an_admin_port().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     let extra = format!(

@@ -235,6 +235,28 @@ pub struct AffinityConfig {
     pub keys: Secrets,
 }
 
+impl PoolConfig {
+    /// A pool with every optional setting at its default: no checks, no affinity, plain h1,
+    /// and (for the hashing algorithms) the client IP as key.
+    pub fn with_defaults(name: &str, algorithm: Algorithm, backends: Vec<BackendConfig>) -> Self {
+        PoolConfig {
+            name: name.to_string(),
+            algorithm,
+            hash_key: matches!(algorithm, Algorithm::ConsistentHash | Algorithm::IpHash)
+                .then_some(HashKey::ClientIp),
+            backends,
+            retries: DEFAULT_RETRIES,
+            timeouts: Timeouts::default(),
+            health_check: None,
+            passive_health: None,
+            affinity: None,
+            protocol: UpstreamProtocol::H1,
+            upstream_tls: None,
+            max_h2_streams: DEFAULT_MAX_H2_STREAMS,
+        }
+    }
+}
+
 /// What an active check does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckKind {

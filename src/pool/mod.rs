@@ -392,29 +392,16 @@ mod tests {
     use crate::config::BackendConfig;
 
     fn pool(algorithm: Algorithm, weights: &[u32]) -> Pool {
-        Pool::build(&PoolConfig {
-            name: "p".into(),
-            algorithm,
-            hash_key: matches!(algorithm, Algorithm::ConsistentHash | Algorithm::IpHash)
-                .then_some(HashKey::ClientIp),
-            backends: weights
-                .iter()
-                .enumerate()
-                .map(|(i, w)| BackendConfig {
-                    name: format!("b{i}"),
-                    addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
-                    weight: *w,
-                })
-                .collect(),
-            retries: 2,
-            timeouts: Timeouts::default(),
-            health_check: None,
-            passive_health: None,
-            affinity: None,
-            protocol: crate::config::UpstreamProtocol::H1,
-            upstream_tls: None,
-            max_h2_streams: 100,
-        })
+        let backends = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| BackendConfig {
+                name: format!("b{i}"),
+                addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                weight: *w,
+            })
+            .collect();
+        Pool::build(&PoolConfig::with_defaults("p", algorithm, backends))
     }
 
     #[test]
