@@ -1,34 +1,32 @@
 //! Assembles the Pingora server from a validated `Config`: the ServerConf, the proxy service
 //! with its listeners, and the shared runtime snapshot.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
+use pingora::protocols::ALPN;
 use pingora::proxy::{http_proxy_service, http_proxy_service_with_name};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
-
-use std::sync::atomic::AtomicBool;
-
 use pingora::services::listening::Service;
 use pingora::services::ServiceHandle;
 
 use crate::access_log;
 use crate::admin::{AdminApp, DrainWatch};
-use crate::config::{Config, ListenerTls, ServerSettings};
+use crate::config::{Config, ServerSettings};
 use crate::health::HealthService;
 use crate::metrics::Metrics;
 use crate::parent_ready::ParentReady;
 use crate::proxy::Proxy;
 use crate::reload::ReloadService;
 use crate::runtime::{Runtime, SharedRuntime};
-use crate::tls::{LoadedCert, SniResolver};
-use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::ListenerConfig;
-use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::protocols::ALPN;
+use crate::tls::SniResolver;
 
 /// fulcrum's defaults where Pingora's do not suit a load balancer (see README, "server").
 pub fn server_conf(s: &ServerSettings) -> ServerConf {
@@ -121,8 +119,10 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
             proxy.add_listener(endpoint);
             continue;
         };
-        let resolver =
-            Arc::new(load_resolver(tls).map_err(|e| format!("listener {}: {e}", listener.name))?);
+        let resolver = Arc::new(
+            SniResolver::for_listener(tls)
+                .map_err(|e| format!("listener {}: {e}", listener.name))?,
+        );
         // The paths are not used: certificates come from the resolver, loaded and checked above
         // (Pingora's rustls listener would panic on a bad file; ours are validated first).
         let mut settings = TlsSettings::intermediate("", "")
@@ -184,21 +184,6 @@ pub struct Assembled {
 /// measurable CPU gain (see the README's performance section).
 fn l4_buffer() -> L4BufferSettings {
     L4BufferSettings::default().read(0)
-}
-
-/// Load every certificate of a TLS listener into a resolver.
-pub fn load_resolver(tls: &ListenerTls) -> Result<SniResolver, String> {
-    let certs = load_certificates(tls)?;
-    SniResolver::new(&certs).ok_or_else(|| "no certificate".to_string())
-}
-
-/// Load and check every certificate/key pair of a TLS listener.
-pub fn load_certificates(tls: &ListenerTls) -> Result<Vec<LoadedCert>, String> {
-    let now = crate::tls::unix_now();
-    tls.certificates
-        .iter()
-        .map(|p| crate::tls::load_pair(&p.cert, &p.key, now).map_err(|(_, e)| e))
-        .collect()
 }
 
 /// In the foreground, install fulcrum's handlers for SIGHUP and SIGUSR1 before any service

@@ -56,7 +56,7 @@ impl ReloadService {
             else {
                 continue;
             };
-            match crate::app::load_certificates(tls) {
+            match crate::tls::load_listener_certificates(tls) {
                 Ok(certs) => {
                     resolver.replace(&certs);
                     tracing::info!(

@@ -14,6 +14,8 @@ use pingora::tls::{
 use pingora::utils::tls::{parse_x509, WrappedX509};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use crate::config::ListenerTls;
+
 /// Which file of a pair a problem is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -180,6 +182,12 @@ impl SniResolver {
         })
     }
 
+    /// A resolver with every certificate of a TLS listener, loaded and checked.
+    pub fn for_listener(tls: &ListenerTls) -> Result<SniResolver, String> {
+        let certs = load_listener_certificates(tls)?;
+        SniResolver::new(&certs).ok_or_else(|| "no certificate".to_string())
+    }
+
     /// Serve `certs` from the next handshake on.
     pub fn replace(&self, certs: &[LoadedCert]) {
         if let Some(t) = CertTable::new(certs) {
@@ -192,6 +200,15 @@ impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.table.load().pick(hello.server_name()))
     }
+}
+
+/// Load and check every certificate/key pair of a TLS listener.
+pub fn load_listener_certificates(tls: &ListenerTls) -> Result<Vec<LoadedCert>, String> {
+    let now = unix_now();
+    tls.certificates
+        .iter()
+        .map(|p| load_pair(&p.cert, &p.key, now).map_err(|(_, e)| e))
+        .collect()
 }
 
 /// A CA bundle (PEM) for verifying upstream certificates, in Pingora's form.

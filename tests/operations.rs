@@ -78,6 +78,16 @@ impl Load {
     }
 }
 
+/// Write `yaml` as the configuration, SIGHUP, and wait until the `nth` reload is applied.
+async fn reload(f: &Fulcrum, yaml: &str, nth: usize) {
+    f.rewrite(yaml);
+    f.signal("HUP");
+    wait_for(Duration::from_secs(5), "reload applied", || {
+        f.log().matches("reload: applied").count() == nth
+    })
+    .await;
+}
+
 async fn metric(admin: u16, name_and_labels: &str) -> f64 {
     let text = client()
         .get(format!("http://127.0.0.1:{admin}/metrics"))
@@ -129,15 +139,11 @@ async fn sighup_under_load_adds_removes_and_reweighs_without_a_failed_request() 
     );
 
     // Remove a.
-    f.rewrite(&pool_yaml(
-        "round_robin",
-        &[(&b, 1), (&c, 1), (&sick, 1)],
-        admin,
-    ));
-    f.signal("HUP");
-    wait_for(Duration::from_secs(5), "reload applied", || {
-        f.log().matches("reload: applied").count() == 2
-    })
+    reload(
+        &f,
+        &pool_yaml("round_robin", &[(&b, 1), (&c, 1), (&sick, 1)], admin),
+        2,
+    )
     .await;
     let a_after = a.hits();
     let b_before = b.hits();
@@ -151,16 +157,8 @@ async fn sighup_under_load_adds_removes_and_reweighs_without_a_failed_request() 
     );
 
     // Change weights and the algorithm.
-    f.rewrite(&pool_yaml(
-        "least_connections",
-        &[(&b, 3), (&c, 1), (&sick, 1)],
-        admin,
-    ));
-    f.signal("HUP");
-    wait_for(Duration::from_secs(5), "reload applied", || {
-        f.log().matches("reload: applied").count() == 3
-    })
-    .await;
+    let reweighed = pool_yaml("least_connections", &[(&b, 3), (&c, 1), (&sick, 1)], admin);
+    reload(&f, &reweighed, 3).await;
     let (b0, c0) = (b.hits(), c.hits());
     wait_for(Duration::from_secs(5), "more traffic", || {
         b.hits() + c.hits() > b0 + c0 + 100

@@ -214,10 +214,6 @@ impl InflightGuard {
         state.inflight.fetch_add(1, Ordering::Relaxed);
         InflightGuard(state)
     }
-
-    pub fn backend(&self) -> &Arc<BackendState> {
-        &self.0
-    }
 }
 
 impl Drop for InflightGuard {

@@ -35,15 +35,6 @@ impl SmoothWeighted {
         };
         &self.backends[i]
     }
-
-    /// Move the rotation to `position` (used to keep the place across a rebuild).
-    pub fn set_position(&self, position: usize) {
-        self.next.store(position, Ordering::Relaxed);
-    }
-
-    pub fn position(&self) -> usize {
-        self.next.load(Ordering::Relaxed)
-    }
 }
 
 /// Above this many steps (cycle length x backends) the exact nginx cycle costs too much to
