@@ -10,7 +10,7 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::protocols::ALPN;
-use pingora::proxy::{http_proxy_service, http_proxy_service_with_name};
+use pingora::proxy::{http_proxy, http_proxy_service_with_name};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -21,6 +21,7 @@ use crate::access_log;
 use crate::admin::{AdminApp, DrainWatch};
 use crate::config::{Config, ServerSettings};
 use crate::health::HealthService;
+use crate::keepalive::KeepAlive;
 use crate::metrics::Metrics;
 use crate::parent_ready::ParentReady;
 use crate::proxy::Proxy;
@@ -94,7 +95,13 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         DrainWatch::new(server.watch_execution_phase(), draining.clone()),
     ));
     let proxy_logic = || Proxy::new(runtime.clone(), access_log.clone(), draining.clone());
-    let mut proxy = http_proxy_service(&server.configuration, proxy_logic());
+    let mut proxy = Service::new(
+        "fulcrum".to_string(),
+        KeepAlive::new(
+            http_proxy(&server.configuration, proxy_logic()),
+            runtime.clone(),
+        ),
+    );
     // Pingora enables h2c per service: h2c listeners get a service of their own.
     let mut h2c_proxy = None;
     let mut certificates = Vec::new();

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod keepalive;
 pub mod logging;
 pub mod metrics;
 pub mod parent_ready;

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_host_and_path_first_match_wins() {
@@ -97,9 +98,8 @@ async fn backend_sees_forwarding_headers() {
     assert_eq!(h["x-request-id"], "req-123", "kept");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_client_connections_are_closed_after_the_keepalive_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// fulcrum on a listener with `keepalive_timeout: 1s`, and a raw client connection to it.
+async fn keepalive_rig() -> (Backend, Fulcrum, tokio::net::TcpStream) {
     let b = Backend::start("b").await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -108,23 +108,80 @@ async fn idle_client_connections_are_closed_after_the_keepalive_timeout() {
         Fulcrum::server_block(dir.path()),
         b.addr
     );
-    let _f = Fulcrum::start_yaml(dir, port, &yaml).await;
-    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let f = Fulcrum::start_yaml(dir, port, &yaml).await;
+    let c = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    (b, f, c)
+}
+
+/// Send a GET on a raw connection and read its (small, single-read) response head.
+async fn raw_get(c: &mut tokio::net::TcpStream, pieces: &[&[u8]], pause: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            // a slow client: the pause is the stimulus, not a synchronisation
+            tokio::time::sleep(pause).await;
+        }
+        c.write_all(piece).await.unwrap();
+    }
     let mut buf = vec![0u8; 4096];
-    let n = c.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("a response within 5 s")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Wait for the server to close `c`; how long that took.
+async fn time_to_close(c: &mut tokio::net::TcpStream) -> Duration {
+    use tokio::io::AsyncReadExt;
     let idle = std::time::Instant::now();
-    // The server closes the idle connection: read returns 0 (EOF), within the timeout + slack.
-    let eof = tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut buf)).await;
+    let mut buf = vec![0u8; 64];
+    let eof = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
     assert!(matches!(eof, Ok(Ok(0))), "{eof:?}");
-    let after = idle.elapsed();
+    idle.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connections_are_closed_after_the_keepalive_timeout() {
+    let (_b, _f, mut c) = keepalive_rig().await;
+    let head = raw_get(
+        &mut c,
+        &[b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"],
+        Duration::ZERO,
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let after = time_to_close(&mut c).await;
     assert!(
-        after >= std::time::Duration::from_millis(900) && after < std::time::Duration::from_secs(3),
+        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
         "{after:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_a_request_is_closed_after_the_keepalive_timeout() {
+    let (_b, _f, mut c) = keepalive_rig().await;
+    let after = time_to_close(&mut c).await;
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+        "{after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_serve_requests_that_arrive_late_and_in_pieces() {
+    let (b, _f, mut c) = keepalive_rig().await;
+    let pause = Duration::from_millis(300);
+    // The first request arrives in three pieces on a connection idle since it opened.
+    let pieces: [&[u8]; 3] = [b"GET /one HT", b"TP/1.1\r\nhost: x\r\n", b"\r\n"];
+    let head = raw_get(&mut c, &pieces, pause).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The same connection, idle again, then a second request in pieces: still served.
+    tokio::time::sleep(pause).await;
+    let pieces: [&[u8]; 2] = [b"GET /two HTTP/1.1\r\n", b"host: x\r\n\r\n"];
+    let head = raw_get(&mut c, &pieces, pause).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(b.hits(), 2);
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use futures::FutureExt;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_load_balancing::discovery::Static;
-use pingora_load_balancing::selection::{BackendIter, BackendSelection, Consistent, Random};
+use pingora_load_balancing::selection::{BackendIter, BackendSelection, Random};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 
 use crate::config::{
@@ -25,14 +25,14 @@ use crate::config::{
 use crate::health::Probe;
 use pingora::utils::tls::WrappedX509;
 use pingora_load_balancing::health_check::HealthCheck;
-use select::{LeastConnections, SmoothWeighted};
+use select::{Ketama, LeastConnections, SmoothWeighted};
 pub use state::{BackendState, InflightGuard, Transition};
 
 /// The pool's algorithm, as a Pingora LoadBalancer over the matching selector.
 enum Balancer {
     Smooth(Balanced<SmoothWeighted>),
     LeastConn(Balanced<LeastConnections>),
-    Hash(Balanced<Consistent>),
+    Hash(Balanced<Ketama>),
     Random(Balanced<Random>),
 }
 

@@ -1,0 +1,185 @@
+//! The life of a plain-TCP HTTP/1 client connection: between requests it waits for its next
+//! bytes holding nothing but its socket.
+//!
+//! Pingora's own loop calls `process_new_http` at once, which boxes the whole request future
+//! (~13 KB) and allocates a 4 KB header buffer, then waits inside it: ~38 KB per idle
+//! keep-alive connection, and its connection task reserves ~9 KB for a TLS handshake. Here a
+//! plain connection gets a small task of its own, and an idle connection waits on socket
+//! readiness (no read, so no extra system call) before it enters Pingora's request path. TLS connections (h1 and
+//! h2) take Pingora's path unchanged; h2c listeners have a plain Pingora service of their own.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use pingora::time::timeout;
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::proxy::Proxy;
+use crate::runtime::SharedRuntime;
+
+/// The proxy service's application: fulcrum's keep-alive loop around Pingora's HTTP proxy.
+pub struct KeepAlive {
+    proxy: Arc<HttpProxy<Proxy>>,
+    runtime: SharedRuntime,
+}
+
+impl KeepAlive {
+    pub fn new(proxy: HttpProxy<Proxy>, runtime: SharedRuntime) -> Self {
+        KeepAlive {
+            proxy: Arc::new(proxy),
+            runtime,
+        }
+    }
+
+    /// How long a connection may sit idle: its listener's `keepalive_timeout`.
+    fn idle_timeout(&self, stream: &Stream) -> u64 {
+        let digest = stream.get_socket_digest();
+        let local = digest.as_ref().and_then(|d| d.local_addr());
+        let runtime = self.runtime.load();
+        let listener = runtime.listener_of(local.and_then(|a| a.as_inet()));
+        runtime
+            .listeners
+            .get(listener)
+            .map_or(75, |l| l.keepalive_secs)
+    }
+}
+
+#[async_trait]
+impl ServerApp for KeepAlive {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if stream.get_ssl_digest().is_some() {
+            return self.proxy.process_new(stream, shutdown).await;
+        }
+        // Pingora's connection task is ~9 KB (it has room for a TLS handshake); the connection
+        // moves to a task of its own size and Pingora's ends here.
+        let app = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { app.serve(stream, shutdown).await });
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+impl KeepAlive {
+    /// Serve HTTP/1 requests on `stream` until it is closed, idle too long, or not reusable.
+    async fn serve(&self, mut stream: Stream, mut shutdown: ShutdownWatch) {
+        let idle_secs = self.idle_timeout(&stream);
+        let idle = Duration::from_secs(idle_secs);
+        let mut settings: Option<HttpPersistentSettings> = None;
+        loop {
+            if !next_request(&mut stream, idle, &mut shutdown).await {
+                return;
+            }
+            let mut session = ServerSession::new_http1(stream);
+            match settings {
+                Some(settings) => settings.apply_to_session(&mut session),
+                // Also bounds the reads of the first request's header, as Pingora's 60 s does.
+                None => session.set_keepalive(Some(idle_secs)),
+            }
+            let Some(reused) = self.proxy.process_new_http(session, &shutdown).await else {
+                return;
+            };
+            (stream, settings) = reused.consume();
+        }
+    }
+}
+
+/// Whether the next request has started to arrive (or the client closed or failed: the request
+/// reader reports that) before the connection was idle for `idle` or the server began to shut
+/// down, which closes idle connections as Pingora does.
+async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &mut ShutdownWatch) -> bool {
+    let readable = timeout(idle, Readable::new(stream));
+    tokio::pin!(readable);
+    loop {
+        tokio::select! {
+            biased;
+            ready = &mut readable => return ready.is_ok(),
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when the socket is readable, without reading from it: a zero-length read registers
+/// for readiness and costs no system call while the socket is drained.
+struct Readable<'a> {
+    stream: &'a mut Stream,
+    registered: Option<Arc<ReadinessFlag>>,
+}
+
+impl<'a> Readable<'a> {
+    fn new(stream: &'a mut Stream) -> Self {
+        Readable {
+            stream,
+            registered: None,
+        }
+    }
+}
+
+impl Future for Readable<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Woken by the socket (not by a timer or the shutdown watch): ready, no need to ask
+        // again, which would cost a read(2) of nothing.
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|flag| flag.ready.load(Ordering::Acquire))
+        {
+            return Poll::Ready(());
+        }
+        let flag = Arc::new(ReadinessFlag {
+            ready: AtomicBool::new(false),
+            task: cx.waker().clone(),
+        });
+        let waker = Waker::from(flag.clone());
+        let mut probe = Context::from_waker(&waker);
+        let mut nothing = ReadBuf::new(&mut []);
+        match Pin::new(&mut *self.stream).poll_read(&mut probe, &mut nothing) {
+            Poll::Pending => {
+                self.registered = Some(flag);
+                Poll::Pending
+            }
+            // Bytes, end of stream or an error: the request reader sees which.
+            Poll::Ready(_) => Poll::Ready(()),
+        }
+    }
+}
+
+/// The waker handed to the socket: it records that the socket fired, then wakes the task.
+struct ReadinessFlag {
+    ready: AtomicBool,
+    task: Waker,
+}
+
+impl Wake for ReadinessFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
