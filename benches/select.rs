@@ -1,10 +1,11 @@
-//! Nanoseconds per pick for each algorithm with 4, 100 and 10,000 backends (criterion).
+//! Nanoseconds per pick for each algorithm with 4, 100 and 10,000 backends, and for
+//! least_connections with the in-flight count a request adds and removes (criterion).
 
 use std::net::SocketAddr;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use fulcrum::config::{Algorithm, BackendConfig, HashKey, PoolConfig};
-use fulcrum::pool::Pool;
+use fulcrum::pool::{InflightGuard, Pool};
 
 fn pool(algorithm: Algorithm, n: usize) -> Pool {
     let hash_key = match algorithm {
@@ -52,5 +53,21 @@ fn picks(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, picks);
+/// What a request pays on a least_connections pool: the pick, then counting the request in
+/// flight and releasing it (each re-ranks the backend in the pool's tree).
+fn picks_with_inflight(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick+inflight");
+    for n in [4usize, 100, 10_000] {
+        let p = pool(Algorithm::LeastConnections, n);
+        group.bench_with_input(BenchmarkId::new("least_connections", n), &n, |b, _| {
+            b.iter(|| {
+                let i = p.select(None, |_| false).unwrap_or(0);
+                drop(black_box(InflightGuard::acquire(p.backends()[i].clone())))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, picks, picks_with_inflight);
 criterion_main!(benches);

@@ -25,6 +25,7 @@ use crate::config::{
 use crate::health::Probe;
 use pingora::utils::tls::WrappedX509;
 use pingora_load_balancing::health_check::HealthCheck;
+use select::least_conn::LoadTree;
 use select::{Ketama, LeastConnections, SmoothWeighted};
 pub use state::{BackendState, InflightGuard, Transition};
 
@@ -186,7 +187,8 @@ impl Pool {
                 Balancer::Smooth(Balanced::new(set, Some(order.into()), check))
             }
             Algorithm::LeastConnections => {
-                Balancer::LeastConn(Balanced::new(set, Some(backends.clone()), check))
+                let tree = LoadTree::attach(backends.clone());
+                Balancer::LeastConn(Balanced::new(set, Some(tree), check))
             }
             Algorithm::ConsistentHash | Algorithm::IpHash => {
                 Balancer::Hash(Balanced::new(set, None, check))
@@ -338,7 +340,7 @@ impl Pool {
         };
         match &self.balancer {
             Balancer::Smooth(b) => b.select(b"", n, accept),
-            Balancer::LeastConn(b) => b.select(b"", n, accept),
+            Balancer::LeastConn(b) => b.selector.tree()?.pick(|i| self.is_ready(i), &skip),
             Balancer::Random(b) => b.select(b"", n.max(16) * 2, accept),
             Balancer::Hash(b) => {
                 // A ring has 160 points per backend; walk far enough to see them all.

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwapOption;
 use pingora_load_balancing::Backend;
+
+use crate::pool::select::least_conn::{LoadTree, TreeLeaf};
 
 /// Why a backend last changed state, and when.
 #[derive(Debug, Clone)]
@@ -38,6 +41,8 @@ pub struct BackendState {
     pub went_down: AtomicU64,
     last_transition: Mutex<Transition>,
     born: Instant,
+    /// The least-connections tree to tell about in-flight changes (least_connections pools).
+    tree: ArcSwapOption<TreeLeaf>,
 }
 
 impl BackendState {
@@ -64,6 +69,7 @@ impl BackendState {
                 },
             }),
             born: Instant::now(),
+            tree: ArcSwapOption::empty(),
         }
     }
 
@@ -91,6 +97,17 @@ impl BackendState {
             self.healthy.store(true, Ordering::Relaxed);
         } else if !self.is_healthy() {
             self.admitted.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// From now on, tell leaf `index` of `tree` when the in-flight count changes.
+    pub fn attach_tree(&self, tree: std::sync::Weak<LoadTree>, index: usize) {
+        self.tree.store(Some(Arc::new(TreeLeaf::new(tree, index))));
+    }
+
+    fn inflight_changed(&self) {
+        if let Some(leaf) = self.tree.load().as_ref() {
+            leaf.changed();
         }
     }
 
@@ -212,6 +229,7 @@ pub struct InflightGuard(Arc<BackendState>);
 impl InflightGuard {
     pub fn acquire(state: Arc<BackendState>) -> Self {
         state.inflight.fetch_add(1, Ordering::Relaxed);
+        state.inflight_changed();
         InflightGuard(state)
     }
 }
@@ -219,6 +237,7 @@ impl InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.0.inflight_changed();
     }
 }
 

@@ -1,122 +1,285 @@
-//! Least connections as a Pingora `BackendSelection`: fewest in-flight requests per unit of
-//! weight first, ties rotating. The counters live in the pool's `BackendState`s, outside the
-//! selector, so a rebuild keeps them.
+//! Least connections: fewest in-flight requests per unit of weight first, ties to the backend
+//! picked longest ago. A tournament tree over the pool's backends keeps the winner at its root:
+//! a pick is O(1) plus O(log n) per backend it has to pass over, and every start or end of a
+//! request re-ranks one leaf in O(log n) (HAProxy keeps its leastconn tree the same way). The
+//! counters themselves live in the pool's `BackendState`s, so a rebuild keeps them.
 
-use std::cmp::Ordering as CmpOrdering;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use pingora_load_balancing::selection::{BackendIter, BackendSelection};
 use pingora_load_balancing::Backend;
 
 use crate::pool::BackendState;
 
-/// The in-flight counters a selector reads: the pool's backends, sorted by address.
-pub type Counters = Arc<[Arc<BackendState>]>;
+/// How often every leaf is re-read from its backend: picks up what no event announces (an
+/// ejection running out, a backend becoming ready again) and heals any missed update.
+const REFRESH: Duration = Duration::from_millis(100);
+/// The winner of a subtree that has no backend (padding to a power of two).
+const NONE: u32 = u32::MAX;
 
+/// One pool's tree. Leaf `i` is the pool's backend `i` (both sorted by address).
+pub struct LoadTree {
+    states: Arc<[Arc<BackendState>]>,
+    inner: Mutex<Tree>,
+}
+
+struct Tree {
+    leaves: Vec<Leaf>,
+    /// Heap layout: `winners[1]` is the root, `winners[width + i]` is leaf `i`.
+    winners: Vec<u32>,
+    width: usize,
+    /// Incremented by every pick: a leaf's `picked` orders ties, oldest first.
+    clock: u64,
+    refreshed: Instant,
+}
+
+#[derive(Clone, Copy)]
+struct Leaf {
+    inflight: u64,
+    weight: u64,
+    picked: u64,
+    /// Found not ready: out of the running until the next refresh.
+    parked: bool,
+    /// Skipped by the current pick (a backend the request already tried).
+    excluded: bool,
+}
+
+impl LoadTree {
+    /// A tree over `states`, which every state then notifies of its in-flight changes.
+    pub fn attach(states: Arc<[Arc<BackendState>]>) -> Arc<LoadTree> {
+        let n = states.len();
+        let width = n.next_power_of_two().max(1);
+        let leaves = states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Leaf {
+                inflight: s.inflight() as u64,
+                weight: u64::from(s.weight().max(1)),
+                // The first round goes in address order.
+                picked: i as u64,
+                parked: false,
+                excluded: false,
+            })
+            .collect();
+        let mut tree = Tree {
+            leaves,
+            winners: vec![NONE; 2 * width],
+            width,
+            clock: n as u64,
+            refreshed: Instant::now(),
+        };
+        tree.rebuild();
+        let tree = Arc::new(LoadTree {
+            states,
+            inner: Mutex::new(tree),
+        });
+        for (i, s) in tree.states.iter().enumerate() {
+            s.attach_tree(Arc::downgrade(&tree), i);
+        }
+        // Counts that changed while the states still pointed at a previous tree.
+        tree.lock().refresh(&tree.states);
+        tree
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tree> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The least loaded backend that is `ready` and not `skip`ped; counts as picked (for ties).
+    pub fn pick(
+        &self,
+        ready: impl Fn(usize) -> bool,
+        skip: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let mut t = self.lock();
+        if t.refreshed.elapsed() >= REFRESH {
+            t.refresh(&self.states);
+        }
+        let mut excluded = Vec::new();
+        let found = loop {
+            let i = t.winners[1];
+            if i == NONE || t.leaves[i as usize].out() {
+                break None;
+            }
+            let i = i as usize;
+            if skip(i) {
+                t.leaves[i].excluded = true;
+                excluded.push(i);
+            } else if !ready(i) {
+                t.leaves[i].parked = true;
+            } else {
+                t.clock += 1;
+                t.leaves[i].picked = t.clock;
+                t.replay(i);
+                break Some(i);
+            }
+            t.replay(i);
+        };
+        for i in excluded {
+            t.leaves[i].excluded = false;
+            t.replay(i);
+        }
+        found
+    }
+
+    /// Backend `i`'s in-flight count changed: re-rank it.
+    pub fn changed(&self, i: usize) {
+        let Some(state) = self.states.get(i) else {
+            return;
+        };
+        let mut t = self.lock();
+        t.leaves[i].inflight = state.inflight() as u64;
+        t.replay(i);
+    }
+}
+
+impl Leaf {
+    fn out(&self) -> bool {
+        self.parked || self.excluded
+    }
+}
+
+impl Tree {
+    /// Whether leaf `a` beats leaf `b`: in the running, then less load per weight, then picked
+    /// longer ago.
+    fn beats(&self, a: u32, b: u32) -> bool {
+        if b == NONE {
+            return true;
+        }
+        if a == NONE {
+            return false;
+        }
+        let (x, y) = (&self.leaves[a as usize], &self.leaves[b as usize]);
+        if x.out() != y.out() {
+            return !x.out();
+        }
+        let (lx, ly) = (x.inflight * y.weight, y.inflight * x.weight);
+        lx < ly || (lx == ly && x.picked < y.picked)
+    }
+
+    /// Replay the matches on the path from leaf `i` to the root.
+    fn replay(&mut self, i: usize) {
+        let mut node = (self.width + i) / 2;
+        while node >= 1 {
+            let (l, r) = (self.winners[2 * node], self.winners[2 * node + 1]);
+            self.winners[node] = if self.beats(r, l) { r } else { l };
+            node /= 2;
+        }
+    }
+
+    fn rebuild(&mut self) {
+        for (i, w) in self.winners[self.width..].iter_mut().enumerate() {
+            *w = if i < self.leaves.len() {
+                i as u32
+            } else {
+                NONE
+            };
+        }
+        for node in (1..self.width).rev() {
+            let (l, r) = (self.winners[2 * node], self.winners[2 * node + 1]);
+            self.winners[node] = if self.beats(r, l) { r } else { l };
+        }
+    }
+
+    /// Re-read every leaf and give parked backends another chance.
+    fn refresh(&mut self, states: &[Arc<BackendState>]) {
+        for (leaf, s) in self.leaves.iter_mut().zip(states) {
+            leaf.inflight = s.inflight() as u64;
+            leaf.weight = u64::from(s.weight().max(1));
+            leaf.parked = false;
+        }
+        self.rebuild();
+        self.refreshed = Instant::now();
+    }
+}
+
+/// Where a backend's state reports its in-flight changes: its leaf in the pool's current tree.
+#[derive(Debug)]
+pub struct TreeLeaf {
+    tree: Weak<LoadTree>,
+    index: usize,
+}
+
+impl TreeLeaf {
+    pub fn new(tree: Weak<LoadTree>, index: usize) -> Self {
+        TreeLeaf { tree, index }
+    }
+
+    pub fn changed(&self) {
+        if let Some(tree) = self.tree.upgrade() {
+            tree.changed(self.index);
+        }
+    }
+}
+
+/// The `BackendSelection` for a least-connections pool: its backends and their tree.
 pub struct LeastConnections {
     backends: Box<[Backend]>,
-    /// `states[i]` counts the requests in flight to `backends[i]`.
-    states: Box<[Arc<BackendState>]>,
-    rotation: AtomicUsize,
+    tree: Option<Arc<LoadTree>>,
+}
+
+impl LeastConnections {
+    pub fn tree(&self) -> Option<&Arc<LoadTree>> {
+        self.tree.as_ref()
+    }
 }
 
 impl BackendSelection for LeastConnections {
     type Iter = LeastConnIter;
-    type Config = Counters;
+    type Config = Arc<LoadTree>;
 
-    fn build_with_config(backends: &BTreeSet<Backend>, counters: &Counters) -> Self {
-        let mut list = Vec::with_capacity(backends.len());
-        let mut states = Vec::with_capacity(backends.len());
-        for b in backends {
-            let state = b
-                .addr
-                .as_inet()
-                .and_then(|addr| {
-                    let i = counters.binary_search_by_key(addr, |s| s.addr).ok()?;
-                    Some(counters[i].clone())
-                })
-                .unwrap_or_else(|| Arc::new(BackendState::detached(b)));
-            list.push(b.clone());
-            states.push(state);
-        }
+    fn build_with_config(backends: &BTreeSet<Backend>, tree: &Arc<LoadTree>) -> Self {
         LeastConnections {
-            backends: list.into(),
-            states: states.into(),
-            rotation: AtomicUsize::new(0),
+            backends: backends.iter().cloned().collect(),
+            tree: Some(tree.clone()),
         }
     }
 
     fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::build_with_config(backends, &Counters::from(Vec::new()))
+        LeastConnections {
+            backends: backends.iter().cloned().collect(),
+            tree: None,
+        }
     }
 
+    /// Pingora's interface (fulcrum picks through the tree): the least loaded backend, then
+    /// the others in order.
     fn iter(self: &Arc<Self>, _key: &[u8]) -> LeastConnIter {
+        let first = self.tree.as_ref().and_then(|t| t.pick(|_| true, |_| false));
         LeastConnIter {
-            start: self.rotation.fetch_add(1, Ordering::Relaxed),
-            last: None,
-            steps: 0,
             selector: self.clone(),
+            first,
+            started: false,
+            next: 0,
         }
     }
 }
 
-/// A backend's place in the order: load per weight, then its rank in this request's rotation.
-#[derive(Clone, Copy)]
-struct Rank {
-    inflight: usize,
-    weight: usize,
-    rotation: usize,
-}
-
-impl Rank {
-    fn cmp(&self, other: &Rank) -> CmpOrdering {
-        let a = self.inflight as u128 * other.weight as u128;
-        let b = other.inflight as u128 * self.weight as u128;
-        a.cmp(&b).then(self.rotation.cmp(&other.rotation))
-    }
-}
-
-/// Yields backends from least to most loaded (each step rescans: O(n), as nginx's).
 pub struct LeastConnIter {
     selector: Arc<LeastConnections>,
-    start: usize,
-    last: Option<Rank>,
-    steps: usize,
+    first: Option<usize>,
+    started: bool,
+    next: usize,
 }
 
 impl BackendIter for LeastConnIter {
     fn next(&mut self) -> Option<&Backend> {
-        let s = &self.selector;
-        let n = s.backends.len();
-        if self.steps >= n {
-            return None;
-        }
-        self.steps += 1;
-        let offset = self.start % n;
-        let mut best: Option<(Rank, usize)> = None;
-        for (i, state) in s.states.iter().enumerate() {
-            let rank = Rank {
-                inflight: state.inflight(),
-                weight: s.backends[i].weight.max(1),
-                rotation: (i + n - offset) % n,
-            };
-            if let Some(last) = &self.last {
-                if rank.cmp(last) != CmpOrdering::Greater {
-                    continue;
-                }
-            }
-            if best
-                .as_ref()
-                .is_none_or(|(b, _)| rank.cmp(b) == CmpOrdering::Less)
-            {
-                best = Some((rank, i));
+        if !self.started {
+            self.started = true;
+            if let Some(i) = self.first {
+                return self.selector.backends.get(i);
             }
         }
-        let (rank, i) = best?;
-        self.last = Some(rank);
-        Some(&s.backends[i])
+        while self.next < self.selector.backends.len() {
+            let i = self.next;
+            self.next += 1;
+            if Some(i) != self.first {
+                return self.selector.backends.get(i);
+            }
+        }
+        None
     }
 }
 
@@ -124,67 +287,115 @@ impl BackendIter for LeastConnIter {
 mod tests {
     use super::*;
     use crate::pool::InflightGuard;
+    use proptest::prelude::*;
 
-    fn setup(specs: &[(&str, usize)]) -> (Arc<LeastConnections>, Counters) {
-        let set: BTreeSet<Backend> = specs
+    fn tree(weights: &[u32]) -> (Arc<LoadTree>, Arc<[Arc<BackendState>]>) {
+        let states: Arc<[Arc<BackendState>]> = weights
             .iter()
-            .map(|(a, w)| Backend::new_with_weight(a, *w).unwrap())
-            .collect();
-        let counters: Counters = set
-            .iter()
-            .map(|b| Arc::new(BackendState::detached(b)))
+            .enumerate()
+            .map(|(i, w)| {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16));
+                Arc::new(BackendState::new(addr.to_string(), addr, *w, false))
+            })
             .collect::<Vec<_>>()
             .into();
-        (
-            Arc::new(LeastConnections::build_with_config(&set, &counters)),
-            counters,
-        )
+        (LoadTree::attach(states.clone()), states)
     }
 
-    fn first(sel: &Arc<LeastConnections>) -> String {
-        sel.iter(b"").next().unwrap().addr.to_string()
+    fn first(t: &LoadTree) -> usize {
+        t.pick(|_| true, |_| false).unwrap()
     }
 
     #[test]
     fn picks_the_least_loaded() {
-        let (sel, c) = setup(&[("127.0.0.1:1", 1), ("127.0.0.1:2", 1), ("127.0.0.1:3", 1)]);
-        let _a = InflightGuard::acquire(c[0].clone());
-        let _b = InflightGuard::acquire(c[1].clone());
+        let (t, s) = tree(&[1, 1, 1]);
+        let _a = InflightGuard::acquire(s[0].clone());
+        let _b = InflightGuard::acquire(s[1].clone());
         for _ in 0..5 {
-            assert_eq!(first(&sel), "127.0.0.1:3");
+            assert_eq!(first(&t), 2);
         }
     }
 
     #[test]
     fn ties_rotate() {
-        let (sel, _c) = setup(&[("127.0.0.1:1", 1), ("127.0.0.1:2", 1), ("127.0.0.1:3", 1)]);
-        let got: Vec<String> = (0..3).map(|_| first(&sel)).collect();
-        assert_eq!(got, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+        let (t, _s) = tree(&[1, 1, 1]);
+        let got: Vec<usize> = (0..6).map(|_| first(&t)).collect();
+        assert_eq!(got, [0, 1, 2, 0, 1, 2]);
     }
 
     #[test]
     fn load_is_divided_by_weight() {
-        let (sel, c) = setup(&[("127.0.0.1:1", 4), ("127.0.0.1:2", 1)]);
+        let (t, s) = tree(&[4, 1]);
         let _g: Vec<_> = (0..3)
-            .map(|_| InflightGuard::acquire(c[0].clone()))
+            .map(|_| InflightGuard::acquire(s[0].clone()))
             .collect();
         // 3/4 < 1/1 once the light backend has one in flight
-        let _h = InflightGuard::acquire(c[1].clone());
-        assert_eq!(first(&sel), "127.0.0.1:1");
+        let _h = InflightGuard::acquire(s[1].clone());
+        assert_eq!(first(&t), 0);
     }
 
     #[test]
-    fn iteration_visits_each_backend_once_in_load_order() {
-        let (sel, c) = setup(&[("127.0.0.1:1", 1), ("127.0.0.1:2", 1), ("127.0.0.1:3", 1)]);
-        let _g: Vec<_> = (0..2)
-            .map(|_| InflightGuard::acquire(c[0].clone()))
-            .collect();
-        let _h = InflightGuard::acquire(c[1].clone());
-        let mut it = sel.iter(b"");
-        let mut order = Vec::new();
-        while let Some(b) = it.next() {
-            order.push(b.addr.to_string());
+    fn a_released_request_makes_its_backend_least_loaded_again() {
+        let (t, s) = tree(&[1, 1]);
+        let a = InflightGuard::acquire(s[0].clone());
+        let _b = InflightGuard::acquire(s[1].clone());
+        let _b2 = InflightGuard::acquire(s[1].clone());
+        assert_eq!(first(&t), 0);
+        drop(a);
+        assert_eq!(first(&t), 0);
+    }
+
+    #[test]
+    fn skipped_and_unready_backends_are_passed_over() {
+        let (t, _s) = tree(&[1, 1, 1]);
+        assert_eq!(t.pick(|i| i != 0, |i| i == 1), Some(2));
+        // Skipping is for one pick only; backend 0 stays parked until the next refresh.
+        assert_eq!(t.pick(|_| true, |_| false), Some(1));
+        assert_eq!(t.pick(|_| false, |_| false), None);
+        t.lock().refresh(&t.states);
+        assert_eq!(t.pick(|i| i == 0, |_| false), Some(0));
+    }
+
+    #[test]
+    fn a_new_tree_takes_over_the_counts() {
+        let (old, s) = tree(&[1, 1]);
+        let g = InflightGuard::acquire(s[0].clone());
+        let new = LoadTree::attach(s.clone());
+        assert_eq!(first(&new), 1);
+        drop(g);
+        // The release reached the new tree: both idle, 0 was picked longest ago.
+        assert_eq!(first(&new), 0);
+        drop(old);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Against a plain scan: whatever the counts and weights, the pick has the least load
+        /// per weight among the ready, unskipped backends.
+        #[test]
+        fn the_pick_is_a_least_loaded_backend(
+            weights in proptest::collection::vec(1u32..5, 1..70),
+            loads in proptest::collection::vec(0usize..6, 70),
+            ready_mask in any::<u128>(),
+            skip_mask in any::<u128>(),
+        ) {
+            let (t, s) = tree(&weights);
+            let _guards: Vec<_> = s.iter().zip(&loads)
+                .flat_map(|(st, &l)| (0..l).map(|_| InflightGuard::acquire(st.clone())).collect::<Vec<_>>())
+                .collect();
+            let ready = |i: usize| ready_mask >> i & 1 == 1;
+            let skip = |i: usize| skip_mask >> i & 1 == 1 && i.is_multiple_of(3);
+            let load = |i: usize| s[i].inflight() as f64 / weights[i] as f64;
+            let best = (0..s.len()).filter(|&i| ready(i) && !skip(i)).map(load).reduce(f64::min);
+            let got = t.pick(ready, skip);
+            match (got, best) {
+                (None, None) => {}
+                (Some(i), Some(b)) => {
+                    prop_assert!(ready(i) && !skip(i));
+                    prop_assert!((load(i) - b).abs() < 1e-9);
+                }
+                other => prop_assert!(false, "{other:?}"),
+            }
         }
-        assert_eq!(order, ["127.0.0.1:3", "127.0.0.1:2", "127.0.0.1:1"]);
     }
 }
