@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
@@ -82,22 +82,35 @@ impl KeepAlive {
     async fn serve(&self, mut stream: Stream, mut shutdown: ShutdownWatch) {
         let idle_secs = self.idle_timeout(&stream);
         let idle = Duration::from_secs(idle_secs);
-        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut settings = None;
         loop {
             if !next_request(&mut stream, idle, &mut shutdown).await {
                 return;
             }
-            let mut session = ServerSession::new_http1(stream);
-            match settings {
-                Some(settings) => settings.apply_to_session(&mut session),
-                // Also bounds the reads of the first request's header, as Pingora's 60 s does.
-                None => session.set_keepalive(Some(idle_secs)),
-            }
-            let Some(reused) = self.proxy.process_new_http(session, &shutdown).await else {
+            let request = self.request(stream, settings.take(), idle_secs, &shutdown);
+            let Some(reused) = request.await else {
                 return;
             };
             (stream, settings) = reused.consume();
         }
+    }
+
+    /// Pingora's processing of the next request on `stream`. Not async itself: the session
+    /// (~700 bytes) goes straight into Pingora's request future, not into the connection's.
+    fn request<'a>(
+        &'a self,
+        stream: Stream,
+        settings: Option<HttpPersistentSettings>,
+        idle_secs: u64,
+        shutdown: &'a ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
+        let mut session = ServerSession::new_http1(stream);
+        match settings {
+            Some(settings) => settings.apply_to_session(&mut session),
+            // Also bounds the reads of the first request's header, as Pingora's 60 s does.
+            None => session.set_keepalive(Some(idle_secs)),
+        }
+        self.proxy.process_new_http(session, shutdown)
     }
 }
 
