@@ -1,12 +1,13 @@
-//! The life of a plain-TCP HTTP/1 client connection: between requests it waits for its next
-//! bytes holding nothing but its socket.
+//! The life of an HTTP/1 client connection (plain or TLS): between requests it waits for its
+//! next bytes holding nothing but its socket.
 //!
 //! Pingora's own loop calls `process_new_http` at once, which boxes the whole request future
 //! (~13 KB) and allocates a 4 KB header buffer, then waits inside it: ~38 KB per idle
-//! keep-alive connection, and its connection task reserves ~9 KB for a TLS handshake. Here a
-//! plain connection gets a small task of its own, and an idle connection waits on socket
-//! readiness (no read, so no extra system call) before it enters Pingora's request path. TLS connections (h1 and
-//! h2) take Pingora's path unchanged; h2c listeners have a plain Pingora service of their own.
+//! keep-alive connection, and its connection task reserves ~9 KB for a TLS handshake. Here an
+//! HTTP/1 connection gets a small task of its own once accepted (and TLS-handshaken), and an
+//! idle connection waits for readable bytes (a zero-length read: no extra system call; on TLS,
+//! rustls's buffered plaintext counts) before it enters Pingora's request path. h2 (by ALPN)
+//! takes Pingora's path unchanged; h2c listeners have a plain Pingora service of their own.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use pingora::time::timeout;
@@ -61,7 +62,7 @@ impl ServerApp for KeepAlive {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if stream.get_ssl_digest().is_some() {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.proxy.process_new(stream, shutdown).await;
         }
         // Pingora's connection task is ~9 KB (it has room for a TLS handshake); the connection
@@ -133,8 +134,9 @@ async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &mut Shutdo
     }
 }
 
-/// Resolves when the socket is readable, without reading from it: a zero-length read registers
-/// for readiness and costs no system call while the socket is drained.
+/// Resolves when the stream has bytes to read, without taking any: a zero-length read registers
+/// for readiness and costs no system call while the socket is drained (tokio-rustls answers it
+/// once it holds plaintext, which stays buffered for the request reader).
 struct Readable<'a> {
     stream: &'a mut Stream,
     registered: Option<Arc<ReadinessFlag>>,
