@@ -53,13 +53,14 @@ test: lint check-conf check-unit test-tools
 bench-select: setup
 	cargo bench --bench select --bench affinity
 
-# What the load benchmark compares against: Debian's nginx and HAProxy, and wrk.
+# What the load benchmark compares against: Debian's nginx and HAProxy, and wrk (openssl makes
+# the certificate for the idle TLS connections).
 bench-tools:
-	@command -v nginx >/dev/null 2>&1 && command -v haproxy >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { \
-	  echo "installing nginx, haproxy and wrk"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx haproxy wrk; }
+	@command -v nginx >/dev/null 2>&1 && command -v haproxy >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 || { \
+	  echo "installing nginx, haproxy, wrk and openssl"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx haproxy wrk openssl; }
 
-# The load benchmark against nginx and HAProxy (about 6 minutes), then the micro-benchmarks.
+# The load benchmark against nginx and HAProxy (about 8 minutes), then the micro-benchmarks.
 bench: release bench-tools
 	python3 benches/load.py $(BIN_RELEASE)
 	$(MAKE) bench-select

@@ -6,8 +6,8 @@ worker, pinned to CPU 0 (taskset); wrk and the backends run on CPU 1. Rounds are
 (A B C A B C ...) so machine drift cancels. Reports req/s, p50/p99 latency, proxy CPU
 microseconds per request (from /proc schedstat of every thread of the candidate) and peak RSS,
 at saturation and at a fixed offered load, the ratios to nginx, the cost of fulcrum's features,
-and RSS with 10,000 idle keep-alive connections. Every run is bounded; traffic stays on
-127.0.0.1. Usage: benches/load.py BINARY [--rounds N] [--seconds S] [--quick]
+and RSS with 10,000 idle keep-alive connections, plain and TLS. Every run is bounded; traffic stays on
+127.0.0.1. Usage: benches/load.py BINARY [--rounds N] [--seconds S] [--idle N]
 """
 import argparse
 import asyncio
@@ -125,9 +125,21 @@ class Rig:
         for p in self.backend_ports:
             wait_port(p, self.backends)
 
-    def candidate(self, name, port, variant="round_robin"):
-        """(command, config file) for one candidate listening on port."""
+    def make_certificate(self):
+        """A self-signed certificate for the TLS idle measurement: cert, key, and both in one
+        file (HAProxy's form)."""
+        cert, key, both = (os.path.join(self.work, f) for f in ("tls.crt", "tls.key", "tls.pem"))
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.test"],
+                       check=True, capture_output=True, timeout=30)
+        with open(both, "w") as f:
+            f.write(open(cert).read() + open(key).read())
+        self.tls = (cert, key, both)
+
+    def candidate(self, name, port, variant="round_robin", tls=False):
+        """The command for one candidate listening on port (with TLS there if tls)."""
         ups = self.backend_ports
+        cert, key, both = self.tls if tls else (None, None, None)
         if name == "nginx":
             conf = os.path.join(self.work, "nginx-proxy.conf")
             servers = " ".join(f"server 127.0.0.1:{p};" for p in ups)
@@ -137,7 +149,8 @@ class Rig:
                     f"error_log {self.work}/proxy.err;\ndaemon off;\n"
                     f"events {{ worker_connections 19000; }}\n"
                     f"http {{ access_log off; upstream b {{ {servers} keepalive 256; }}\n"
-                    f"  server {{ listen 127.0.0.1:{port} backlog=65535; keepalive_requests 10000000; keepalive_timeout 300s;\n"
+                    f"  server {{ listen 127.0.0.1:{port}{' ssl' if tls else ''} backlog=65535; keepalive_requests 10000000; keepalive_timeout 300s;\n"
+                    + (f"    ssl_certificate {cert}; ssl_certificate_key {key};\n" if tls else "") +
                     f"    location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n"
                 )
             return f"nginx -c {conf} -p {self.work}"
@@ -151,12 +164,12 @@ class Rig:
                     "global\n  nbthread 1\n  maxconn 10100\n  no strict-limits\n"
                     "defaults\n  mode http\n  timeout connect 2s\n  timeout client 300s\n  timeout server 60s\n"
                     "  timeout http-keep-alive 300s\n  http-reuse always\n"
-                    f"frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n"
+                    f"frontend f\n  bind 127.0.0.1:{port}{' ssl crt ' + both if tls else ''}\n  default_backend b\n"
                     f"backend b\n  balance roundrobin\n{servers}\n"
                 )
             return f"haproxy -f {conf}"
         # fulcrum
-        conf = os.path.join(self.work, f"fulcrum-{variant}.yaml")
+        conf = os.path.join(self.work, f"fulcrum-{variant}{'-tls' if tls else ''}.yaml")
         backends = ", ".join(f"{{address: 127.0.0.1:{p}}}" for p in ups)
         pool = {"round_robin": "algorithm: round_robin",
                 "least_connections": "algorithm: least_connections",
@@ -170,7 +183,8 @@ class Rig:
                 f"server: {{threads: 1, work_stealing: false, pid_file: {self.work}/f.pid, "
                 f"upgrade_sock: {self.work}/f.sock, grace_period_seconds: 0, "
                 f"graceful_shutdown_timeout_seconds: 1, upstream_keepalive_pool_size: 512}}\n"
-                f"{admin}listeners: [{{name: bench, listen: 127.0.0.1:{port}}}]\n"
+                f"{admin}listeners: [{{name: bench, listen: 127.0.0.1:{port}"
+                + (f", tls: {{certificates: [{{cert: {cert}, key: {key}}}]}}" if tls else "") + "}]\n"
                 f"routes: [{{pool: p}}]\npools:\n  p:\n    {pool}\n    backends: [{backends}]\n"
             )
         return f"{self.binary} -c {conf}"
@@ -212,26 +226,35 @@ class Rig:
         finally:
             stop(proc)
 
-    def idle_rss(self, name, connections):
+    def idle_rss(self, name, connections, tls=False):
         port = free_port()
-        proc = spawn(self.candidate(name, port), CPU_PROXY, self.log)
+        proc = spawn(self.candidate(name, port, tls=tls), CPU_PROXY, self.log)
         try:
             wait_port(port, proc)
             pids = pids_of(proc.pid)
             base = mem_kb(pids, "VmRSS")
-            asyncio.run(hold_idle(port, connections, lambda: mem_kb(pids, "VmRSS"), self))
+            asyncio.run(hold_idle(port, connections, lambda: mem_kb(pids, "VmRSS"), self, tls))
             return base / 1024.0, self.idle_result / 1024.0
         finally:
             stop(proc)
 
 
-async def hold_idle(port, n, read_rss, rig):
-    """Open n keep-alive connections, one request each, keep them idle, read the RSS."""
+async def hold_idle(port, n, read_rss, rig, tls):
+    """Open n keep-alive connections (TLS: HTTP/1.1 by ALPN), one request each, keep them idle,
+    read the RSS."""
     conns = []
     sem = asyncio.Semaphore(500)
+    ctx = None
+    if tls:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["http/1.1"])
     async def one():
         async with sem:
-            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+            r, w = await asyncio.wait_for(asyncio.open_connection(
+                "127.0.0.1", port, ssl=ctx, server_hostname="bench.test" if tls else None), 10)
             w.write(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
             await w.drain()
             await asyncio.wait_for(r.readuntil(b"ok\n"), 10)
@@ -254,7 +277,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--idle", type=int, default=10000)
     args = ap.parse_args()
-    for tool in ("nginx", "haproxy", "wrk", "taskset"):
+    for tool in ("nginx", "haproxy", "wrk", "taskset", "openssl"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing (make bench installs it)")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -281,9 +304,11 @@ def main():
                 res = rig.measure("fulcrum", args.seconds, False, v)
                 features[v].append(res)
                 print(f"round {r+1} feature {v:18} {res['cpu_us']:6.1f} us/req", flush=True)
-        idle = {n: rig.idle_rss(n, args.idle) for n in names}
-        for n, (b, i) in idle.items():
-            print(f"idle {n:8} {b:.1f} MB -> {i:.1f} MB with {args.idle} idle connections", flush=True)
+        rig.make_certificate()
+        idle = {(n, tls): rig.idle_rss(n, args.idle, tls) for tls in (False, True) for n in names}
+        for (n, tls), (b, i) in idle.items():
+            print(f"idle {n:8} {b:.1f} MB -> {i:.1f} MB with {args.idle} idle {'TLS ' if tls else ''}connections",
+                  flush=True)
     finally:
         stop(rig.backends)
 
@@ -308,11 +333,12 @@ def main():
     for v, xs in features.items():
         c = med([x["cpu_us"] for x in xs])
         print(f"| {v} | {c:.1f} | {c/rr:.2f} |")
-    print(f"\nRSS with {args.idle} idle keep-alive connections:\n")
-    print("| proxy | RSS idle MB | RSS with connections MB | vs nginx |\n|---|---|---|---|")
-    for n in names:
-        b, i = idle[n]
-        print(f"| {n} | {b:.1f} | {i:.1f} | {i/idle['nginx'][1]:.2f} |")
+    for tls in (False, True):
+        print(f"\nRSS with {args.idle} idle {'TLS ' if tls else ''}keep-alive connections:\n")
+        print("| proxy | RSS idle MB | RSS with connections MB | per connection KB | vs nginx |\n|---|---|---|---|---|")
+        for n in names:
+            b, i = idle[(n, tls)]
+            print(f"| {n} | {b:.1f} | {i:.1f} | {(i - b) * 1024 / args.idle:.2f} | {i/idle[('nginx', tls)][1]:.2f} |")
 
 
 if __name__ == "__main__":
