@@ -2,12 +2,13 @@
 """Load benchmark: fulcrum against nginx and HAProxy, side by side, on loopback.
 
 Each candidate proxies round robin to 4 local nginx backends with upstream keep-alive and one
-worker, pinned to CPU 0 (taskset); wrk and the backends run on CPU 1. Rounds are interleaved
+worker, adding the headers fulcrum always adds (X-Forwarded-For/-Proto/-Host, X-Request-Id),
+pinned to CPU 0 (taskset); wrk and the backends run on CPU 1. Rounds are interleaved
 (A B C A B C ...) so machine drift cancels. Reports req/s, p50/p99 latency, proxy CPU
 microseconds per request (from /proc schedstat of every thread of the candidate) and peak RSS,
 at saturation and at a fixed offered load, the ratios to nginx, the cost of fulcrum's features,
-and RSS with 10,000 idle keep-alive connections, plain and TLS. Every run is bounded; traffic stays on
-127.0.0.1. Usage: benches/load.py BINARY [--rounds N] [--seconds S] [--idle N]
+and RSS with 10,000 idle keep-alive connections, plain and TLS. Every run is bounded; traffic
+stays on 127.0.0.1. Usage: benches/load.py BINARY [--rounds N] [--seconds S] [--idle N]
 """
 import argparse
 import asyncio
@@ -151,7 +152,11 @@ class Rig:
                     f"http {{ access_log off; upstream b {{ {servers} keepalive 256; }}\n"
                     f"  server {{ listen 127.0.0.1:{port}{' ssl' if tls else ''} backlog=65535; keepalive_requests 10000000; keepalive_timeout 300s;\n"
                     + (f"    ssl_certificate {cert}; ssl_certificate_key {key};\n" if tls else "") +
-                    f"    location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n"
+                    f"    location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\";\n"
+                    # the headers fulcrum always adds, so that every candidate does the same work
+                    f"      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+                    f"      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host;\n"
+                    f"      proxy_set_header X-Request-Id $request_id; }} }} }}\n"
                 )
             return f"nginx -c {conf} -p {self.work}"
         if name == "haproxy":
@@ -165,6 +170,10 @@ class Rig:
                     "defaults\n  mode http\n  timeout connect 2s\n  timeout client 300s\n  timeout server 60s\n"
                     "  timeout http-keep-alive 300s\n  http-reuse always\n"
                     f"frontend f\n  bind 127.0.0.1:{port}{' ssl crt ' + both if tls else ''}\n  default_backend b\n"
+                    # the headers fulcrum always adds, so that every candidate does the same work
+                    "  option forwardfor\n  http-request set-header X-Forwarded-Proto http\n"
+                    "  http-request set-header X-Forwarded-Host %[req.hdr(host)]\n"
+                    "  unique-id-format %[uuid()]\n  unique-id-header X-Request-Id\n"
                     f"backend b\n  balance roundrobin\n{servers}\n"
                 )
             return f"haproxy -f {conf}"
