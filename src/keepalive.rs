@@ -25,6 +25,7 @@ use pingora::server::ShutdownWatch;
 use pingora::time::timeout;
 use tokio::io::{AsyncRead, ReadBuf};
 
+use crate::config::DEFAULT_KEEPALIVE_TIMEOUT;
 use crate::proxy::Proxy;
 use crate::runtime::SharedRuntime;
 
@@ -51,7 +52,7 @@ impl KeepAlive {
         runtime
             .listeners
             .get(listener)
-            .map_or(75, |l| l.keepalive_secs)
+            .map_or(DEFAULT_KEEPALIVE_TIMEOUT.as_secs(), |l| l.keepalive_secs)
     }
 }
 

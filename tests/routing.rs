@@ -115,22 +115,10 @@ async fn keepalive_rig() -> (Backend, Fulcrum, tokio::net::TcpStream) {
     (b, f, c)
 }
 
-/// Send a GET on a raw connection and read its (small, single-read) response head.
+/// Send a GET in `pieces` on a raw connection; the response's head.
 async fn raw_get(c: &mut tokio::net::TcpStream, pieces: &[&[u8]], pause: Duration) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    for (i, piece) in pieces.iter().enumerate() {
-        if i > 0 {
-            // a slow client: the pause is the stimulus, not a synchronisation
-            tokio::time::sleep(pause).await;
-        }
-        c.write_all(piece).await.unwrap();
-    }
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
-        .await
-        .expect("a response within 5 s")
-        .unwrap();
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    write_in_pieces(c, pieces, pause).await;
+    read_response(c).await
 }
 
 /// Wait for the server to close `c`; how long that took.

@@ -654,45 +654,6 @@ fn h2c_on_a_tls_listener_is_refused() {
     );
 }
 
-/// Read one HTTP/1.1 response with a Content-Length body from `s`; its head.
-async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no whole response within 5 s"
-        );
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("response bytes")
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed mid-response: {:?}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got).into_owned();
-        let Some(end) = text.find("\r\n\r\n") else {
-            continue;
-        };
-        let head = &text[..end];
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().parse().unwrap())
-            })
-            .expect("content-length");
-        if got.len() >= end + 4 + length {
-            return head.to_string();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_keepalive_connection_serves_requests_that_arrive_late_and_in_pieces() {
     let pki = TestPki::new();
@@ -710,11 +671,7 @@ async fn a_tls_keepalive_connection_serves_requests_that_arrive_late_and_in_piec
         tokio::time::sleep(pause).await;
         let request = format!("GET {path} HTTP/1.1\r\nhost: site.test\r\n\r\n");
         let (first, rest) = request.as_bytes().split_at(9);
-        tls.write_all(first).await.unwrap();
-        tls.flush().await.unwrap();
-        tokio::time::sleep(pause).await;
-        tls.write_all(rest).await.unwrap();
-        tls.flush().await.unwrap();
+        write_in_pieces(&mut tls, &[first, rest], pause).await;
         let head = read_response(&mut tls).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
     }

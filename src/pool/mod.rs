@@ -340,7 +340,7 @@ impl Pool {
         };
         match &self.balancer {
             Balancer::Smooth(b) => b.select(b"", n, accept),
-            Balancer::LeastConn(b) => b.selector.tree()?.pick(|i| self.is_ready(i), &skip),
+            Balancer::LeastConn(b) => b.selector.tree().pick(|i| self.is_ready(i), &skip),
             Balancer::Random(b) => b.select(b"", n.max(16) * 2, accept),
             Balancer::Hash(b) => {
                 // A ring has 160 points per backend; walk far enough to see them all.

@@ -17,6 +17,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
 
@@ -553,5 +554,53 @@ impl TestPki {
             b = b.resolve(n, SocketAddr::from(([127, 0, 0, 1], port)));
         }
         b.build().unwrap()
+    }
+}
+
+/// Write `pieces` to `s` one after another, each flushed (on TLS: a record each), pausing
+/// `pause` between them: a slow client, where the pause is the stimulus, not a synchronisation.
+pub async fn write_in_pieces<S: AsyncWrite + Unpin>(s: &mut S, pieces: &[&[u8]], pause: Duration) {
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        s.write_all(piece).await.unwrap();
+        s.flush().await.unwrap();
+    }
+}
+
+/// Read one HTTP/1.1 response with a Content-Length body from `s`; its head.
+pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "no whole response within 5 s");
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("response bytes")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let head = &text[..end];
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .expect("content-length");
+        if got.len() >= end + 4 + length {
+            return head.to_string();
+        }
     }
 }

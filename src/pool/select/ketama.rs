@@ -30,7 +30,8 @@ pub struct Ketama {
 }
 
 impl Ketama {
-    /// The ring position a key starts at: the first point at or after its hash, wrapping.
+    /// The ring position a key starts at: the first point at or after its hash, wrapping
+    /// (0 on an empty ring, where the index is all zeros).
     fn start(&self, key: &[u8]) -> usize {
         let hash = crc32fast::hash(key);
         let prefix = (hash >> (32 - INDEX_BITS)) as usize;
@@ -94,14 +95,9 @@ impl BackendSelection for Ketama {
     }
 
     fn iter(self: &Arc<Self>, key: &[u8]) -> KetamaIter {
-        let pos = if self.ring.is_empty() {
-            0
-        } else {
-            self.start(key)
-        };
         KetamaIter {
             selector: self.clone(),
-            pos,
+            pos: self.start(key),
         }
     }
 }

@@ -217,12 +217,12 @@ impl TreeLeaf {
 /// The `BackendSelection` for a least-connections pool: its backends and their tree.
 pub struct LeastConnections {
     backends: Box<[Backend]>,
-    tree: Option<Arc<LoadTree>>,
+    tree: Arc<LoadTree>,
 }
 
 impl LeastConnections {
-    pub fn tree(&self) -> Option<&Arc<LoadTree>> {
-        self.tree.as_ref()
+    pub fn tree(&self) -> &LoadTree {
+        &self.tree
     }
 }
 
@@ -233,21 +233,23 @@ impl BackendSelection for LeastConnections {
     fn build_with_config(backends: &BTreeSet<Backend>, tree: &Arc<LoadTree>) -> Self {
         LeastConnections {
             backends: backends.iter().cloned().collect(),
-            tree: Some(tree.clone()),
+            tree: tree.clone(),
         }
     }
 
+    /// Without a pool's states (Pingora's interface): counters of its own.
     fn build(backends: &BTreeSet<Backend>) -> Self {
-        LeastConnections {
-            backends: backends.iter().cloned().collect(),
-            tree: None,
-        }
+        let states: Vec<Arc<BackendState>> = backends
+            .iter()
+            .map(|b| Arc::new(BackendState::detached(b)))
+            .collect();
+        Self::build_with_config(backends, &LoadTree::attach(states.into()))
     }
 
     /// Pingora's interface (fulcrum picks through the tree): the least loaded backend, then
     /// the others in order.
     fn iter(self: &Arc<Self>, _key: &[u8]) -> LeastConnIter {
-        let first = self.tree.as_ref().and_then(|t| t.pick(|_| true, |_| false));
+        let first = self.tree.pick(|_| true, |_| false);
         LeastConnIter {
             selector: self.clone(),
             first,
