@@ -1,7 +1,9 @@
-//! Nanoseconds per pick for each algorithm with 4, 100 and 10,000 backends, and for
-//! least_connections with the in-flight count a request adds and removes (criterion).
+//! Nanoseconds per pick for each algorithm with 4, 100 and 10,000 backends, with 10,000 of
+//! which 10% are out of service (ejected), and for least_connections with the in-flight count
+//! a request adds and removes (criterion).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use fulcrum::config::{Algorithm, BackendConfig, HashKey, PoolConfig};
@@ -29,6 +31,17 @@ fn pool(algorithm: Algorithm, n: usize) -> Pool {
     Pool::build(&config)
 }
 
+/// Eject every tenth backend of `p` (as passive health would).
+fn take_out_a_tenth(p: &Pool) {
+    for b in p.backends().iter().step_by(10) {
+        b.eject(
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            "bench".into(),
+        );
+    }
+}
+
 fn picks(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
     for alg in [
@@ -45,10 +58,21 @@ fn picks(c: &mut Criterion) {
                 b.iter(|| {
                     i = i.wrapping_add(1);
                     let key = i.to_le_bytes();
-                    black_box(p.select(Some(&key), |_| false))
+                    black_box(p.select(Some(&key), |_| false, true))
                 })
             });
         }
+        let p = pool(alg, 10_000);
+        take_out_a_tenth(&p);
+        let name = format!("{}, 10% out", alg.as_str());
+        let mut i: u32 = 0;
+        group.bench_with_input(BenchmarkId::new(name, 10_000), &10_000, |b, _| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                let key = i.to_le_bytes();
+                black_box(p.select(Some(&key), |_| false, true))
+            })
+        });
     }
     group.finish();
 }
@@ -61,7 +85,7 @@ fn picks_with_inflight(c: &mut Criterion) {
         let p = pool(Algorithm::LeastConnections, n);
         group.bench_with_input(BenchmarkId::new("least_connections", n), &n, |b, _| {
             b.iter(|| {
-                let i = p.select(None, |_| false).unwrap_or(0);
+                let i = p.select(None, |_| false, true).unwrap_or(0);
                 drop(black_box(InflightGuard::acquire(p.backends()[i].clone())))
             })
         });

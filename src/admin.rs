@@ -50,6 +50,10 @@ impl AdminApp {
                             "name": b.name,
                             "address": b.addr.to_string(),
                             "weight": b.weight(),
+                            "effective_weight": b.effective_weight_milli(p.slow_start) as f64 / 1000.0,
+                            "slow_start_until": b.ramp_until(p.slow_start)
+                                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                            "state": b.readiness().as_str(),
                             "ready": p.is_ready(i),
                             "healthy": b.is_healthy(),
                             "admitted": b.is_admitted(),
@@ -65,6 +69,8 @@ impl AdminApp {
                     json!({
                         "algorithm": p.algorithm.as_str(),
                         "health_check": p.health_check.is_some(),
+                        "passive_health": p.passive_health.is_some(),
+                        "slow_start": p.slow_start.map(|d| humantime::format_duration(d).to_string()),
                         "affinity": p.affinity.is_some(),
                         "backends": backends,
                     }),

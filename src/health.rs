@@ -129,15 +129,20 @@ impl HealthCheck for Probe {
     }
 
     async fn health_status_change(&self, target: &Backend, healthy: bool) {
-        // Pingora logs the flip itself (with `backend_summary` and the error); record it.
+        // Pingora logs the flip itself (with `backend_summary` and the error); mirror it.
         if let Some(state) = self.state(target) {
-            if healthy || state.is_admitted() {
-                let reason = if healthy {
-                    format!("passed {} health checks", self.config.healthy_threshold)
-                } else {
-                    format!("failed {} health checks", self.config.unhealthy_threshold)
-                };
-                state.set_healthy(healthy, reason);
+            let reason = if healthy {
+                format!("passed {} health checks", self.config.healthy_threshold)
+            } else {
+                format!("failed {} health checks", self.config.unhealthy_threshold)
+            };
+            if state.set_healthy(healthy, reason) {
+                tracing::info!(
+                    "pool {} backend {} ({}) returns to service: its health checks pass again (ejection ended)",
+                    self.pool,
+                    state.name,
+                    state.addr
+                );
             }
         }
     }

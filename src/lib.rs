@@ -12,6 +12,7 @@ pub mod health;
 pub mod keepalive;
 pub mod logging;
 pub mod metrics;
+pub mod mix;
 pub mod parent_ready;
 pub mod pool;
 pub mod proxy;

@@ -75,6 +75,7 @@ pub struct Metrics {
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
     retries: IntCounterVec,
+    retry_budget_exhausted: IntCounterVec,
     affinity: IntCounterVec,
     no_backend: IntCounterVec,
     reloads: IntCounterVec,
@@ -111,6 +112,11 @@ impl Metrics {
             "Attempts made after a failed one, by pool.",
             &["pool"],
         )?;
+        let retry_budget_exhausted = counter_vec(
+            "fulcrum_retry_budget_exhausted_total",
+            "Failed attempts answered instead of retried because the pool's retry budget was spent.",
+            &["pool"],
+        )?;
         let affinity = counter_vec(
             "fulcrum_affinity_total",
             "Affinity decisions (hit, miss, repinned, invalid), by pool.",
@@ -140,6 +146,7 @@ impl Metrics {
             &requests,
             &upstream_errors,
             &retries,
+            &retry_budget_exhausted,
             &affinity,
             &no_backend,
             &reloads,
@@ -160,6 +167,7 @@ impl Metrics {
             duration,
             upstream_errors,
             retries,
+            retry_budget_exhausted,
             affinity,
             no_backend,
             reloads,
@@ -201,6 +209,7 @@ impl Metrics {
             name: pool.to_string(),
             duration: self.duration.with_label_values(&[pool]),
             retries: self.retries.with_label_values(&[pool]),
+            retry_budget_exhausted: self.retry_budget_exhausted.with_label_values(&[pool]),
             no_backend: self.no_backend.with_label_values(&[pool]),
             affinity: [
                 Decision::Hit,
@@ -253,6 +262,7 @@ pub struct PoolMetrics {
     pub name: String,
     duration: Histogram,
     retries: IntCounter,
+    retry_budget_exhausted: IntCounter,
     no_backend: IntCounter,
     affinity: [IntCounter; 4],
     /// [backend][listener]
@@ -282,6 +292,10 @@ impl PoolMetrics {
 
     pub fn no_backend(&self) {
         self.no_backend.inc();
+    }
+
+    pub fn retry_budget_exhausted(&self) {
+        self.retry_budget_exhausted.inc();
     }
 
     pub fn affinity(&self, d: Decision) {

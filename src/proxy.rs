@@ -106,6 +106,8 @@ pub struct RequestCtx {
     started: Instant,
     /// What affinity decided (None: the pool has no affinity).
     affinity: Option<Decision>,
+    /// The affinity session the request belongs to (set with `affinity`).
+    session: u64,
     /// Whether the response must (re)set the affinity cookie.
     set_cookie: bool,
     /// The status of the backend's response, if one arrived.
@@ -123,13 +125,22 @@ impl RequestCtx {
         self.failure_status = status;
     }
 
-    /// Whether another attempt on another backend is allowed.
+    /// Whether another attempt on another backend is allowed: retries and backends left, time
+    /// left, and room in the pool's retry budget (taken from it when so).
     fn may_retry(&self) -> bool {
-        self.pool.as_ref().is_some_and(|p| {
-            self.attempts <= p.retries
-                && self.tried.len() < p.backends().len()
-                && self.remaining(p).is_none_or(|r| !r.is_zero())
-        })
+        let Some(p) = &self.pool else {
+            return false;
+        };
+        let allowed = self.attempts <= p.retries
+            && self.tried.len() < p.backends().len()
+            && self.remaining(p).is_none_or(|r| !r.is_zero());
+        if allowed && !p.retry_budget.try_retry() {
+            if let Some(o) = self.observer() {
+                o.metrics.retry_budget_exhausted();
+            }
+            return false;
+        }
+        allowed
     }
 
     /// Time left before the pool's overall request deadline (None: no deadline).
@@ -141,8 +152,8 @@ impl RequestCtx {
 
     /// Report the current attempt's failure to the pool (passive health).
     fn report_failure(&self, kind: ErrorKind, why: &str) {
-        if let (Some(pool), Some((i, _))) = (&self.pool, &self.current) {
-            pool.report_failure(*i, why);
+        if let (Some(pool), Some((i, guard))) = (&self.pool, &self.current) {
+            pool.report_failure(*i, guard.generation(), why);
             if let Some(o) = self.observer() {
                 o.metrics.upstream_error(*i, kind);
             }
@@ -208,24 +219,35 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Apply affinity to a request's first attempt: the pinned backend if it is ready, else its
-/// deterministic successor, else None (balance normally). Records the decision in `ctx`.
+/// Apply affinity to a request's first attempt: the pinned backend if it is ready, else the
+/// session's deterministic successor among the ready backends, else None (balance normally, a
+/// new session). Records the decision and the session in `ctx`.
 fn pin(pool: &Pool, sticky: &Sticky, req: &RequestHeader, ctx: &mut RequestCtx) -> Option<usize> {
     let now = unix_now();
-    let (decision, picked) = match sticky.read(req, now) {
-        Pin::Absent => (Decision::Miss, None),
-        Pin::Invalid | Pin::Unknown { .. } => (Decision::Invalid, None),
-        Pin::Backend { index, expires, .. } if pool.is_ready(index) => {
+    let (decision, session, picked) = match sticky.read(req, now) {
+        Pin::Absent => (Decision::Miss, crate::affinity::new_session(), None),
+        Pin::Invalid => (Decision::Invalid, crate::affinity::new_session(), None),
+        Pin::Backend {
+            index,
+            session,
+            expires,
+        } if pool.is_ready(index) => {
             ctx.set_cookie = sticky.needs_refresh(expires, now);
             ctx.affinity = Some(Decision::Hit);
+            ctx.session = session;
             return Some(index);
         }
-        Pin::Backend { id, .. } => {
+        Pin::Backend { session, .. } | Pin::Unknown { session } => {
             let ready = (0..pool.backends().len()).filter(|&i| pool.is_ready(i));
-            (Decision::Repinned, sticky.successor(id, ready))
+            (
+                Decision::Repinned,
+                session,
+                sticky.successor(session, ready),
+            )
         }
     };
     ctx.affinity = Some(decision);
+    ctx.session = session;
     ctx.set_cookie = true;
     picked
 }
@@ -282,6 +304,7 @@ impl ProxyHttp for Proxy {
             failure_status: 502,
             started: Instant::now(),
             affinity: None,
+            session: 0,
             set_cookie: false,
             upstream_status: None,
             error_status: None,
@@ -357,9 +380,11 @@ impl ProxyHttp for Proxy {
                 .as_ref()
                 .and_then(|k| hash_key::extract(k, session.req_header(), client_ip));
             let tried = &ctx.tried;
-            pool.select(key.as_deref(), |i| tried.contains(&i))
+            pool.select(key.as_deref(), |i| tried.contains(&i), ctx.attempts == 0)
         });
-        if ctx.attempts > 0 {
+        if ctx.attempts == 0 {
+            pool.retry_budget.request();
+        } else {
             if let Some(o) = ctx.observer() {
                 o.metrics.retry();
             }
@@ -380,13 +405,14 @@ impl ProxyHttp for Proxy {
                 format!("pool {}: {why}", pool.name),
             ));
         };
-        let backend = pool.backends()[i].clone();
-        let mut peer = pool.peer(i).ok_or_else(|| {
+        let not_in_pool = || {
             Error::explain(
                 ErrorType::InternalError,
                 "picked backend is not in its pool",
             )
-        })?;
+        };
+        let backend = pool.backends().get(i).cloned().ok_or_else(not_in_pool)?;
+        let mut peer = pool.peer(i).ok_or_else(not_in_pool)?;
         if session.is_upgrade_req() {
             // A WebSocket (or other upgraded) connection may be quiet for up to `idle`.
             peer.options.read_timeout = Some(pool.timeouts.idle);
@@ -472,9 +498,8 @@ impl ProxyHttp for Proxy {
             .is_some_and(|p| p.fail_on_status.contains(&status));
         if failed {
             ctx.report_failure(ErrorKind::Status, &format!("answered {status}"));
-        } else if let (Some(pool), Some((i, _))) = (&ctx.pool, &ctx.current) {
-            pool.report_success(*i);
         }
+        // A success is reported in `logging`, once the whole response has been relayed.
         Ok(())
     }
 
@@ -522,6 +547,10 @@ impl ProxyHttp for Proxy {
         if !ctx.set_cookie {
             return Ok(());
         }
+        if ctx.session == 0 {
+            // A retry moved a request that had no session yet.
+            ctx.session = crate::affinity::new_session();
+        }
         if let (Some(pool), Some((i, _))) = (&ctx.pool, &ctx.current) {
             if let Some(cookie) = pool.affinity.as_ref().and_then(|s| {
                 let tls = ctx
@@ -529,7 +558,7 @@ impl ProxyHttp for Proxy {
                     .listeners
                     .get(ctx.listener)
                     .is_some_and(|l| l.tls);
-                s.set_cookie(*i, unix_now(), tls)
+                s.set_cookie(*i, ctx.session, unix_now(), tls)
             }) {
                 response.append_header(http::header::SET_COOKIE, cookie)?;
             }
@@ -580,6 +609,17 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let (None, Some(upstream), Some(pool), Some((i, _))) =
+            (e, ctx.upstream_status, &ctx.pool, &ctx.current)
+        {
+            let failed = pool
+                .passive_health
+                .as_ref()
+                .is_some_and(|p| p.fail_on_status.contains(&upstream));
+            if !failed {
+                pool.report_success(*i);
+            }
+        }
         let status = match (session.response_written(), ctx.error_status) {
             (Some(resp), _) => resp.status.as_u16(),
             (None, Some(code)) if code > 0 => code,

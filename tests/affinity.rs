@@ -78,7 +78,7 @@ async fn a_cookie_pins_and_clients_without_one_spread() {
 
     let (first, set) = visit(&c, &f.url("/"), None).await;
     let set = set.expect("the first response sets the cookie");
-    assert!(set.starts_with("fsid=1."), "{set}");
+    assert!(set.starts_with("fsid=2."), "{set}");
     assert!(
         set.ends_with("; Max-Age=3600; Path=/; Domain=example.test; SameSite=Lax; HttpOnly"),
         "{set}"
@@ -112,7 +112,7 @@ async fn tampered_expired_and_garbage_cookies_are_ignored_and_replaced() {
     let c = client();
     let k = Keys::new(&[OLD_KEY.as_bytes().to_vec()]);
     let id_a = backend_id("web", "a");
-    let expired = seal(&k, "web", id_a, 1_000_000);
+    let expired = seal(&k, "web", id_a, 1, 1_000_000);
     let valid = value_of(&visit(&c, &f.url("/"), None).await.1.unwrap());
     let tampered = {
         let mut parts: Vec<String> = valid.split('.').map(str::to_string).collect();
@@ -123,6 +123,7 @@ async fn tampered_expired_and_garbage_cookies_are_ignored_and_replaced() {
         &Keys::new(&[b"somebody-elses-key-000".to_vec()]),
         "web",
         id_a,
+        1,
         u64::MAX / 2,
     );
     for bad in [
@@ -206,7 +207,7 @@ async fn a_down_backends_cookies_are_repinned_the_same_way_by_every_instance() {
     let c = client();
     // Cookies pinning each backend, sealed like fulcrum does (same key, pool, ids).
     let k = Keys::new(&[OLD_KEY.as_bytes().to_vec()]);
-    let cookie_for = |name: &str| seal(&k, "web", backend_id("web", name), u64::MAX / 4);
+    let cookie_for = |name: &str| seal(&k, "web", backend_id("web", name), 7, u64::MAX / 4);
     for b in &bs {
         let v = cookie_for(&b.name);
         assert_eq!(visit(&c, &f1.url("/"), Some(&v)).await.0, b.name);

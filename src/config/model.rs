@@ -191,7 +191,7 @@ impl Default for Timeouts {
 
 pub const DEFAULT_RETRIES: u32 = 2;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
     pub algorithm: Algorithm,
@@ -202,7 +202,11 @@ pub struct PoolConfig {
     pub retries: u32,
     pub timeouts: Timeouts,
     pub health_check: Option<HealthCheckConfig>,
+    /// None: `passive_health: off`.
     pub passive_health: Option<PassiveHealthConfig>,
+    /// How long a backend that becomes usable ramps up to its full weight (None: off).
+    pub slow_start: Option<Duration>,
+    pub retry_budget: RetryBudgetConfig,
     pub affinity: Option<AffinityConfig>,
     pub protocol: UpstreamProtocol,
     pub upstream_tls: Option<UpstreamTls>,
@@ -248,7 +252,9 @@ impl PoolConfig {
             retries: DEFAULT_RETRIES,
             timeouts: Timeouts::default(),
             health_check: None,
-            passive_health: None,
+            passive_health: Some(PassiveHealthConfig::DEFAULT),
+            slow_start: None,
+            retry_budget: RetryBudgetConfig::DEFAULT,
             affinity: None,
             protocol: UpstreamProtocol::H1,
             upstream_tls: None,
@@ -307,11 +313,32 @@ impl HealthCheckConfig {
 }
 
 impl PassiveHealthConfig {
+    /// On unless `passive_health: off`: three failures in a row (one bad connect is not a dead
+    /// backend; three cost at most three retried attempts), out for nginx's `fail_timeout` of
+    /// 10 s, doubling while it keeps failing up to 5 min, never more than half the pool.
     pub const DEFAULT: PassiveHealthConfig = PassiveHealthConfig {
-        consecutive_failures: 5,
-        ejection_time: Duration::from_secs(30),
+        consecutive_failures: 3,
+        ejection_time: Duration::from_secs(10),
         max_ejection_time: Duration::from_secs(300),
         max_ejected_percent: 50,
         fail_on_status: Vec::new(),
+    };
+}
+
+/// `retry_budget:`: retries may add at most `ratio` of the pool's requests over `window`, plus
+/// `min_per_second`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudgetConfig {
+    pub ratio: f64,
+    pub min_per_second: u32,
+    pub window: Duration,
+}
+
+impl RetryBudgetConfig {
+    /// linkerd2-proxy's and Envoy's usual figures: 20% over 10 s, at least 10 retries a second.
+    pub const DEFAULT: RetryBudgetConfig = RetryBudgetConfig {
+        ratio: 0.2,
+        min_per_second: 10,
+        window: Duration::from_secs(10),
     };
 }

@@ -89,7 +89,10 @@ pub struct RawPool {
     pub retries: Option<u32>,
     pub timeouts: Option<RawTimeouts>,
     pub health_check: Option<RawHealthCheck>,
-    pub passive_health: Option<RawPassiveHealth>,
+    /// `off`, or a map (`RawPassiveHealth`); on with defaults when absent.
+    pub passive_health: Option<Value>,
+    pub slow_start: Option<String>,
+    pub retry_budget: Option<RawRetryBudget>,
     pub affinity: Option<RawAffinity>,
     /// `h1 | h2 | h2c`
     pub protocol: Option<String>,
@@ -144,6 +147,15 @@ pub struct RawPassiveHealth {
     pub max_ejection_time: Option<String>,
     pub max_ejected_percent: Option<u32>,
     pub fail_on_status: Option<Vec<u16>>,
+}
+
+/// `retry_budget:` of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryBudget {
+    pub ratio: Option<f64>,
+    pub min_per_second: Option<u32>,
+    pub window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

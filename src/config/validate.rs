@@ -740,9 +740,16 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
     let health_check = raw
         .health_check
         .and_then(|h| check_health(ck, &format!("{path}.health_check"), h));
-    let passive_health = raw
-        .passive_health
-        .map(|p| check_passive(ck, &format!("{path}.passive_health"), p));
+    let passive_health = check_passive(ck, &format!("{path}.passive_health"), raw.passive_health);
+    let slow_start = raw.slow_start.as_deref().and_then(|t| {
+        let spath = format!("{path}.slow_start");
+        let d = parse_duration(ck, &spath, Some(t), Duration::ZERO);
+        if d > MAX_SLOW_START {
+            ck.error(spath, "must be at most 1h");
+        }
+        (!d.is_zero()).then_some(d)
+    });
+    let retry_budget = check_retry_budget(ck, &format!("{path}.retry_budget"), raw.retry_budget);
     let affinity = raw
         .affinity
         .map(|a| check_affinity(ck, &format!("{path}.affinity"), a));
@@ -805,11 +812,51 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         timeouts,
         health_check,
         passive_health,
+        slow_start,
+        retry_budget,
         affinity,
         protocol,
         upstream_tls,
         max_h2_streams,
     })
+}
+
+/// Longest `slow_start`.
+const MAX_SLOW_START: Duration = Duration::from_secs(3600);
+
+fn check_retry_budget(
+    ck: &mut Checker,
+    path: &str,
+    raw: Option<RawRetryBudget>,
+) -> RetryBudgetConfig {
+    let d = RetryBudgetConfig::DEFAULT;
+    let Some(raw) = raw else {
+        return d;
+    };
+    let ratio = raw.ratio.unwrap_or(d.ratio);
+    if !(0.0..=1.0).contains(&ratio) {
+        ck.error(
+            format!("{path}.ratio"),
+            format!("{ratio} is out of range: must be between 0 and 1 (a share of the requests)"),
+        );
+    }
+    let min_per_second = raw.min_per_second.unwrap_or(d.min_per_second);
+    if min_per_second > 100_000 {
+        ck.error(
+            format!("{path}.min_per_second"),
+            "must be between 0 and 100000",
+        );
+    }
+    let wpath = format!("{path}.window");
+    let window = parse_duration(ck, &wpath, raw.window.as_deref(), d.window);
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&window) {
+        ck.error(wpath, "must be between 1s and 10m");
+    }
+    RetryBudgetConfig {
+        ratio,
+        min_per_second,
+        window,
+    }
 }
 
 /// Shortest accepted affinity key, in bytes.
@@ -1002,8 +1049,22 @@ fn check_health(ck: &mut Checker, path: &str, raw: RawHealthCheck) -> Option<Hea
     })
 }
 
-fn check_passive(ck: &mut Checker, path: &str, raw: RawPassiveHealth) -> PassiveHealthConfig {
+/// `passive_health:`: absent means on with the defaults, `off` (or `false`) means off.
+fn check_passive(ck: &mut Checker, path: &str, raw: Option<Value>) -> Option<PassiveHealthConfig> {
     let d = PassiveHealthConfig::DEFAULT;
+    let raw: RawPassiveHealth = match raw {
+        None => return Some(d),
+        Some(Value::String(s)) if s == "off" => return None,
+        Some(Value::Bool(false)) => return None,
+        Some(v @ Value::Mapping(_)) => ck.parse(path, v)?,
+        Some(_) => {
+            ck.error(
+                path,
+                "expected `off` or a map of consecutive_failures, ejection_time, max_ejection_time, max_ejected_percent, fail_on_status",
+            );
+            return None;
+        }
+    };
     let consecutive_failures = raw.consecutive_failures.unwrap_or(d.consecutive_failures);
     if consecutive_failures == 0 {
         ck.error(format!("{path}.consecutive_failures"), "must be at least 1");
@@ -1035,13 +1096,13 @@ fn check_passive(ck: &mut Checker, path: &str, raw: RawPassiveHealth) -> Passive
     }
     let fail_on_status = raw.fail_on_status.unwrap_or_default();
     check_statuses(ck, &format!("{path}.fail_on_status"), &fail_on_status);
-    PassiveHealthConfig {
+    Some(PassiveHealthConfig {
         consecutive_failures,
         ejection_time,
         max_ejection_time,
         max_ejected_percent,
         fail_on_status,
-    }
+    })
 }
 
 /// Largest backend weight (as HAProxy's 256): keeps the smooth round-robin table small.

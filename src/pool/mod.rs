@@ -1,7 +1,8 @@
-//! A pool: its backends with their per-backend state, and the Pingora `LoadBalancer` that picks
-//! among them with the pool's algorithm.
+//! A pool: its backends with their per-backend state, the selector that picks among them with
+//! the pool's algorithm, its retry budget, and Pingora's health-check registry for its checks.
 
 pub mod hash_key;
+pub mod retry_budget;
 pub mod select;
 pub mod state;
 pub mod sticky;
@@ -10,90 +11,32 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::WrappedX509;
 use pingora_load_balancing::discovery::Static;
-use pingora_load_balancing::selection::{BackendIter, BackendSelection, Random};
-use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use pingora_load_balancing::{Backend, Backends};
 
 use crate::config::{
     Algorithm, HashKey, HealthCheckConfig, PassiveHealthConfig, PoolConfig, Timeouts,
     UpstreamProtocol, UpstreamTls,
 };
 use crate::health::Probe;
-use pingora::utils::tls::WrappedX509;
-use pingora_load_balancing::health_check::HealthCheck;
-use select::least_conn::LoadTree;
-use select::{Ketama, LeastConnections, SmoothWeighted};
-pub use state::{BackendState, InflightGuard, Transition};
+use retry_budget::RetryBudget;
+use select::{Candidates, Ketama, LoadTree, Order, SmoothWeighted};
+pub use state::{BackendState, InflightGuard, Readiness, Transition};
 
-/// The pool's algorithm, as a Pingora LoadBalancer over the matching selector.
-enum Balancer {
-    Smooth(Balanced<SmoothWeighted>),
-    LeastConn(Balanced<LeastConnections>),
-    Hash(Balanced<Ketama>),
-    Random(Balanced<Random>),
+/// The pool's algorithm, over pool indices.
+enum Selector {
+    /// round_robin (smooth order) and random (random order).
+    Weighted(SmoothWeighted),
+    LeastConn(Arc<LoadTree>),
+    Hash(Ketama),
 }
 
-impl Balancer {
-    fn backends(&self) -> &Backends {
-        match self {
-            Balancer::Smooth(b) => b.lb.backends(),
-            Balancer::LeastConn(b) => b.lb.backends(),
-            Balancer::Hash(b) => b.lb.backends(),
-            Balancer::Random(b) => b.lb.backends(),
-        }
-    }
-}
-
-/// A LoadBalancer (membership and health) with a selector of the same backends that fulcrum
-/// walks itself: `LoadBalancer::select_with` allocates a set per pick to skip repeats, which
-/// was most of a pick's cost. A pool's backends never change after it is built (a reload
-/// builds a new pool), so the two always agree.
-struct Balanced<S: BackendSelection> {
-    lb: LoadBalancer<S>,
-    selector: Arc<S>,
-}
-
-impl<S> Balanced<S>
-where
-    S: BackendSelection + 'static,
-    S::Iter: BackendIter,
-{
-    fn new(set: BTreeSet<Backend>, config: Option<S::Config>, check: Option<Check>) -> Self {
-        let selector = Arc::new(match &config {
-            Some(c) => S::build_with_config(&set, c),
-            None => S::build(&set),
-        });
-        Balanced {
-            lb: load_balancer(set, config, check),
-            selector,
-        }
-    }
-
-    /// The first of at most `max` candidates (in the algorithm's order for `key`) that Pingora
-    /// deems ready and `accept` maps to a pool index.
-    fn select(
-        &self,
-        key: &[u8],
-        max: usize,
-        accept: impl Fn(&Backend) -> Option<usize>,
-    ) -> Option<usize> {
-        let backends = self.lb.backends();
-        let mut candidates = self.selector.iter(key);
-        for _ in 0..max {
-            let b = candidates.next()?;
-            if let Some(i) = accept(b).filter(|_| backends.ready(b)) {
-                return Some(i);
-            }
-        }
-        None
-    }
-}
-
-/// The Pingora identity of a backend (address + weight).
+/// The Pingora identity of a backend (address + weight), for its health checks.
 fn pingora_backend(s: &BackendState) -> Backend {
     Backend {
         addr: pingora::protocols::l4::socket::SocketAddr::Inet(s.addr),
@@ -111,15 +54,19 @@ pub struct Pool {
     pub timeouts: Timeouts,
     pub health_check: Option<HealthCheckConfig>,
     pub passive_health: Option<PassiveHealthConfig>,
+    pub slow_start: Option<Duration>,
     pub affinity: Option<sticky::Sticky>,
+    pub retry_budget: RetryBudget,
     protocol: UpstreamProtocol,
     upstream_tls: Option<UpstreamTls>,
     /// The CA bundle of `upstream_tls` (None: the system's roots).
     upstream_ca: Option<Arc<[WrappedX509]>>,
     max_h2_streams: usize,
-    /// Sorted by address (the order of Pingora's backend set).
+    /// Sorted by address: a backend's position here is its pool index.
     backends: Arc<[Arc<BackendState>]>,
-    balancer: Balancer,
+    selector: Selector,
+    /// Pingora's registry that runs the active checks (None: no checks).
+    checks: Option<Backends>,
     /// Spreads requests that lack the hash key.
     keyless: AtomicU64,
     /// When the next round of active checks is due, and whether one is running.
@@ -127,24 +74,14 @@ pub struct Pool {
     checking: AtomicBool,
 }
 
-type Check = Box<dyn HealthCheck + Send + Sync>;
-
-fn load_balancer<S>(
-    set: BTreeSet<Backend>,
-    config: Option<S::Config>,
-    check: Option<Check>,
-) -> LoadBalancer<S>
-where
-    S: BackendSelection + 'static,
-    S::Iter: BackendIter,
-{
-    let mut lb = LoadBalancer::from_backends_with_config(Backends::new(Static::new(set)), config);
-    if let Some(check) = check {
-        lb.set_health_check(check);
-    }
+/// Pingora's registry of `backends` with `probe` as its check.
+fn check_registry(backends: &[Arc<BackendState>], probe: Probe) -> Backends {
+    let set: BTreeSet<Backend> = backends.iter().map(|s| pingora_backend(s)).collect();
+    let mut registry = Backends::new(Static::new(set));
+    registry.set_health_check(Box::new(probe));
     // Static discovery never waits: the update completes on its first poll.
-    let _ = lb.update().now_or_never();
-    lb
+    let _ = registry.update(|_| {}).now_or_never();
+    registry
 }
 
 impl Pool {
@@ -154,6 +91,7 @@ impl Pool {
 
     /// Build from `config`, carrying over the state (health, ejection, in-flight count) of
     /// every backend that `previous` (this pool as it was) has with the same name and address.
+    /// Backends new to a pool that already served join it (slow start applies to them).
     pub fn rebuild(config: &PoolConfig, previous: Option<&Pool>) -> Pool {
         let checked = config.health_check.is_some();
         let mut states: Vec<Arc<BackendState>> = config
@@ -162,38 +100,52 @@ impl Pool {
             .map(|b| {
                 let kept = previous.and_then(|p| {
                     let i = p.backends.binary_search_by_key(&b.addr, |s| s.addr).ok()?;
-                    let s = &p.backends[i];
-                    (s.name == b.name).then(|| s.clone())
+                    p.backends.get(i).filter(|s| s.name == b.name).cloned()
                 });
                 match kept {
                     Some(s) => {
                         s.carry_over(b.weight, checked);
                         s
                     }
-                    None => Arc::new(BackendState::new(b.name.clone(), b.addr, b.weight, checked)),
+                    None => Arc::new(BackendState::new(
+                        b.name.clone(),
+                        b.addr,
+                        b.weight,
+                        checked,
+                        previous.is_some(),
+                    )),
                 }
             })
             .collect();
         states.sort_by_key(|s| s.addr);
         let backends: Arc<[Arc<BackendState>]> = states.into();
-        let set: BTreeSet<Backend> = backends.iter().map(|s| pingora_backend(s)).collect();
-        let check = config
+        let checks = config
             .health_check
             .as_ref()
-            .map(|h| -> Check { Box::new(Probe::new(&config.name, h, backends.clone())) });
-        let balancer = match config.algorithm {
-            Algorithm::RoundRobin => {
-                let order: Vec<SocketAddr> = config.backends.iter().map(|b| b.addr).collect();
-                Balancer::Smooth(Balanced::new(set, Some(order.into()), check))
+            .map(|h| check_registry(&backends, Probe::new(&config.name, h, backends.clone())));
+        let index_of = |addr: SocketAddr| backends.binary_search_by_key(&addr, |s| s.addr).ok();
+        let selector = match config.algorithm {
+            Algorithm::RoundRobin | Algorithm::Random => {
+                let in_config_order: Vec<(usize, u32)> = config
+                    .backends
+                    .iter()
+                    .filter_map(|b| Some((index_of(b.addr)?, b.weight)))
+                    .collect();
+                let order = if config.algorithm == Algorithm::Random {
+                    Order::Random
+                } else {
+                    Order::Smooth
+                };
+                Selector::Weighted(SmoothWeighted::new(&in_config_order, order))
             }
             Algorithm::LeastConnections => {
-                let tree = LoadTree::attach(backends.clone());
-                Balancer::LeastConn(Balanced::new(set, Some(tree), check))
+                Selector::LeastConn(LoadTree::attach(backends.clone(), config.slow_start))
             }
             Algorithm::ConsistentHash | Algorithm::IpHash => {
-                Balancer::Hash(Balanced::new(set, None, check))
+                let ring: Vec<(SocketAddr, u32)> =
+                    backends.iter().map(|s| (s.addr, s.weight())).collect();
+                Selector::Hash(Ketama::new(&ring))
             }
-            Algorithm::Random => Balancer::Random(Balanced::new(set, None, check)),
         };
         Pool {
             name: config.name.clone(),
@@ -203,10 +155,12 @@ impl Pool {
             timeouts: config.timeouts,
             health_check: config.health_check.clone(),
             passive_health: config.passive_health.clone(),
+            slow_start: config.slow_start,
             affinity: config
                 .affinity
                 .as_ref()
                 .map(|a| sticky::Sticky::new(&config.name, a, &backends)),
+            retry_budget: RetryBudget::new(&config.retry_budget),
             protocol: config.protocol,
             upstream_tls: config.upstream_tls.clone(),
             upstream_ca: config
@@ -226,7 +180,8 @@ impl Pool {
                 }),
             max_h2_streams: config.max_h2_streams,
             backends,
-            balancer,
+            selector,
+            checks,
             keyless: AtomicU64::new(0),
             next_check: Mutex::new(Instant::now()),
             checking: AtomicBool::new(false),
@@ -250,19 +205,20 @@ impl Pool {
             return;
         }
         let started = Instant::now();
-        self.balancer.backends().run_health_check(true).await;
+        if let Some(checks) = &self.checks {
+            checks.run_health_check(true).await;
+        }
         if let Ok(mut next) = self.next_check.lock() {
             *next = started + hc.interval;
         }
         self.checking.store(false, Ordering::Relaxed);
     }
 
-    /// Return backends whose ejection time is over to service, logging each once.
+    /// Return backends whose ejection time is over to service, logging each once; forget
+    /// slow-start ramps that are over.
     pub fn end_due_ejections(&self) {
-        if self.passive_health.is_none() {
-            return;
-        }
         for s in self.backends.iter() {
+            s.end_ramp_if_done(self.slow_start);
             if s.end_ejection_if_due() {
                 tracing::info!(
                     "pool {} backend {} ({}) returns to service: ejection time is over",
@@ -274,15 +230,12 @@ impl Pool {
         }
     }
 
-    /// Whether backend `i` may take traffic now: Pingora's health, admission and ejection.
+    /// Whether backend `i` may take traffic now: admitted, healthy and not ejected.
     pub fn is_ready(&self, i: usize) -> bool {
-        let Some(s) = self.backends.get(i) else {
-            return false;
-        };
-        s.usable() && self.balancer.backends().ready(&pingora_backend(s))
+        self.backends.get(i).is_some_and(|s| s.is_ready())
     }
 
-    /// A real request to backend `i` got a response that is not a failure.
+    /// A real request to backend `i` was relayed whole.
     pub fn report_success(&self, i: usize) {
         if self.passive_health.is_some() {
             if let Some(s) = self.backends.get(i) {
@@ -291,13 +244,17 @@ impl Pool {
         }
     }
 
-    /// A real request to backend `i` failed (`why`); eject it when the failures in a row
-    /// reach the threshold, unless that would eject more than `max_ejected_percent`.
-    pub fn report_failure(&self, i: usize, why: &str) {
+    /// A real request to backend `i`, started in the backend's `generation`, failed (`why`);
+    /// eject it when the failures in a row reach the threshold, unless that would eject more
+    /// than `max_ejected_percent`. Failures of requests that started before the backend was
+    /// last ejected or returned do not count.
+    pub fn report_failure(&self, i: usize, generation: u64, why: &str) {
         let (Some(p), Some(s)) = (&self.passive_health, self.backends.get(i)) else {
             return;
         };
-        let failures = s.request_failed();
+        let Some(failures) = s.request_failed(generation) else {
+            return;
+        };
         if failures < p.consecutive_failures {
             return;
         }
@@ -305,7 +262,9 @@ impl Pool {
         let allowed = self.backends.len() * p.max_ejected_percent as usize / 100;
         if ejected < allowed {
             let reason = format!("{failures} failed requests in a row, last: {why}");
-            let time = s.eject(p.ejection_time, p.max_ejection_time, reason);
+            let Some(time) = s.eject(p.ejection_time, p.max_ejection_time, reason) else {
+                return;
+            };
             tracing::warn!(
                 "pool {} backend {} ({}) ejected for {:?}: {failures} failed requests in a row, last: {why}",
                 self.name,
@@ -329,36 +288,38 @@ impl Pool {
         &self.backends
     }
 
-    /// Pick a ready backend that `skip` does not exclude. `key` is the hash key for hashing
-    /// pools (None when the request lacks it: then requests are spread evenly).
-    /// Returns the index into `backends()`.
-    pub fn select(&self, key: Option<&[u8]>, skip: impl Fn(usize) -> bool) -> Option<usize> {
-        let n = self.backends.len();
-        let accept = |b: &Backend| {
-            self.index_of(b)
-                .filter(|&i| !skip(i) && self.backends[i].usable())
+    /// Pick a backend for one attempt: among the ready backends that `skip` does not exclude,
+    /// by weight (effective weight under slow start), with the pool's algorithm. `key` is the
+    /// hash key for hashing pools (None when the request lacks it: then requests are spread
+    /// evenly). `in_turn` is false for a retry, which then draws by weight instead of taking
+    /// the algorithm's next turn. Returns the index into `backends()`, None when none is usable.
+    pub fn select(
+        &self,
+        key: Option<&[u8]>,
+        skip: impl Fn(usize) -> bool,
+        in_turn: bool,
+    ) -> Option<usize> {
+        let candidates = Candidates {
+            states: &self.backends,
+            skip: &skip,
+            slow_start: self.slow_start,
         };
-        match &self.balancer {
-            Balancer::Smooth(b) => b.select(b"", n, accept),
-            Balancer::LeastConn(b) => b.selector.tree().pick(|i| self.is_ready(i), &skip),
-            Balancer::Random(b) => b.select(b"", n.max(16) * 2, accept),
-            Balancer::Hash(b) => {
-                // A ring has 160 points per backend; walk far enough to see them all.
-                let steps = n.saturating_mul(160).clamp(256, 65_536);
+        match &self.selector {
+            Selector::Weighted(s) => s.pick(&candidates, in_turn),
+            Selector::LeastConn(tree) => tree.pick(&candidates),
+            Selector::Hash(ring) => {
+                // A ring has 160 points per unit of weight; walk far enough to pass a few
+                // backends' worth, then fall back to any usable one.
+                let steps = self.backends.len().saturating_mul(160).clamp(256, 65_536);
                 match key {
-                    Some(key) => b.select(key, steps, accept),
+                    Some(key) => ring.pick(key, &candidates, steps),
                     None => {
                         let spread = self.keyless.fetch_add(1, Ordering::Relaxed);
-                        b.select(&spread.to_le_bytes(), steps, accept)
+                        ring.pick(&spread.to_le_bytes(), &candidates, steps)
                     }
                 }
             }
         }
-    }
-
-    fn index_of(&self, b: &Backend) -> Option<usize> {
-        let addr = b.addr.as_inet()?;
-        self.backends.binary_search_by_key(addr, |s| s.addr).ok()
     }
 
     /// The peer for one attempt on backend `i`, with the pool's timeouts.
@@ -409,7 +370,9 @@ mod tests {
     #[test]
     fn round_robin_counts_follow_weights() {
         let p = pool(Algorithm::RoundRobin, &[5, 1, 1]);
-        let order: Vec<usize> = (0..7).map(|_| p.select(None, |_| false).unwrap()).collect();
+        let order: Vec<usize> = (0..7)
+            .map(|_| p.select(None, |_| false, true).unwrap())
+            .collect();
         assert_eq!(order, [0, 0, 1, 0, 2, 0, 0]);
     }
 
@@ -423,20 +386,22 @@ mod tests {
         ] {
             let p = pool(alg, &[1, 1, 1]);
             for _ in 0..50 {
-                assert_eq!(p.select(Some(b"k"), |i| i != 2), Some(2), "{alg:?}");
+                assert_eq!(p.select(Some(b"k"), |i| i != 2, true), Some(2), "{alg:?}");
             }
-            assert_eq!(p.select(Some(b"k"), |_| true), None, "{alg:?}");
+            assert_eq!(p.select(Some(b"k"), |_| true, true), None, "{alg:?}");
         }
     }
 
     #[test]
     fn hashing_is_stable_and_keyless_spreads() {
         let p = pool(Algorithm::ConsistentHash, &[1, 1, 1, 1]);
-        let first = p.select(Some(b"user-42"), |_| false);
+        let first = p.select(Some(b"user-42"), |_| false, true);
         for _ in 0..20 {
-            assert_eq!(p.select(Some(b"user-42"), |_| false), first);
+            assert_eq!(p.select(Some(b"user-42"), |_| false, true), first);
         }
-        let spread: BTreeSet<usize> = (0..64).filter_map(|_| p.select(None, |_| false)).collect();
+        let spread: BTreeSet<usize> = (0..64)
+            .filter_map(|_| p.select(None, |_| false, true))
+            .collect();
         assert!(spread.len() >= 3, "keyless requests spread: {spread:?}");
     }
 
@@ -444,7 +409,7 @@ mod tests {
     fn random_respects_weights() {
         let p = pool(Algorithm::Random, &[9, 1]);
         let heavy = (0..2000)
-            .filter(|_| p.select(None, |_| false) == Some(0))
+            .filter(|_| p.select(None, |_| false, true) == Some(0))
             .count();
         assert!((1600..=1950).contains(&heavy), "{heavy}");
     }

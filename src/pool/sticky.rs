@@ -1,5 +1,6 @@
 //! The pool's side of affinity: the backends' stable ids, reading the request's cookie into a
-//! pin, the deterministic successor of a pin, and the Set-Cookie header.
+//! pin, the deterministic successor of a session whose backend may not serve it, and the
+//! Set-Cookie header.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +19,8 @@ pub enum Decision {
     Hit,
     /// No cookie: balanced normally, cookie set.
     Miss,
-    /// A valid cookie whose backend was not ready: deterministic successor, new cookie.
+    /// A valid cookie whose backend was not ready or is gone: the session's deterministic
+    /// successor, new cookie.
     Repinned,
     /// A tampered, expired, unparsable or foreign cookie: balanced normally, new cookie.
     Invalid,
@@ -42,10 +44,14 @@ pub enum Pin {
     Absent,
     /// A cookie that is not valid for this pool now.
     Invalid,
-    /// A valid cookie naming backend `index` (id `id`), valid until `expires`.
-    Backend { index: usize, id: u64, expires: u64 },
-    /// A valid cookie whose backend is no longer in the pool.
-    Unknown { id: u64 },
+    /// A valid cookie naming backend `index` for `session`, valid until `expires`.
+    Backend {
+        index: usize,
+        session: u64,
+        expires: u64,
+    },
+    /// A valid cookie of `session` whose backend is no longer in the pool.
+    Unknown { session: u64 },
 }
 
 /// A pool's affinity settings, ready for the request path.
@@ -57,18 +63,18 @@ pub struct Sticky {
     /// `; Max-Age=..; Path=..; [Domain=..;] SameSite=..; HttpOnly`, without Secure.
     attributes: String,
     secure: Option<bool>,
-    /// Stable id of each backend, by pool index.
-    ids: Vec<u64>,
+    /// Stable id and configured weight of each backend, by pool index.
+    ids: Vec<(u64, u32)>,
     by_id: HashMap<u64, usize>,
 }
 
 impl Sticky {
     pub fn new(pool: &str, config: &AffinityConfig, backends: &[Arc<BackendState>]) -> Sticky {
-        let ids: Vec<u64> = backends
+        let ids: Vec<(u64, u32)> = backends
             .iter()
-            .map(|b| affinity::backend_id(pool, &b.name))
+            .map(|b| (affinity::backend_id(pool, &b.name), b.weight()))
             .collect();
-        let by_id = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let by_id = ids.iter().enumerate().map(|(i, id)| (id.0, i)).collect();
         let max_age = config.max_age.as_secs().max(1);
         let mut attributes = format!("; Max-Age={max_age}; Path={}", config.path);
         if let Some(d) = &config.domain {
@@ -99,13 +105,15 @@ impl Sticky {
         };
         match affinity::open(&self.keys, &self.pool, value, now) {
             Err(_) => Pin::Invalid,
-            Ok(id) => match self.by_id.get(&id) {
+            Ok(opened) => match self.by_id.get(&opened.backend) {
                 Some(&index) => Pin::Backend {
                     index,
-                    id,
-                    expires: expiry_of(value).unwrap_or(now),
+                    session: opened.session,
+                    expires: opened.expires,
                 },
-                None => Pin::Unknown { id },
+                None => Pin::Unknown {
+                    session: opened.session,
+                },
             },
         }
     }
@@ -115,18 +123,26 @@ impl Sticky {
         expires.saturating_sub(now) < self.max_age / 2
     }
 
-    /// The deterministic successor of pin `id` among `candidates` (pool indices).
-    pub fn successor(&self, id: u64, candidates: impl Iterator<Item = usize>) -> Option<usize> {
-        let candidates: Vec<usize> = candidates.collect();
-        let winner = affinity::rendezvous(id, candidates.iter().map(|&i| self.ids[i]))?;
-        candidates.get(winner).copied()
+    /// The deterministic successor for `session` among `candidates` (pool indices): weighted
+    /// rendezvous hashing, so that every instance picks the same backend and a lost backend's
+    /// sessions spread over all candidates by weight. O(candidates), once per moved session.
+    pub fn successor(
+        &self,
+        session: u64,
+        candidates: impl Iterator<Item = usize>,
+    ) -> Option<usize> {
+        let candidates: Vec<(usize, (u64, u32))> = candidates
+            .filter_map(|i| Some((i, *self.ids.get(i)?)))
+            .collect();
+        let winner = affinity::rendezvous(session, candidates.iter().map(|c| c.1))?;
+        candidates.get(winner).map(|c| c.0)
     }
 
-    /// The Set-Cookie value pinning backend `index` from `now`; `tls` says whether the client
-    /// came over TLS (Secure by default there).
-    pub fn set_cookie(&self, index: usize, now: u64, tls: bool) -> Option<String> {
-        let id = *self.ids.get(index)?;
-        let value = affinity::seal(&self.keys, &self.pool, id, now + self.max_age);
+    /// The Set-Cookie value pinning backend `index` for `session` from `now`; `tls` says
+    /// whether the client came over TLS (Secure by default there).
+    pub fn set_cookie(&self, index: usize, session: u64, now: u64, tls: bool) -> Option<String> {
+        let (id, _) = *self.ids.get(index)?;
+        let value = affinity::seal(&self.keys, &self.pool, id, session, now + self.max_age);
         let secure = if self.secure.unwrap_or(tls) {
             "; Secure"
         } else {
@@ -137,12 +153,6 @@ impl Sticky {
             self.cookie, self.attributes
         ))
     }
-}
-
-/// The expiry field of a cookie value that `affinity::open` accepted.
-fn expiry_of(value: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(value).ok()?;
-    text.split('.').nth(2)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -158,6 +168,7 @@ mod tests {
                     format!("b{i}"),
                     format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
                     1,
+                    false,
                     false,
                 ))
             })
@@ -183,7 +194,7 @@ mod tests {
     #[test]
     fn round_trip_through_set_cookie() {
         let s = sticky(&["0123456789abcdef0123"]);
-        let header = s.set_cookie(2, 1000, false).unwrap();
+        let header = s.set_cookie(2, 77, 1000, false).unwrap();
         assert!(
             header.ends_with("; Max-Age=3600; Path=/; Domain=example.com; SameSite=Lax; HttpOnly"),
             "{header}"
@@ -195,15 +206,15 @@ mod tests {
                 pin,
                 Pin::Backend {
                     index: 2,
+                    session: 77,
                     expires: 4600,
-                    ..
                 }
             ),
             "{pin:?}"
         );
         assert!(!s.needs_refresh(4600, 1000));
         assert!(s.needs_refresh(4600, 3000));
-        assert!(s.set_cookie(0, 0, true).unwrap().ends_with("; Secure"));
+        assert!(s.set_cookie(0, 1, 0, true).unwrap().ends_with("; Secure"));
     }
 
     #[test]
@@ -212,7 +223,7 @@ mod tests {
         assert_eq!(s.read(&request("a=1"), 0), Pin::Absent);
         assert_eq!(s.read(&request("sid=garbage"), 0), Pin::Invalid);
         let other = sticky(&["another-key-0123456789"])
-            .set_cookie(0, 0, false)
+            .set_cookie(0, 1, 0, false)
             .unwrap();
         let value = other.split(';').next().unwrap();
         assert_eq!(s.read(&request(value), 0), Pin::Invalid);

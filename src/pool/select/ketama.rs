@@ -1,14 +1,13 @@
-//! Ketama consistent hashing as a Pingora `BackendSelection`: the same ring as
-//! pingora-ketama's `Continuum` (so keys map exactly as they did with Pingora's
-//! `KetamaHashing`), plus a 64 Ki-entry index on the top 16 bits of the hash, so that a lookup
-//! in a ring of millions of points touches a few cache lines instead of ~20.
+//! Ketama consistent hashing: the same ring as pingora-ketama's `Continuum` (so keys map exactly
+//! as they did with Pingora's `KetamaHashing`), plus a 64 Ki-entry index on the top 16 bits of
+//! the hash, so that a lookup in a ring of millions of points touches a few cache lines instead
+//! of ~20. A key whose backend may not take the request walks on along the ring, so a lost
+//! backend's keys spread over the others; a backend ramping up under slow start takes a share
+//! of its keys that grows with its ramp (the same keys on every instance).
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::net::SocketAddr;
 
-use pingora::protocols::l4::socket::SocketAddr;
-use pingora_load_balancing::selection::{BackendIter, BackendSelection};
-use pingora_load_balancing::Backend;
+use super::Candidates;
 
 /// Points per unit of weight: pingora-ketama's (and nginx's) 160.
 const POINTS_PER_WEIGHT: u32 = 160;
@@ -17,12 +16,11 @@ const INDEX_BITS: u32 = 16;
 
 struct Point {
     hash: u32,
+    /// Pool index.
     backend: u32,
 }
 
 pub struct Ketama {
-    /// In the set's order; `Point::backend` indexes it.
-    backends: Box<[Backend]>,
     /// Sorted by hash, one point per hash value.
     ring: Box<[Point]>,
     /// `index[p]`: the first ring position whose hash has top bits >= p (2^16 + 1 entries).
@@ -30,50 +28,44 @@ pub struct Ketama {
 }
 
 impl Ketama {
-    /// The ring position a key starts at: the first point at or after its hash, wrapping
+    /// The ring position a key hash starts at: the first point at or after it, wrapping
     /// (0 on an empty ring, where the index is all zeros).
-    fn start(&self, key: &[u8]) -> usize {
-        let hash = crc32fast::hash(key);
+    fn start(&self, hash: u32) -> usize {
         let prefix = (hash >> (32 - INDEX_BITS)) as usize;
-        let (lo, hi) = (self.index[prefix] as usize, self.index[prefix + 1] as usize);
-        let i = lo + self.ring[lo..hi].partition_point(|p| p.hash < hash);
+        let lo = self.index.get(prefix).map_or(0, |&p| p as usize);
+        let hi = self.index.get(prefix + 1).map_or(lo, |&p| p as usize);
+        let i = lo
+            + self
+                .ring
+                .get(lo..hi)
+                .map_or(0, |points| points.partition_point(|p| p.hash < hash));
         if i == self.ring.len() {
             0
         } else {
             i
         }
     }
-}
 
-impl BackendSelection for Ketama {
-    type Iter = KetamaIter;
-    type Config = ();
-
-    fn build(set: &BTreeSet<Backend>) -> Self {
+    /// The ring of `backends`, given as (address, weight) by pool index.
+    pub fn new(backends: &[(SocketAddr, u32)]) -> Ketama {
         // Exactly pingora-ketama's Continuum: per backend, a CRC32 of "ip\0port", chained
         // through the previous point's hash; then sorted by hash and deduplicated.
-        let backends: Box<[Backend]> = set
+        let points: usize = backends
             .iter()
-            .filter(|b| matches!(b.addr, SocketAddr::Inet(_)))
-            .cloned()
-            .collect();
-        let points: u32 = backends.iter().map(|b| weight(b) * POINTS_PER_WEIGHT).sum();
-        let mut ring = Vec::with_capacity(points as usize);
-        for (i, b) in backends.iter().enumerate() {
-            let Some(addr) = b.addr.as_inet() else {
-                continue;
-            };
+            .map(|b| (b.1.max(1) * POINTS_PER_WEIGHT) as usize)
+            .sum();
+        let mut ring = Vec::with_capacity(points);
+        for (i, (addr, weight)) in backends.iter().enumerate() {
             let mut base = crc32fast::Hasher::new();
             base.update(format!("{}\0{}", addr.ip(), addr.port()).as_bytes());
             let mut prev: u32 = 0;
-            for _ in 0..weight(b) * POINTS_PER_WEIGHT {
+            for _ in 0..weight.max(&1) * POINTS_PER_WEIGHT {
                 let mut h = base.clone();
                 h.update(&prev.to_le_bytes());
                 prev = h.finalize();
-                // pingora-ketama stores the backend as u16 (as its rings do).
                 ring.push(Point {
                     hash: prev,
-                    backend: u32::from(i as u16),
+                    backend: i as u32,
                 });
             }
         }
@@ -88,38 +80,47 @@ impl BackendSelection for Ketama {
             index.push(pos as u32);
         }
         Ketama {
-            backends,
             ring: ring.into(),
             index: index.into(),
         }
     }
 
-    fn iter(self: &Arc<Self>, key: &[u8]) -> KetamaIter {
-        KetamaIter {
-            selector: self.clone(),
-            pos: self.start(key),
-        }
+    /// The backends along the ring from `key`'s point, one per point, wrapping (endless: the
+    /// caller bounds it); nothing on an empty ring.
+    pub fn walk(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
+        self.walk_from(crc32fast::hash(key))
+    }
+
+    fn walk_from(&self, hash: u32) -> impl Iterator<Item = usize> + '_ {
+        let start = self.start(hash);
+        let len = self.ring.len();
+        (0..len)
+            .cycle()
+            .map(move |k| (start + k) % len.max(1))
+            .filter_map(|pos| self.ring.get(pos).map(|p| p.backend as usize))
+    }
+
+    /// The first backend along the ring from `key` that `c` allows, within `steps` points;
+    /// then any usable backend. A backend that ramps up takes the key only when the key's
+    /// own fraction for it is below its ramp. Returns a pool index, None when none is usable.
+    pub fn pick(&self, key: &[u8], c: &Candidates, steps: usize) -> Option<usize> {
+        let hash = crc32fast::hash(key);
+        self.walk_from(hash)
+            .take(steps)
+            .find(|&i| {
+                c.usable(i) && {
+                    let ramp = c.ramp(i);
+                    ramp >= 1.0 || key_fraction(hash, i) < ramp
+                }
+            })
+            .or_else(|| c.any_usable())
     }
 }
 
-fn weight(b: &Backend) -> u32 {
-    b.weight.max(1) as u32
-}
-
-/// Walks the ring from the key's point, one point at a time, wrapping (endless, like Pingora's:
-/// the caller bounds it).
-pub struct KetamaIter {
-    selector: Arc<Ketama>,
-    pos: usize,
-}
-
-impl BackendIter for KetamaIter {
-    fn next(&mut self) -> Option<&Backend> {
-        let s = &self.selector;
-        let point = s.ring.get(self.pos)?;
-        self.pos = (self.pos + 1) % s.ring.len();
-        s.backends.get(point.backend as usize)
-    }
+/// Where a key falls in (0, 1) for backend `i`: fixed per key and backend, so that a ramping
+/// backend takes the same keys on every instance and keeps them as its ramp grows.
+fn key_fraction(hash: u32, i: usize) -> f64 {
+    crate::mix::unit_fraction(u64::from(hash) << 32 | i as u64)
 }
 
 #[cfg(test)]
@@ -128,18 +129,15 @@ mod tests {
     use pingora_ketama::{Bucket, Continuum};
     use proptest::prelude::*;
 
-    fn set(specs: &[(u16, usize)]) -> BTreeSet<Backend> {
+    fn backends(specs: &[(u16, u32)]) -> Vec<(SocketAddr, u32)> {
         specs
             .iter()
-            .map(|(port, w)| Backend::new_with_weight(&format!("10.0.0.1:{port}"), *w).unwrap())
+            .map(|(port, w)| (SocketAddr::from(([10, 0, 0, 1], *port)), *w))
             .collect()
     }
 
-    fn continuum(set: &BTreeSet<Backend>) -> Continuum {
-        let buckets: Vec<Bucket> = set
-            .iter()
-            .map(|b| Bucket::new(*b.addr.as_inet().unwrap(), b.weight as u32))
-            .collect();
+    fn continuum(backends: &[(SocketAddr, u32)]) -> Continuum {
+        let buckets: Vec<Bucket> = backends.iter().map(|b| Bucket::new(b.0, b.1)).collect();
         Continuum::new(&buckets)
     }
 
@@ -149,16 +147,15 @@ mod tests {
         /// same backends in the same order: no key moves on upgrading to this selector.
         #[test]
         fn same_ring_as_pingora_ketama(
-            specs in proptest::collection::btree_map(1u16..5000, 1usize..4, 1..40),
+            specs in proptest::collection::btree_map(1u16..5000, 1u32..4, 1..40),
             keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..24), 50),
         ) {
-            let specs: Vec<(u16, usize)> = specs.into_iter().collect();
-            let set = set(&specs);
-            let ours = Arc::new(Ketama::build(&set));
-            let theirs = continuum(&set);
+            let specs: Vec<(u16, u32)> = specs.into_iter().collect();
+            let list = backends(&specs);
+            let ours = Ketama::new(&list);
+            let theirs = continuum(&list);
             for key in keys {
-                let mut it = ours.iter(&key);
-                let walked: Vec<_> = (0..8).map(|_| *it.next().unwrap().addr.as_inet().unwrap()).collect();
+                let walked: Vec<_> = ours.walk(&key).take(8).map(|i| list[i].0).collect();
                 let expected: Vec<_> = theirs.node_iter(&key).take(8).copied().collect();
                 prop_assert_eq!(walked, expected);
             }
@@ -168,31 +165,36 @@ mod tests {
     #[test]
     fn a_large_ring_matches_too() {
         // Large enough for CRC32 collisions between points (deduplicated as Pingora does).
-        let specs: Vec<(u16, usize)> = (1..3000).map(|p| (p, 1 + (p as usize % 3))).collect();
-        let set = set(&specs);
-        let ours = Arc::new(Ketama::build(&set));
-        let theirs = continuum(&set);
-        assert!(ours.ring.len() < 160 * specs.iter().map(|s| s.1).sum::<usize>());
+        let specs: Vec<(u16, u32)> = (1..3000).map(|p| (p, 1 + (p as u32 % 3))).collect();
+        let list = backends(&specs);
+        let ours = Ketama::new(&list);
+        let theirs = continuum(&list);
+        assert!(ours.ring.len() < 160 * specs.iter().map(|s| s.1 as usize).sum::<usize>());
         // Point by point, including which of two colliding points survived.
         let mut at = 0;
         for point in ours.ring.iter() {
             let theirs = theirs.get_addr(&mut at).unwrap();
-            assert_eq!(
-                ours.backends[point.backend as usize].addr.as_inet(),
-                Some(theirs)
-            );
+            assert_eq!(list[point.backend as usize].0, *theirs);
         }
         assert_eq!(at, 0, "both rings have the same length");
         for k in 0u32..20_000 {
             let key = k.to_le_bytes();
-            let got = *ours.iter(&key).next().unwrap().addr.as_inet().unwrap();
+            let got = list[ours.walk(&key).next().unwrap()].0;
             assert_eq!(Some(got), theirs.node(&key));
         }
     }
 
     #[test]
-    fn an_empty_set_yields_nothing() {
-        let ours = Arc::new(Ketama::build(&BTreeSet::new()));
-        assert!(ours.iter(b"k").next().is_none());
+    fn an_empty_ring_yields_nothing() {
+        let ours = Ketama::new(&[]);
+        assert!(ours.walk(b"k").next().is_none());
+    }
+
+    #[test]
+    fn key_fractions_are_even() {
+        let below = (0u32..10_000)
+            .filter(|k| key_fraction(crc32fast::hash(&k.to_le_bytes()), 3) < 0.25)
+            .count();
+        assert!((2300..2700).contains(&below), "{below}");
     }
 }

@@ -1,27 +1,30 @@
-//! Least connections: fewest in-flight requests per unit of weight first, ties to the backend
-//! picked longest ago. A tournament tree over the pool's backends keeps the winner at its root:
+//! Least connections: fewest in-flight requests per unit of (effective) weight first; ties go
+//! by weighted round robin (each pick advances the backend's "pass" by 1/weight, as in stride
+//! scheduling, from no earlier than the latest pick's), so that at low concurrency shares
+//! still follow the weights while a backend passed over for its load banks no turns. A tournament tree over the pool's backends keeps the winner at its root:
 //! a pick is O(1) plus O(log n) per backend it has to pass over, and every start or end of a
 //! request re-ranks one leaf in O(log n) (HAProxy keeps its leastconn tree the same way). The
 //! counters themselves live in the pool's `BackendState`s, so a rebuild keeps them.
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use pingora_load_balancing::selection::{BackendIter, BackendSelection};
-use pingora_load_balancing::Backend;
-
+use super::Candidates;
 use crate::pool::BackendState;
 
 /// How often every leaf is re-read from its backend: picks up what no event announces (an
-/// ejection running out, a backend becoming ready again) and heals any missed update.
+/// ejection running out, a backend becoming ready again, a slow-start ramp) and heals any
+/// missed update.
 const REFRESH: Duration = Duration::from_millis(100);
+/// A pick advances a backend's pass by this much divided by its weight in thousandths.
+const PASS_SCALE: u64 = 1 << 32;
 /// The winner of a subtree that has no backend (padding to a power of two).
 const NONE: u32 = u32::MAX;
 
 /// One pool's tree. Leaf `i` is the pool's backend `i` (both sorted by address).
 pub struct LoadTree {
     states: Arc<[Arc<BackendState>]>,
+    slow_start: Option<Duration>,
     inner: Mutex<Tree>,
 }
 
@@ -30,16 +33,18 @@ struct Tree {
     /// Heap layout: `winners[1]` is the root, `winners[width + i]` is leaf `i`.
     winners: Vec<u32>,
     width: usize,
-    /// Incremented by every pick: a leaf's `picked` orders ties, oldest first.
-    clock: u64,
+    /// Where the latest pick's turn started: no pick's turn starts earlier.
+    now: u64,
     refreshed: Instant,
 }
 
 #[derive(Clone, Copy)]
 struct Leaf {
     inflight: u64,
+    /// Effective weight, in thousandths.
     weight: u64,
-    picked: u64,
+    /// Virtual time of the backend's next turn among equally loaded backends.
+    pass: u64,
     /// Found not ready: out of the running until the next refresh.
     parked: bool,
     /// Skipped by the current pick (a backend the request already tried).
@@ -48,7 +53,7 @@ struct Leaf {
 
 impl LoadTree {
     /// A tree over `states`, which every state then notifies of its in-flight changes.
-    pub fn attach(states: Arc<[Arc<BackendState>]>) -> Arc<LoadTree> {
+    pub fn attach(states: Arc<[Arc<BackendState>]>, slow_start: Option<Duration>) -> Arc<LoadTree> {
         let n = states.len();
         let width = n.next_power_of_two().max(1);
         let leaves = states
@@ -56,9 +61,9 @@ impl LoadTree {
             .enumerate()
             .map(|(i, s)| Leaf {
                 inflight: s.inflight() as u64,
-                weight: u64::from(s.weight().max(1)),
+                weight: s.effective_weight_milli(slow_start).max(1),
                 // The first round goes in address order.
-                picked: i as u64,
+                pass: i as u64,
                 parked: false,
                 excluded: false,
             })
@@ -67,19 +72,20 @@ impl LoadTree {
             leaves,
             winners: vec![NONE; 2 * width],
             width,
-            clock: n as u64,
+            now: 0,
             refreshed: Instant::now(),
         };
         tree.rebuild();
         let tree = Arc::new(LoadTree {
             states,
+            slow_start,
             inner: Mutex::new(tree),
         });
         for (i, s) in tree.states.iter().enumerate() {
             s.attach_tree(Arc::downgrade(&tree), i);
         }
         // Counts that changed while the states still pointed at a previous tree.
-        tree.lock().refresh(&tree.states);
+        tree.lock().refresh(&tree.states, slow_start);
         tree
     }
 
@@ -87,15 +93,12 @@ impl LoadTree {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The least loaded backend that is `ready` and not `skip`ped; counts as picked (for ties).
-    pub fn pick(
-        &self,
-        ready: impl Fn(usize) -> bool,
-        skip: impl Fn(usize) -> bool,
-    ) -> Option<usize> {
+    /// The least loaded backend (per effective weight) that `c` allows, advancing its pass.
+    /// Returns a pool index, None when no backend is usable.
+    pub fn pick(&self, c: &Candidates) -> Option<usize> {
         let mut t = self.lock();
         if t.refreshed.elapsed() >= REFRESH {
-            t.refresh(&self.states);
+            t.refresh(&self.states, self.slow_start);
         }
         let mut excluded = Vec::new();
         let found = loop {
@@ -104,14 +107,18 @@ impl LoadTree {
                 break None;
             }
             let i = i as usize;
-            if skip(i) {
+            if (c.skip)(i) {
                 t.leaves[i].excluded = true;
                 excluded.push(i);
-            } else if !ready(i) {
+            } else if !c.usable(i) {
                 t.leaves[i].parked = true;
             } else {
-                t.clock += 1;
-                t.leaves[i].picked = t.clock;
+                // A backend that lost turns to its load banks no credit: its turn starts no
+                // earlier than the latest pick's (as a start time in fair queueing).
+                let start = t.leaves[i].pass.max(t.now);
+                t.now = start;
+                let leaf = &mut t.leaves[i];
+                leaf.pass = start.saturating_add(PASS_SCALE / leaf.weight.max(1));
                 t.replay(i);
                 break Some(i);
             }
@@ -142,8 +149,8 @@ impl Leaf {
 }
 
 impl Tree {
-    /// Whether leaf `a` beats leaf `b`: in the running, then less load per weight, then picked
-    /// longer ago.
+    /// Whether leaf `a` beats leaf `b`: in the running, then less load per weight, then the
+    /// earlier pass.
     fn beats(&self, a: u32, b: u32) -> bool {
         if b == NONE {
             return true;
@@ -156,7 +163,7 @@ impl Tree {
             return !x.out();
         }
         let (lx, ly) = (x.inflight * y.weight, y.inflight * x.weight);
-        lx < ly || (lx == ly && x.picked < y.picked)
+        lx < ly || (lx == ly && x.pass < y.pass)
     }
 
     /// Replay the matches on the path from leaf `i` to the root.
@@ -184,10 +191,10 @@ impl Tree {
     }
 
     /// Re-read every leaf and give parked backends another chance.
-    fn refresh(&mut self, states: &[Arc<BackendState>]) {
+    fn refresh(&mut self, states: &[Arc<BackendState>], slow_start: Option<Duration>) {
         for (leaf, s) in self.leaves.iter_mut().zip(states) {
             leaf.inflight = s.inflight() as u64;
-            leaf.weight = u64::from(s.weight().max(1));
+            leaf.weight = s.effective_weight_milli(slow_start).max(1);
             leaf.parked = false;
         }
         self.rebuild();
@@ -214,82 +221,12 @@ impl TreeLeaf {
     }
 }
 
-/// The `BackendSelection` for a least-connections pool: its backends and their tree.
-pub struct LeastConnections {
-    backends: Box<[Backend]>,
-    tree: Arc<LoadTree>,
-}
-
-impl LeastConnections {
-    pub fn tree(&self) -> &LoadTree {
-        &self.tree
-    }
-}
-
-impl BackendSelection for LeastConnections {
-    type Iter = LeastConnIter;
-    type Config = Arc<LoadTree>;
-
-    fn build_with_config(backends: &BTreeSet<Backend>, tree: &Arc<LoadTree>) -> Self {
-        LeastConnections {
-            backends: backends.iter().cloned().collect(),
-            tree: tree.clone(),
-        }
-    }
-
-    /// Without a pool's states (Pingora's interface): counters of its own.
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        let states: Vec<Arc<BackendState>> = backends
-            .iter()
-            .map(|b| Arc::new(BackendState::detached(b)))
-            .collect();
-        Self::build_with_config(backends, &LoadTree::attach(states.into()))
-    }
-
-    /// Pingora's interface (fulcrum picks through the tree): the least loaded backend, then
-    /// the others in order.
-    fn iter(self: &Arc<Self>, _key: &[u8]) -> LeastConnIter {
-        let first = self.tree.pick(|_| true, |_| false);
-        LeastConnIter {
-            selector: self.clone(),
-            first,
-            started: false,
-            next: 0,
-        }
-    }
-}
-
-pub struct LeastConnIter {
-    selector: Arc<LeastConnections>,
-    first: Option<usize>,
-    started: bool,
-    next: usize,
-}
-
-impl BackendIter for LeastConnIter {
-    fn next(&mut self) -> Option<&Backend> {
-        if !self.started {
-            self.started = true;
-            if let Some(i) = self.first {
-                return self.selector.backends.get(i);
-            }
-        }
-        while self.next < self.selector.backends.len() {
-            let i = self.next;
-            self.next += 1;
-            if Some(i) != self.first {
-                return self.selector.backends.get(i);
-            }
-        }
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pool::InflightGuard;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn tree(weights: &[u32]) -> (Arc<LoadTree>, Arc<[Arc<BackendState>]>) {
         let states: Arc<[Arc<BackendState>]> = weights
@@ -297,15 +234,32 @@ mod tests {
             .enumerate()
             .map(|(i, w)| {
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16));
-                Arc::new(BackendState::new(addr.to_string(), addr, *w, false))
+                Arc::new(BackendState::new(addr.to_string(), addr, *w, false, false))
             })
             .collect::<Vec<_>>()
             .into();
-        (LoadTree::attach(states.clone()), states)
+        (LoadTree::attach(states.clone(), None), states)
+    }
+
+    fn pick(t: &LoadTree, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
+        t.pick(&Candidates {
+            states: &t.states,
+            skip,
+            slow_start: None,
+        })
     }
 
     fn first(t: &LoadTree) -> usize {
-        t.pick(|_| true, |_| false).unwrap()
+        pick(t, &|_| false).unwrap()
+    }
+
+    /// Take backend `i` out of service (ejected).
+    fn take_out(s: &BackendState) {
+        s.eject(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            "test".into(),
+        );
     }
 
     #[test]
@@ -323,6 +277,19 @@ mod tests {
         let (t, _s) = tree(&[1, 1, 1]);
         let got: Vec<usize> = (0..6).map(|_| first(&t)).collect();
         assert_eq!(got, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn idle_picks_follow_the_weights() {
+        let (t, _s) = tree(&[1, 2, 3, 4]);
+        let mut tally = BTreeMap::new();
+        for _ in 0..1000 {
+            *tally.entry(first(&t)).or_insert(0) += 1;
+        }
+        assert_eq!(
+            tally,
+            BTreeMap::from([(0, 100), (1, 200), (2, 300), (3, 400)])
+        );
     }
 
     #[test]
@@ -349,23 +316,37 @@ mod tests {
 
     #[test]
     fn skipped_and_unready_backends_are_passed_over() {
-        let (t, _s) = tree(&[1, 1, 1]);
-        assert_eq!(t.pick(|i| i != 0, |i| i == 1), Some(2));
+        let (t, s) = tree(&[1, 1, 1]);
+        take_out(&s[0]);
+        assert_eq!(pick(&t, &|i| i == 1), Some(2));
         // Skipping is for one pick only; backend 0 stays parked until the next refresh.
-        assert_eq!(t.pick(|_| true, |_| false), Some(1));
-        assert_eq!(t.pick(|_| false, |_| false), None);
-        t.lock().refresh(&t.states);
-        assert_eq!(t.pick(|i| i == 0, |_| false), Some(0));
+        assert_eq!(pick(&t, &|_| false), Some(1));
+        assert_eq!(pick(&t, &|i| i != 0), None);
+        s[0].ejected_until_for_tests(1);
+        assert!(s[0].end_ejection_if_due());
+        t.lock().refresh(&t.states, None);
+        assert_eq!(pick(&t, &|i| i != 0), Some(0));
+    }
+
+    #[test]
+    fn a_survivor_set_shares_a_lost_backends_turns_by_weight() {
+        let (t, s) = tree(&[1, 2, 3, 4]);
+        take_out(&s[3]);
+        let mut tally = BTreeMap::new();
+        for _ in 0..600 {
+            *tally.entry(first(&t)).or_insert(0) += 1;
+        }
+        assert_eq!(tally, BTreeMap::from([(0, 100), (1, 200), (2, 300)]));
     }
 
     #[test]
     fn a_new_tree_takes_over_the_counts() {
         let (old, s) = tree(&[1, 1]);
         let g = InflightGuard::acquire(s[0].clone());
-        let new = LoadTree::attach(s.clone());
+        let new = LoadTree::attach(s.clone(), None);
         assert_eq!(first(&new), 1);
         drop(g);
-        // The release reached the new tree: both idle, 0 was picked longest ago.
+        // The release reached the new tree: both idle, 0 has the earlier pass.
         assert_eq!(first(&new), 0);
         drop(old);
     }
@@ -386,10 +367,15 @@ mod tests {
                 .flat_map(|(st, &l)| (0..l).map(|_| InflightGuard::acquire(st.clone())).collect::<Vec<_>>())
                 .collect();
             let ready = |i: usize| ready_mask >> i & 1 == 1;
+            for (i, st) in s.iter().enumerate() {
+                if !ready(i) {
+                    take_out(st);
+                }
+            }
             let skip = |i: usize| skip_mask >> i & 1 == 1 && i.is_multiple_of(3);
             let load = |i: usize| s[i].inflight() as f64 / weights[i] as f64;
             let best = (0..s.len()).filter(|&i| ready(i) && !skip(i)).map(load).reduce(f64::min);
-            let got = t.pick(ready, skip);
+            let got = pick(&t, &skip);
             match (got, best) {
                 (None, None) => {}
                 (Some(i), Some(b)) => {
