@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -36,6 +37,28 @@ pub enum Behaviour {
     BlackHole,
 }
 
+/// How a test backend answers requests (not health checks) from now on: switched at any time
+/// with `Backend::set_mode`, it applies to every request read after the switch. Every request
+/// counts as a hit, whatever the mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// 200 with its name as the body.
+    Normal,
+    /// Like Normal, after a delay.
+    Delay(Duration),
+    /// This status, with its name as the body.
+    Status(u16),
+    /// Read the request, then close the connection without answering.
+    Reset,
+    /// Read the request and never answer (nor close).
+    Stall,
+    /// 200 with `content-length: 100`, then only 10 bytes of body and the connection closes.
+    Truncate,
+}
+
+/// The test backends' error (a concrete type: boxed errors trip `tokio::spawn`'s `Send` check).
+type Body = BoxBody<Bytes, std::io::Error>;
+
 /// A real HTTP/1.1 backend on 127.0.0.1 that answers with its name (body and `x-backend`),
 /// counts its requests and remembers the headers of the last one. `GET /healthz` answers the
 /// status set by `set_health` (200 at first) and is counted apart, with its times.
@@ -54,6 +77,7 @@ struct Shared {
     last_method: Mutex<String>,
     health_status: std::sync::atomic::AtomicU16,
     health_checks: Mutex<Vec<Instant>>,
+    mode: Mutex<Option<Mode>>,
 }
 
 impl Backend {
@@ -118,7 +142,7 @@ impl Backend {
                 let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let (n, sh) = (n.clone(), sh.clone());
-                        async move { Ok::<_, Infallible>(answer(&n, &sh, behaviour, req).await) }
+                        async move { answer(&n, &sh, behaviour, req).await }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -134,6 +158,11 @@ impl Backend {
     /// The status `/healthz` answers from now on.
     pub fn set_health(&self, status: u16) {
         self.shared.health_status.store(status, Ordering::SeqCst);
+    }
+
+    /// How requests (not health checks) are answered from now on.
+    pub fn set_mode(&self, mode: Mode) {
+        *self.shared.mode.lock().unwrap() = Some(mode);
     }
 
     /// When `/healthz` was asked, so far.
@@ -174,14 +203,25 @@ async fn answer(
     shared: &Shared,
     behaviour: Behaviour,
     req: Request<hyper::body::Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Result<Response<Body>, std::io::Error> {
+    let full = |status: u16, body: Bytes| {
+        Response::builder()
+            .status(status)
+            .header("x-backend", name)
+            .body(Full::new(body).map_err(|e| match e {}).boxed())
+            .unwrap()
+    };
     if req.uri().path() == "/healthz" {
         shared.health_checks.lock().unwrap().push(Instant::now());
         let status = shared.health_status.load(Ordering::SeqCst);
-        return Response::builder()
+        return Ok(Response::builder()
             .status(status)
-            .body(Full::new(Bytes::from_static(b"health")))
-            .unwrap();
+            .body(
+                Full::new(Bytes::from_static(b"health"))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
+            .unwrap());
     }
     shared.hits.fetch_add(1, Ordering::SeqCst);
     *shared.last_method.lock().unwrap() = req.method().to_string();
@@ -190,13 +230,42 @@ async fn answer(
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
-    if let Behaviour::Delay(d) = behaviour {
-        tokio::time::sleep(d).await;
+    // A mode set by `set_mode` wins over the behaviour the backend started with.
+    let mode = shared.mode.lock().unwrap().unwrap_or(match behaviour {
+        Behaviour::Delay(d) => Mode::Delay(d),
+        _ => Mode::Normal,
+    });
+    let body = Bytes::from(name.to_string());
+    match mode {
+        Mode::Normal => Ok(full(200, body)),
+        Mode::Delay(d) => {
+            tokio::time::sleep(d).await;
+            Ok(full(200, body))
+        }
+        Mode::Status(status) => Ok(full(status, body)),
+        // hyper drops the connection, writing nothing, when the service fails.
+        Mode::Reset => Err(std::io::Error::other("reset by the test backend")),
+        Mode::Stall => std::future::pending().await,
+        Mode::Truncate => {
+            // The chunk, then (after hyper has flushed it: the stream is pending once) an error,
+            // on which hyper closes the connection 90 bytes short.
+            let frames = futures::stream::unfold(0u8, |step| async move {
+                match step {
+                    0 => Some((Ok(Frame::data(Bytes::from_static(b"0123456789"))), 1)),
+                    1 => {
+                        tokio::task::yield_now().await;
+                        Some((Err(std::io::Error::other("truncated")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            Ok(Response::builder()
+                .header("x-backend", name)
+                .header("content-length", "100")
+                .body(StreamBody::new(frames).boxed())
+                .unwrap())
+        }
     }
-    Response::builder()
-        .header("x-backend", name)
-        .body(Full::new(Bytes::from(name.to_string())))
-        .unwrap()
 }
 
 /// Poll `cond` every 10 ms until it holds or `limit` passes; returns the time it took.
@@ -603,4 +672,85 @@ pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> String {
             return head.to_string();
         }
     }
+}
+
+/// fulcrum's admin listener on a port of its own, read like an operator does.
+pub struct Admin {
+    pub port: u16,
+}
+
+impl Admin {
+    pub fn new() -> Admin {
+        Admin { port: free_port() }
+    }
+
+    /// The `admin:` line to put in the configuration.
+    pub fn yaml(&self) -> String {
+        format!("admin: {{listen: 127.0.0.1:{}}}\n", self.port)
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let resp = client()
+            .get(format!("http://127.0.0.1:{}{path}", self.port))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("admin {path}: {e}"));
+        assert_eq!(resp.status(), 200, "admin {path}");
+        resp
+    }
+
+    /// The /status document.
+    pub async fn status(&self) -> serde_json::Value {
+        self.get("/status")
+            .await
+            .json()
+            .await
+            .expect("/status JSON")
+    }
+
+    /// The /status entry of backend `name` in pool `pool` (`pools.POOL.backends[name=NAME]`).
+    pub async fn backend(&self, pool: &str, name: &str) -> serde_json::Value {
+        let status = self.status().await;
+        status["pools"][pool]["backends"]
+            .as_array()
+            .and_then(|bs| bs.iter().find(|b| b["name"] == name))
+            .unwrap_or_else(|| panic!("no backend {name} in pool {pool}: {status}"))
+            .clone()
+    }
+
+    /// The /metrics exposition.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("/metrics text")
+    }
+
+    /// The sum of the samples of `name` whose labels include every pair of `filter`.
+    pub async fn metric(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+        metric_sum(&self.metrics().await, name, filter)
+    }
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin::new()
+    }
+}
+
+/// The sum of the samples of `name` in the exposition `text` whose labels include every pair of
+/// `filter` (label values without quotes, commas or escapes, as fulcrum's are).
+pub fn metric_sum(text: &str, name: &str, filter: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = series.split_once('{').unwrap_or((series, ""));
+            let labels = labels.trim_end_matches('}');
+            let has =
+                |(k, v): &(&str, &str)| labels.split(',').any(|kv| kv == format!("{k}=\"{v}\""));
+            (n == name && filter.iter().all(has)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }
