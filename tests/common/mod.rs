@@ -56,7 +56,8 @@ pub enum Mode {
     Truncate,
 }
 
-/// The test backends' error (a concrete type: boxed errors trip `tokio::spawn`'s `Send` check).
+/// A test backend's response body. Its error is a concrete type: a boxed error trips the `Send`
+/// check of `tokio::spawn` on the connection task.
 type Body = BoxBody<Bytes, std::io::Error>;
 
 /// A real HTTP/1.1 backend on 127.0.0.1 that answers with its name (body and `x-backend`),
