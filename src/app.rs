@@ -10,7 +10,7 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::protocols::ALPN;
-use pingora::proxy::{http_proxy, http_proxy_service_with_name};
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -22,6 +22,7 @@ use crate::admin::{AdminApp, DrainWatch};
 use crate::config::{Config, ServerSettings};
 use crate::health::HealthService;
 use crate::keepalive::KeepAlive;
+use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::parent_ready::ParentReady;
 use crate::proxy::Proxy;
@@ -94,32 +95,32 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         "drain watch",
         DrainWatch::new(server.watch_execution_phase(), draining.clone()),
     ));
-    let proxy_logic = || Proxy::new(runtime.clone(), access_log.clone(), draining.clone());
+    let limits = ConnectionLimits::new(&config.listeners, metrics.clone());
+    let proxy_logic = || {
+        Proxy::new(
+            runtime.clone(),
+            access_log.clone(),
+            draining.clone(),
+            limits.clone(),
+        )
+    };
+    // Pingora turns h2c on per proxy: connections that open with the HTTP/2 preface on an
+    // `h2c` listener go to a second proxy with it on (the keep-alive loop tells them apart).
+    let mut h2c_proxy = http_proxy(&server.configuration, proxy_logic());
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    h2c_proxy.server_options = Some(options);
     let mut proxy = Service::new(
         "fulcrum".to_string(),
         KeepAlive::new(
             http_proxy(&server.configuration, proxy_logic()),
+            h2c_proxy,
             runtime.clone(),
+            limits.clone(),
         ),
     );
-    // Pingora enables h2c per service: h2c listeners get a service of their own.
-    let mut h2c_proxy = None;
     let mut certificates = Vec::new();
-    for listener in config.listeners.iter().filter(|l| l.h2c) {
-        let service = h2c_proxy.get_or_insert_with(|| {
-            let mut s =
-                http_proxy_service_with_name(&server.configuration, proxy_logic(), "fulcrum h2c");
-            if let Some(app) = s.app_logic_mut() {
-                let mut options = HttpServerOptions::default();
-                options.h2c = true;
-                app.server_options = Some(options);
-            }
-            s
-        });
-        let endpoint = ListenerConfig::tcp(listener.addr.to_string()).l4_buffer(l4_buffer());
-        service.add_listener(endpoint);
-    }
-    for listener in config.listeners.iter().filter(|l| !l.h2c) {
+    for listener in &config.listeners {
         let addr = listener.addr.to_string();
         let endpoint = ListenerConfig::tcp(addr.clone()).l4_buffer(l4_buffer());
         let Some(tls) = &listener.tls else {
@@ -151,11 +152,6 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&health);
     proxy.add_dependency(&bootstrap);
-    if let Some(h2c_proxy) = h2c_proxy {
-        let h2c_proxy = server.add_service(h2c_proxy);
-        h2c_proxy.add_dependency(&health);
-        h2c_proxy.add_dependency(&bootstrap);
-    }
     health.add_dependency(&bootstrap);
 
     if let Some(admin) = &config.admin {

@@ -10,11 +10,12 @@
 //! takes Pingora's path unchanged; h2c listeners have a plain Pingora service of their own.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
@@ -24,73 +25,180 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use pingora::time::timeout;
 use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::watch;
 
-use crate::config::DEFAULT_KEEPALIVE_TIMEOUT;
+use crate::config::{ListenerLimits, DEFAULT_KEEPALIVE_TIMEOUT};
+use crate::limits::{self, ConnectionLimits};
 use crate::proxy::Proxy;
 use crate::runtime::SharedRuntime;
 
-/// The proxy service's application: fulcrum's keep-alive loop around Pingora's HTTP proxy.
+/// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The proxy service's application: fulcrum's keep-alive loop around Pingora's HTTP proxy, and
+/// the connection limits every client connection is admitted under.
 pub struct KeepAlive {
     proxy: Arc<HttpProxy<Proxy>>,
+    /// The same proxy with h2c on, for connections that open with the HTTP/2 preface on a
+    /// listener with `h2c: true`.
+    h2c_proxy: Arc<HttpProxy<Proxy>>,
     runtime: SharedRuntime,
+    limits: Arc<ConnectionLimits>,
+}
+
+/// What a connection's listener asks of it.
+struct ListenerTerms {
+    idle_secs: u64,
+    h2c: bool,
+    limits: ListenerLimits,
 }
 
 impl KeepAlive {
-    pub fn new(proxy: HttpProxy<Proxy>, runtime: SharedRuntime) -> Self {
+    pub fn new(
+        proxy: HttpProxy<Proxy>,
+        h2c_proxy: HttpProxy<Proxy>,
+        runtime: SharedRuntime,
+        limits: Arc<ConnectionLimits>,
+    ) -> Self {
         KeepAlive {
             proxy: Arc::new(proxy),
+            h2c_proxy: Arc::new(h2c_proxy),
             runtime,
+            limits,
         }
     }
 
-    /// How long a connection may sit idle: its listener's `keepalive_timeout`.
-    fn idle_timeout(&self, stream: &Stream) -> u64 {
-        let digest = stream.get_socket_digest();
-        let local = digest.as_ref().and_then(|d| d.local_addr());
+    /// The terms of the listener at `local`.
+    fn terms(&self, local: Option<SocketAddr>) -> ListenerTerms {
         let runtime = self.runtime.load();
-        let listener = runtime.listener_of(local.and_then(|a| a.as_inet()));
-        runtime
-            .listeners
-            .get(listener)
-            .map_or(DEFAULT_KEEPALIVE_TIMEOUT.as_secs(), |l| l.keepalive_secs)
+        let listener = runtime.listener_of(local.as_ref());
+        match runtime.listeners.get(listener) {
+            Some(l) => ListenerTerms {
+                idle_secs: l.keepalive_secs,
+                h2c: l.h2c,
+                limits: l.limits,
+            },
+            None => ListenerTerms {
+                idle_secs: DEFAULT_KEEPALIVE_TIMEOUT.as_secs(),
+                h2c: false,
+                limits: ListenerLimits::DEFAULT,
+            },
+        }
     }
+}
+
+/// The local and peer addresses of a client connection.
+fn addresses(stream: &Stream) -> (Option<SocketAddr>, Option<std::net::IpAddr>) {
+    let digest = stream.get_socket_digest();
+    let local = digest
+        .as_ref()
+        .and_then(|d| d.local_addr())
+        .and_then(|a| a.as_inet())
+        .copied();
+    let peer = digest
+        .as_ref()
+        .and_then(|d| d.peer_addr())
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    (local, peer)
 }
 
 #[async_trait]
 impl ServerApp for KeepAlive {
     async fn process_new(
         self: &Arc<Self>,
-        stream: Stream,
+        mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let (local, peer) = addresses(&stream);
+        let terms = self.terms(local);
+        let guard = self.limits.admit(local, peer, &terms.limits)?;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let _guard = guard;
             return self.proxy.process_new(stream, shutdown).await;
+        }
+        if terms.h2c {
+            let opening = timeout(terms.limits.header_timeout, opens_h2(&mut stream)).await;
+            match opening {
+                Ok(Some(true)) => {
+                    let _guard = guard;
+                    return self.h2c_proxy.process_new(stream, shutdown).await;
+                }
+                Ok(Some(false)) => {}
+                Ok(None) => return None,
+                Err(_) => {
+                    self.limits.header_timed_out(local);
+                    return None;
+                }
+            }
         }
         // Pingora's connection task is ~9 KB (it has room for a TLS handshake); the connection
         // moves to a task of its own size and Pingora's ends here.
         let app = self.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { app.serve(stream, shutdown).await });
+        tokio::spawn(async move {
+            let _guard = guard;
+            app.serve(stream, shutdown, local, terms).await
+        });
         None
     }
 
     async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
+        self.h2c_proxy.http_cleanup().await;
     }
 }
 
+/// Whether a plain connection opens with the HTTP/2 preface (None: it closed or failed). Looks
+/// one byte, then two, then 24 ahead (Pingora's peek waits for all 24, which a short HTTP/1
+/// request never sends): only an opening `PR` can be the preface, no HTTP/1 method starts so.
+async fn opens_h2(stream: &mut Stream) -> Option<bool> {
+    let mut buf = [0u8; 24];
+    for n in [1, 2, H2_PREFACE.len()] {
+        let head = buf.get_mut(..n)?;
+        stream.try_peek(head).await.ok()?;
+        if H2_PREFACE.get(..n) != Some(&*head) {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
 impl KeepAlive {
-    /// Serve HTTP/1 requests on `stream` until it is closed, idle too long, or not reusable.
-    async fn serve(&self, mut stream: Stream, mut shutdown: ShutdownWatch) {
-        let idle_secs = self.idle_timeout(&stream);
-        let idle = Duration::from_secs(idle_secs);
+    /// Serve HTTP/1 requests on `stream` until it is closed, idle too long, not reusable, or
+    /// too slow to send a request header.
+    async fn serve(
+        &self,
+        mut stream: Stream,
+        mut shutdown: ShutdownWatch,
+        local: Option<SocketAddr>,
+        terms: ListenerTerms,
+    ) {
+        let idle = Duration::from_secs(terms.idle_secs);
         let mut settings = None;
+        let mut shed = self.limits.shed_requests();
         loop {
-            if !next_request(&mut stream, idle, &mut shutdown).await {
-                return;
+            let idle_since = Instant::now();
+            loop {
+                match next_request(&mut stream, idle_since + idle, &mut shutdown, &mut shed).await {
+                    Waited::Request => break,
+                    Waited::Closed => return,
+                    Waited::AskedToMakeRoom => {
+                        let idle_for = idle_since.elapsed();
+                        if idle_for >= limits::SHED_MIN_IDLE && self.limits.take_shed_slot(local) {
+                            return;
+                        }
+                    }
+                }
             }
-            let request = self.request(stream, settings.take(), idle_secs, &shutdown);
-            let Some(reused) = request.await else {
+            let request = self.request(stream, settings.take(), terms.idle_secs, &shutdown);
+            let Some(done) =
+                limits::with_header_deadline(terms.limits.header_timeout, request).await
+            else {
+                self.limits.header_timed_out(local);
+                return;
+            };
+            let Some(reused) = done else {
                 return;
             };
             (stream, settings) = reused.consume();
@@ -116,21 +224,39 @@ impl KeepAlive {
     }
 }
 
-/// Whether the next request has started to arrive (or the client closed or failed: the request
-/// reader reports that) before the connection was idle for `idle` or the server began to shut
-/// down, which closes idle connections as Pingora does.
-async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &mut ShutdownWatch) -> bool {
+/// What waiting for the next request ended with.
+enum Waited {
+    /// Its first bytes are readable (or the client closed or failed: the reader sees which).
+    Request,
+    /// Idle too long, or the server began to shut down, which closes idle connections as
+    /// Pingora does.
+    Closed,
+    /// The process is near its file-descriptor limit and asks idle connections to make room.
+    AskedToMakeRoom,
+}
+
+/// Wait for the next request's first bytes until `deadline`.
+async fn next_request(
+    stream: &mut Stream,
+    deadline: Instant,
+    shutdown: &mut ShutdownWatch,
+    shed: &mut watch::Receiver<u64>,
+) -> Waited {
+    let idle = deadline.saturating_duration_since(Instant::now());
     let readable = timeout(idle, Readable::new(stream));
     tokio::pin!(readable);
     loop {
         tokio::select! {
             biased;
-            ready = &mut readable => return ready.is_ok(),
+            ready = &mut readable => {
+                return if ready.is_ok() { Waited::Request } else { Waited::Closed };
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
-                    return false;
+                    return Waited::Closed;
                 }
             }
+            Ok(()) = shed.changed() => return Waited::AskedToMakeRoom,
         }
     }
 }

@@ -79,6 +79,7 @@ pub struct Metrics {
     affinity: IntCounterVec,
     no_backend: IntCounterVec,
     reloads: IntCounterVec,
+    limits: IntCounterVec,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> PromResult<IntCounterVec> {
@@ -127,6 +128,11 @@ impl Metrics {
             "Requests answered 503 because no backend of the pool was ready.",
             &["pool"],
         )?;
+        let limits = counter_vec(
+            "fulcrum_limit_total",
+            "Clients cut off by a listener limit, by listener and limit (header_timeout, max_header_bytes, max_headers, max_connections, max_connections_per_ip, open_files, idle_closed).",
+            &["listener", "limit"],
+        )?;
         let reloads = counter_vec(
             "fulcrum_config_reloads_total",
             "Configuration reloads (SIGHUP), by result (success, failure).",
@@ -150,6 +156,7 @@ impl Metrics {
             &affinity,
             &no_backend,
             &reloads,
+            &limits,
         ] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -171,6 +178,7 @@ impl Metrics {
             affinity,
             no_backend,
             reloads,
+            limits,
         }))
     }
 
@@ -185,6 +193,16 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Create `listener`'s series for `limit` at 0.
+    pub fn limit_series(&self, listener: &str, limit: &str) {
+        self.limits.with_label_values(&[listener, limit]);
+    }
+
+    /// A client was cut off on `listener` by `limit`.
+    pub fn limit(&self, listener: &str, limit: &str) {
+        self.limits.with_label_values(&[listener, limit]).inc();
     }
 
     pub fn reload(&self, ok: bool) {

@@ -15,6 +15,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::{AccessLog, Entry};
+use crate::limits::ConnectionLimits;
 use crate::metrics::ErrorKind;
 use crate::pool::sticky::{Decision, Pin, Sticky};
 use crate::pool::{hash_key, InflightGuard, Pool};
@@ -32,6 +33,8 @@ pub struct Proxy {
     /// Set once a graceful shutdown or upgrade began: responses then close their connection,
     /// so that keep-alive clients move to the new process before this one stops reading.
     draining: Arc<AtomicBool>,
+    /// Where cuts by a listener limit are counted.
+    limits: Arc<ConnectionLimits>,
 }
 
 impl Proxy {
@@ -39,11 +42,13 @@ impl Proxy {
         runtime: SharedRuntime,
         access_log: Option<Arc<AccessLog>>,
         draining: Arc<AtomicBool>,
+        limits: Arc<ConnectionLimits>,
     ) -> Self {
         Proxy {
             runtime,
             access_log,
             draining,
+            limits,
         }
     }
 
@@ -56,11 +61,7 @@ impl Proxy {
     ) -> Result<bool> {
         let req = session.req_header();
         let Some(host) = request_host(req).map(crate::route::normalize_host) else {
-            let body = own_body(400, &ctx.request_id);
-            let resp = own_response(400, &ctx.request_id, &body)?;
-            session.write_response_header(Box::new(resp), false).await?;
-            session.write_response_body(Some(body), true).await?;
-            return Ok(true);
+            return self.answer(session, ctx, 400).await;
         };
         let port = if port == 443 {
             String::new()
@@ -73,6 +74,16 @@ impl Proxy {
         let mut resp = own_response(308, &ctx.request_id, &body)?;
         resp.insert_header(http::header::LOCATION, location)?;
         self.close_if_draining(session);
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+
+    /// Answer `status` with fulcrum's own short body; the request is done (`Ok(true)`).
+    async fn answer(&self, session: &mut Session, ctx: &RequestCtx, status: u16) -> Result<bool> {
+        self.close_if_draining(session);
+        let body = own_body(status, &ctx.request_id);
+        let resp = own_response(status, &ctx.request_id, &body)?;
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await?;
         Ok(true)
@@ -212,6 +223,14 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
+/// The size of a request header as sent: request line and fields, with their separators.
+fn header_bytes(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
 /// Seconds since the Unix epoch (cookie expiry times).
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -315,7 +334,14 @@ impl ProxyHttp for Proxy {
         // fulcrum does not compress: no downstream modules at all.
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    /// The header has arrived: its id, its listener, and the listener's limits on its size;
+    /// the body's reads are bounded by the listener's `body_timeout`.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        crate::limits::header_arrived();
         let req = session.req_header();
         ctx.request_id = req
             .headers
@@ -326,6 +352,37 @@ impl ProxyHttp for Proxy {
         ctx.listener = ctx
             .runtime
             .listener_of(session.server_addr().and_then(|a| a.as_inet()));
+        let Some(listener) = ctx.runtime.listeners.get(ctx.listener) else {
+            return Ok(());
+        };
+        let limits = &listener.limits;
+        let over = if req.headers.len() > limits.max_headers {
+            Some("max_headers")
+        } else if header_bytes(req) > limits.max_header_bytes {
+            Some("max_header_bytes")
+        } else {
+            None
+        };
+        if let Some(limit) = over {
+            self.limits.cut(&listener.name, limit);
+            return Error::e_explain(
+                ErrorType::HTTPStatus(431),
+                format!("request header over the listener's {limit}"),
+            );
+        }
+        session
+            .as_downstream_mut()
+            .set_read_timeout(Some(limits.body_timeout));
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Err(refused) = crate::strict::check(session.req_header(), session.is_http2()) {
+            tracing::debug!("refused a request ({}): {}", refused.status, refused.reason);
+            // What follows a refused header cannot be trusted to be the next request.
+            session.set_keepalive(None);
+            return self.answer(session, ctx, refused.status).await;
+        }
         let listener = ctx.runtime.listeners.get(ctx.listener);
         // Pingora keeps an idle client connection forever ("0"); bound it. `None` (closing)
         // is left alone.
@@ -342,12 +399,7 @@ impl ProxyHttp for Proxy {
             ctx.pool_index = index;
             return Ok(false);
         }
-        self.close_if_draining(session);
-        let body = own_body(404, &ctx.request_id);
-        let resp = own_response(404, &ctx.request_id, &body)?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await?;
-        Ok(true)
+        self.answer(session, ctx, 404).await
     }
 
     async fn upstream_peer(
@@ -609,6 +661,14 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let client_too_slow = e.is_some_and(|e| {
+            *e.esource() == ErrorSource::Downstream && *e.etype() == ErrorType::ReadTimedout
+        });
+        if client_too_slow {
+            if let Some(l) = ctx.runtime.listeners.get(ctx.listener) {
+                self.limits.cut(&l.name, "body_timeout");
+            }
+        }
         if let (None, Some(upstream), Some(pool), Some((i, _))) =
             (e, ctx.upstream_status, &ctx.pool, &ctx.current)
         {

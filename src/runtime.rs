@@ -75,6 +75,8 @@ impl Runtime {
                     tls: l.tls.is_some(),
                     redirect_to: l.redirect_https.then(|| https_port(config)),
                     keepalive_secs: l.keepalive_timeout.as_secs().max(1),
+                    h2c: l.h2c,
+                    limits: l.limits,
                 })
                 .collect(),
             config_hash: config.hash.clone(),
@@ -104,6 +106,9 @@ pub struct ListenerInfo {
     pub redirect_to: Option<u16>,
     /// Idle limit of client keep-alive connections, in seconds.
     pub keepalive_secs: u64,
+    /// Accepts HTTP/2 with prior knowledge beside HTTP/1.
+    pub h2c: bool,
+    pub limits: crate::config::ListenerLimits,
 }
 
 /// The port https redirects go to: the first TLS listener's, else 443.

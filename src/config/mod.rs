@@ -1,5 +1,6 @@
 //! The configuration: read the YAML file, validate it, and hand out the typed model.
 
+pub mod bounds;
 pub mod locate;
 pub mod model;
 pub mod raw;
@@ -30,10 +31,19 @@ impl std::fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
-/// Read and validate the file at `path`.
+/// Read and validate the file at `path` (reading at most one byte past `bounds::MAX_BYTES`,
+/// so that an oversized file is refused without being read whole).
 pub fn load(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| LoadError::Read(format!("{}: cannot read: {e}", path.display())))?;
+    use std::io::Read;
+    let cannot =
+        |e: std::io::Error| LoadError::Read(format!("{}: cannot read: {e}", path.display()));
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(bounds::MAX_BYTES as u64 + 1)
+                .read_to_string(&mut text)
+        })
+        .map_err(cannot)?;
     parse(path, &text)
 }
 

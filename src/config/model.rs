@@ -66,6 +66,35 @@ pub struct ListenerConfig {
     pub keepalive_timeout: Duration,
     /// Plain listener that also accepts HTTP/2 with prior knowledge (h2c), e.g. for gRPC.
     pub h2c: bool,
+    pub limits: ListenerLimits,
+}
+
+/// What one client may hold of a listener, and how slowly it may send (nginx's defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// The whole request header must arrive within this (nginx `client_header_timeout`).
+    pub header_timeout: Duration,
+    /// Longest pause between two reads of a request body (nginx `client_body_timeout`).
+    pub body_timeout: Duration,
+    /// Largest request header (request line and fields); beyond it, 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; beyond it, 431.
+    pub max_headers: usize,
+    /// Most client connections open at once on the listener (None: no limit of its own).
+    pub max_connections: Option<usize>,
+    /// Most client connections open at once from one client address (None: no limit).
+    pub max_connections_per_ip: Option<usize>,
+}
+
+impl ListenerLimits {
+    pub const DEFAULT: ListenerLimits = ListenerLimits {
+        header_timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(60),
+        max_header_bytes: 32 * 1024,
+        max_headers: 100,
+        max_connections: None,
+        max_connections_per_ip: None,
+    };
 }
 
 /// Default idle time of a client keep-alive connection (as nginx's keepalive_timeout 75s).

@@ -33,6 +33,12 @@ pub struct RawListener {
     pub redirect_https: Option<bool>,
     pub keepalive_timeout: Option<String>,
     pub h2c: Option<bool>,
+    pub header_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub max_header_bytes: Option<u64>,
+    pub max_headers: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub max_connections_per_ip: Option<u64>,
 }
 
 /// `tls:` of a listener.

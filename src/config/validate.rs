@@ -134,6 +134,13 @@ pub fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         file: file_name.clone(),
         problems,
     };
+    if let Err((location, message)) = super::bounds::check(text) {
+        return Err(fail(vec![Problem {
+            location,
+            path: String::new(),
+            message,
+        }]));
+    }
     let doc: Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -373,6 +380,7 @@ fn check_listeners(ck: &mut Checker, value: Option<Value>) -> Option<Vec<Listene
             );
             ok = false;
         }
+        let limits = check_limits(ck, &path, &raw);
         let tls = raw
             .tls
             .map(|t| check_listener_tls(ck, &format!("{path}.tls"), t));
@@ -423,6 +431,7 @@ fn check_listeners(ck: &mut Checker, value: Option<Value>) -> Option<Vec<Listene
                     redirect_https,
                     keepalive_timeout,
                     h2c,
+                    limits,
                 });
             }
             Err(msg) => {
@@ -432,6 +441,53 @@ fn check_listeners(ck: &mut Checker, value: Option<Value>) -> Option<Vec<Listene
         }
     }
     ok.then_some(out)
+}
+
+/// The limits of a listener (see `ListenerLimits`), each within a range that keeps it useful.
+fn check_limits(ck: &mut Checker, path: &str, raw: &RawListener) -> ListenerLimits {
+    let d = ListenerLimits::DEFAULT;
+    let mut timeout = |key: &str, text: Option<&str>, default: Duration| {
+        let kpath = format!("{path}.{key}");
+        let t = parse_duration(ck, &kpath, text, default);
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&t) {
+            ck.error(kpath, "must be between 1s and 1h");
+        }
+        t
+    };
+    let header_timeout = timeout(
+        "header_timeout",
+        raw.header_timeout.as_deref(),
+        d.header_timeout,
+    );
+    let body_timeout = timeout("body_timeout", raw.body_timeout.as_deref(), d.body_timeout);
+    let mut count = |key: &str, value: Option<u64>, range: std::ops::RangeInclusive<u64>| {
+        let v = value?;
+        if !range.contains(&v) {
+            ck.error(
+                format!("{path}.{key}"),
+                format!(
+                    "{v} is out of range: must be between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+        }
+        Some(v as usize)
+    };
+    ListenerLimits {
+        header_timeout,
+        body_timeout,
+        // Pingora reads at most 1 MiB of header and 256 fields whatever the limit.
+        max_header_bytes: count("max_header_bytes", raw.max_header_bytes, 1024..=1_048_575)
+            .unwrap_or(d.max_header_bytes),
+        max_headers: count("max_headers", raw.max_headers, 1..=256).unwrap_or(d.max_headers),
+        max_connections: count("max_connections", raw.max_connections, 1..=10_000_000),
+        max_connections_per_ip: count(
+            "max_connections_per_ip",
+            raw.max_connections_per_ip,
+            1..=10_000_000,
+        ),
+    }
 }
 
 /// `tls:` of a listener: every pair is loaded and checked now, so that `-t` catches a missing

@@ -1,0 +1,257 @@
+//! Limits on client connections: how many a listener and one client address may hold at once,
+//! how near the process may come to its file-descriptor limit (idle keep-alive connections are
+//! then closed to make room, as nginx does), and the deadline of a request header. Each cut is
+//! counted in `fulcrum_limit_total{listener,limit}`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::{ListenerConfig, ListenerLimits};
+use crate::metrics::Metrics;
+
+/// Idle connections closed per connection that arrives beyond the soft cap (nginx drains 32).
+const SHED_BATCH: isize = 32;
+/// Only connections idle at least this long are closed to make room.
+pub const SHED_MIN_IDLE: Duration = Duration::from_secs(1);
+
+tokio::task_local! {
+    /// Set while an HTTP/1 request's header is being read on this task: the proxy marks it
+    /// arrived, and the connection loop stops the header deadline.
+    static HEADER_ARRIVED: Arc<AtomicBool>;
+}
+
+/// Run `request` with a header that must arrive within `deadline`; None when it did not (the
+/// request is dropped, which closes its connection).
+pub async fn with_header_deadline<T>(
+    deadline: Duration,
+    request: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let arrived = Arc::new(AtomicBool::new(false));
+    let request = HEADER_ARRIVED.scope(arrived.clone(), request);
+    tokio::pin!(request);
+    let timer = tokio::time::sleep(deadline);
+    tokio::pin!(timer);
+    let mut armed = true;
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut request => return Some(done),
+            _ = &mut timer, if armed => {
+                if !arrived.load(Ordering::Relaxed) {
+                    return None;
+                }
+                armed = false;
+            }
+        }
+    }
+}
+
+/// The request path's word that the current request's header has arrived whole.
+pub fn header_arrived() {
+    let _ = HEADER_ARRIVED.try_with(|a| a.store(true, Ordering::Relaxed));
+}
+
+struct ListenerSlot {
+    name: String,
+    addr: SocketAddr,
+    open: AtomicUsize,
+}
+
+/// The connection counts of the process and the limits they are held to.
+pub struct ConnectionLimits {
+    listeners: Vec<ListenerSlot>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    open: AtomicUsize,
+    /// Client connections the process holds before idle ones are closed to make room, and the
+    /// count beyond which new ones are refused: both below the file-descriptor limit, so that
+    /// accept() never fails for want of a descriptor.
+    soft_cap: usize,
+    hard_cap: usize,
+    /// Bumped to ask idle connections to close; `shed_budget` says how many more may.
+    shed: watch::Sender<u64>,
+    shed_budget: AtomicIsize,
+    /// Whether the process is at its soft cap (logged once per change).
+    pressed: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+/// Holds one admitted connection's place in the counts; released when dropped.
+pub struct ConnectionGuard {
+    limits: Arc<ConnectionLimits>,
+    listener: Option<usize>,
+    ip: Option<IpAddr>,
+}
+
+impl ConnectionLimits {
+    /// Counts for `listeners`, with caps from the process's file-descriptor limit.
+    pub fn new(listeners: &[ListenerConfig], metrics: Arc<Metrics>) -> Arc<ConnectionLimits> {
+        let files = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft)
+            .min(usize::MAX as u64) as usize;
+        // Room for upstream connections, listeners, logs and the admin listener.
+        let reserve = (files / 8).max(64);
+        let hard_cap = files.saturating_sub(reserve / 2).max(16);
+        for l in listeners {
+            for limit in LIMITS {
+                metrics.limit_series(&l.name, limit);
+            }
+        }
+        Arc::new(ConnectionLimits {
+            listeners: listeners
+                .iter()
+                .map(|l| ListenerSlot {
+                    name: l.name.clone(),
+                    addr: l.addr,
+                    open: AtomicUsize::new(0),
+                })
+                .collect(),
+            per_ip: Mutex::new(HashMap::new()),
+            open: AtomicUsize::new(0),
+            soft_cap: files.saturating_sub(reserve).max(8),
+            hard_cap,
+            shed: watch::Sender::new(0),
+            shed_budget: AtomicIsize::new(0),
+            pressed: AtomicBool::new(false),
+            metrics,
+        })
+    }
+
+    /// The listener a connection to `local` came in on.
+    fn listener_of(&self, local: Option<SocketAddr>) -> Option<usize> {
+        let local = local?;
+        self.listeners.iter().position(|l| {
+            l.addr.port() == local.port()
+                && (l.addr.ip().is_unspecified() || l.addr.ip() == local.ip())
+        })
+    }
+
+    fn count(&self, listener: Option<usize>, limit: &str) {
+        if let Some(slot) = listener.and_then(|i| self.listeners.get(i)) {
+            self.metrics.limit(&slot.name, limit);
+        }
+    }
+
+    /// Admit a new connection from `peer` to `local` under `limits`, or None (close it now).
+    pub fn admit(
+        self: &Arc<Self>,
+        local: Option<SocketAddr>,
+        peer: Option<IpAddr>,
+        limits: &ListenerLimits,
+    ) -> Option<ConnectionGuard> {
+        let listener = self.listener_of(local);
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        // From here on the guard undoes what was counted, whatever the verdict.
+        let mut guard = ConnectionGuard {
+            limits: self.clone(),
+            listener: None,
+            ip: None,
+        };
+        if open > self.soft_cap {
+            self.make_room(open);
+            if open > self.hard_cap {
+                self.count(listener, "open_files");
+                return None;
+            }
+        } else if self.pressed.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                "client connections back under the file-descriptor soft cap ({})",
+                self.soft_cap
+            );
+        }
+        if let Some(slot) = listener.and_then(|i| self.listeners.get(i)) {
+            let n = slot.open.fetch_add(1, Ordering::Relaxed) + 1;
+            guard.listener = listener;
+            if limits.max_connections.is_some_and(|max| n > max) {
+                self.count(listener, "max_connections");
+                return None;
+            }
+        }
+        if let (Some(ip), Some(max)) = (peer, limits.max_connections_per_ip) {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = per_ip.entry(ip).or_insert(0);
+            *n += 1;
+            let over = *n > max;
+            drop(per_ip);
+            guard.ip = Some(ip);
+            if over {
+                self.count(listener, "max_connections_per_ip");
+                return None;
+            }
+        }
+        Some(guard)
+    }
+
+    /// Ask up to `SHED_BATCH` idle connections to close; log the first time.
+    fn make_room(&self, open: usize) {
+        if !self.pressed.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "{open} client connections, near the file-descriptor limit: closing idle keep-alive connections to make room (soft cap {}, refusing beyond {})",
+                self.soft_cap,
+                self.hard_cap
+            );
+        }
+        self.shed_budget.store(SHED_BATCH, Ordering::Relaxed);
+        self.shed.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// What an idle connection waits on: a change means "close if you can".
+    pub fn shed_requests(&self) -> watch::Receiver<u64> {
+        self.shed.subscribe()
+    }
+
+    /// Whether an idle connection on `local`, asked to make room, should close (it takes one
+    /// place of the batch); counted.
+    pub fn take_shed_slot(&self, local: Option<SocketAddr>) -> bool {
+        let took = self.shed_budget.fetch_sub(1, Ordering::Relaxed) > 0;
+        if took {
+            self.count(self.listener_of(local), "idle_closed");
+        }
+        took
+    }
+
+    /// Count a request header that did not arrive in time on `local`.
+    pub fn header_timed_out(&self, local: Option<SocketAddr>) {
+        self.count(self.listener_of(local), "header_timeout");
+    }
+
+    /// Count a request cut off on `listener` (by name) by `limit`.
+    pub fn cut(&self, listener: &str, limit: &str) {
+        self.metrics.limit(listener, limit);
+    }
+}
+
+/// Every limit a listener's series exist for from the start (so that alerts see 0 first).
+const LIMITS: [&str; 8] = [
+    "header_timeout",
+    "max_header_bytes",
+    "max_headers",
+    "max_connections",
+    "max_connections_per_ip",
+    "open_files",
+    "idle_closed",
+    "body_timeout",
+];
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let l = &self.limits;
+        l.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(slot) = self.listener.and_then(|i| l.listeners.get(i)) {
+            slot.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(ip) = self.ip {
+            let mut per_ip = l.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! What fulcrum refuses of a request before routing it, as nginx does (RFC 9110, 9112): a Host
+//! that is not `host[:port]`, a missing or repeated Host on HTTP/1.1, a request target that is
+//! neither origin-form nor absolute-form (nor `*` for OPTIONS), an absolute-form authority that
+//! is not the Host, bytes in the target that cannot be there, Content-Length that is repeated
+//! or not a number, framing headers spelled with underscores, and a Transfer-Encoding other
+//! than `chunked`. Pure functions over the parsed
+//! header: no I/O, never a panic, whatever the bytes.
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{Method, Version};
+use pingora::http::RequestHeader;
+
+/// Why a request is refused, and with which status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+const fn bad(reason: &'static str) -> Refusal {
+    Refusal {
+        status: 400,
+        reason,
+    }
+}
+
+/// Check `req`; `h2` says it came over HTTP/2 (no request line, `:authority` instead of Host).
+pub fn check(req: &RequestHeader, h2: bool) -> Result<(), Refusal> {
+    let hosts = req.headers.get_all(HOST);
+    let mut hosts = hosts.iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(bad("more than one Host header"));
+    }
+    match host {
+        Some(h) if !valid_authority(h.as_bytes()) => return Err(bad("Host is not host[:port]")),
+        None if !h2 && req.version == Version::HTTP_11 => {
+            return Err(bad("HTTP/1.1 request without Host"))
+        }
+        _ => {}
+    }
+    if let Some(authority) = req.uri.authority() {
+        if !valid_authority(authority.as_str().as_bytes()) {
+            return Err(bad("the request's authority is not host[:port]"));
+        }
+    }
+    if !h2 {
+        if let Some(authority) = check_target(req)? {
+            let same = host.is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(authority));
+            if !same {
+                return Err(bad("absolute-form authority differs from Host"));
+            }
+        }
+    }
+    check_framing(req)
+}
+
+/// RFC 9112 3.2: origin-form (`/path?query`), absolute-form (`http://host/path`), or `*` for
+/// OPTIONS; authority-form is for CONNECT, which a reverse proxy does not serve. Returns the
+/// authority of an absolute-form target.
+fn check_target(req: &RequestHeader) -> Result<Option<&[u8]>, Refusal> {
+    let raw = req.raw_path();
+    if raw.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        return Err(bad("space or control byte in the request target"));
+    }
+    if req.method == Method::CONNECT {
+        return Err(Refusal {
+            status: 405,
+            reason: "CONNECT is not served",
+        });
+    }
+    match raw.first() {
+        Some(b'/') => return Ok(None),
+        Some(b'*') if raw.len() == 1 && req.method == Method::OPTIONS => return Ok(None),
+        _ => {}
+    }
+    let rest = strip_prefix_ignore_case(raw, b"http://")
+        .or_else(|| strip_prefix_ignore_case(raw, b"https://"))
+        .ok_or(bad("request target is not origin-form or absolute-form"))?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let authority = rest.get(..end).unwrap_or_default();
+    if !valid_authority(authority) {
+        return Err(bad("absolute-form authority is not host[:port]"));
+    }
+    Ok(Some(authority))
+}
+
+fn strip_prefix_ignore_case<'a>(bytes: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    let head = bytes.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| bytes.get(prefix.len()..))
+        .flatten()
+}
+
+/// RFC 9112 6: one Content-Length of digits only; Transfer-Encoding only `chunked` (nginx
+/// answers 501 for other codings); no underscore spellings of either, which some servers
+/// behind a proxy take for the real thing.
+fn check_framing(req: &RequestHeader) -> Result<(), Refusal> {
+    for name in req.headers.keys() {
+        let n = name.as_str();
+        if n.eq_ignore_ascii_case("content_length") || n.eq_ignore_ascii_case("transfer_encoding") {
+            return Err(bad("framing header spelled with an underscore"));
+        }
+    }
+    let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter();
+    if let Some(cl) = lengths.next() {
+        if lengths.next().is_some() {
+            return Err(bad("more than one Content-Length"));
+        }
+        let v = cl.as_bytes();
+        if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+            return Err(bad("Content-Length is not a number"));
+        }
+    }
+    let mut codings = req.headers.get_all(TRANSFER_ENCODING).iter();
+    if let Some(te) = codings.next() {
+        if codings.next().is_some() {
+            return Err(bad("more than one Transfer-Encoding"));
+        }
+        if req.version == Version::HTTP_10 {
+            return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        let v = te.as_bytes();
+        if !v.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Err(Refusal {
+                status: 501,
+                reason: "Transfer-Encoding other than chunked",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// RFC 3986 authority without userinfo: `reg-name | IPv4 | [IPv6]`, then an optional `:port`
+/// of at most five digits. A reg-name is unreserved, percent-encoded and sub-delim bytes.
+pub fn valid_authority(a: &[u8]) -> bool {
+    let (host, port) = match a.first() {
+        Some(b'[') => match a.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let inside = a.get(1..end).unwrap_or_default();
+                let ipv6 = std::str::from_utf8(inside)
+                    .ok()
+                    .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok());
+                if ipv6.is_none() {
+                    return false;
+                }
+                (&[][..], a.get(end + 1..).unwrap_or_default())
+            }
+            None => return false,
+        },
+        _ => match a.iter().rposition(|&b| b == b':') {
+            Some(colon) => (
+                a.get(..colon).unwrap_or_default(),
+                a.get(colon..).unwrap_or_default(),
+            ),
+            None => (a, &[][..]),
+        },
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    let reg_name_ok = host
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    let bracketed = a.first() == Some(&b'[');
+    port_ok && reg_name_ok && (bracketed || !host.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn req(method: &str, target: &[u8], headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, target, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn status(r: &RequestHeader) -> u16 {
+        check(r, false).map_or_else(|e| e.status, |_| 200)
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "10.0.0.1",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "a_b.example",
+            "xn--bcher-kva.example",
+            "example.com:",
+        ] {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "t.example admin.internal",
+            "",
+            "user@example.com",
+            "example.com:80:80",
+            "example.com:8o",
+            "example.com:123456",
+            "[::1",
+            "[zz]",
+            "[::1]x",
+            "exa\tmple",
+            "example.com/",
+            "ex\"ample",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_presence() {
+        assert_eq!(status(&req("GET", b"/", &[("host", "a")])), 200);
+        assert_eq!(status(&req("GET", b"/", &[])), 400, "1.1 without Host");
+        let mut old = req("GET", b"/", &[]);
+        old.set_version(Version::HTTP_10);
+        assert_eq!(status(&old), 200, "1.0 may omit Host");
+        assert_eq!(
+            status(&req("GET", b"http://a/", &[])),
+            400,
+            "1.1 absolute-form without Host"
+        );
+        assert_eq!(
+            status(&req("GET", b"/", &[("host", "a"), ("host", "a")])),
+            400
+        );
+        assert_eq!(status(&req("GET", b"/", &[("host", "a b")])), 400);
+        assert_eq!(
+            check(&req("GET", b"/", &[]), true),
+            Ok(()),
+            "h2: :authority"
+        );
+    }
+
+    #[test]
+    fn targets() {
+        let h = [("host", "a")];
+        assert_eq!(status(&req("GET", b"/a?b", &h)), 200);
+        assert_eq!(status(&req("GET", b"http://a/x", &h)), 200);
+        assert_eq!(status(&req("GET", b"HTTP://A?x", &h)), 200);
+        assert_eq!(
+            status(&req("GET", b"http://b/x", &h)),
+            400,
+            "authority is not Host"
+        );
+        assert_eq!(status(&req("GET", b"http://a b/x", &h)), 400);
+        assert_eq!(status(&req("OPTIONS", b"*", &h)), 200);
+        assert_eq!(status(&req("GET", b"*", &h)), 400);
+        assert_eq!(status(&req("GET", b"admin.internal:80", &h)), 400);
+        assert_eq!(status(&req("GET", b"ftp://a/x", &h)), 400);
+        assert_eq!(status(&req("CONNECT", b"a:443", &h)), 405);
+        assert_eq!(status(&req("GET", b" /c074", &h)), 400);
+    }
+
+    #[test]
+    fn framing() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut h = vec![("host", "a")];
+            h.extend_from_slice(extra);
+            status(&req("POST", b"/", &h))
+        };
+        assert_eq!(with(&[("content-length", "5")]), 200);
+        assert_eq!(
+            with(&[("content-length", "5"), ("content-length", "5")]),
+            400
+        );
+        for cl in ["+5", "-1", "0x5", "5 5", "5,5", ""] {
+            assert_eq!(with(&[("content-length", cl)]), 400, "{cl:?}");
+        }
+        assert_eq!(with(&[("transfer-encoding", "chunked")]), 200);
+        assert_eq!(with(&[("transfer-encoding", "Chunked")]), 200);
+        assert_eq!(with(&[("transfer-encoding", "xchunked")]), 501);
+        assert_eq!(with(&[("transfer-encoding", "chunked, identity")]), 501);
+        assert_eq!(
+            with(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ]),
+            400
+        );
+        assert_eq!(with(&[("transfer_encoding", "chunked")]), 400);
+        assert_eq!(with(&[("Content_Length", "5")]), 400);
+        let mut old = req("POST", b"/", &[("transfer-encoding", "chunked")]);
+        old.set_version(Version::HTTP_10);
+        assert_eq!(status(&old), 400);
+    }
+
+    proptest! {
+        #[test]
+        fn any_authority_bytes_are_judged_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = valid_authority(&bytes);
+        }
+
+        #[test]
+        fn reg_names_with_ports_are_valid(name in "[a-z0-9][a-z0-9.-]{0,30}", port in 0u32..65536) {
+            let authority = format!("{name}:{port}");
+            prop_assert!(valid_authority(authority.as_bytes()));
+        }
+    }
+}
