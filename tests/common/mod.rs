@@ -352,6 +352,33 @@ impl Fulcrum {
         let conf = dir.path().join("fulcrum.yaml");
         std::fs::write(&conf, yaml).expect("write config");
         let child = Fulcrum::spawn(dir.path(), 0, &[]);
+        Fulcrum::started(child, dir, port).await
+    }
+
+    /// Like `start_yaml`, with the process's file-descriptor limit set to `files` (by prlimit).
+    pub async fn start_yaml_with_files(
+        dir: tempfile::TempDir,
+        port: u16,
+        yaml: &str,
+        files: u64,
+    ) -> Fulcrum {
+        std::fs::write(dir.path().join("fulcrum.yaml"), yaml).expect("write config");
+        let log = std::fs::File::create(dir.path().join("fulcrum.0.log")).expect("log file");
+        let child = Command::new("prlimit")
+            .arg(format!("--nofile={files}:{files}"))
+            .arg("--")
+            .arg(BIN)
+            .arg("-c")
+            .arg(dir.path().join("fulcrum.yaml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn fulcrum under prlimit");
+        Fulcrum::started(child, dir, port).await
+    }
+
+    async fn started(child: Child, dir: tempfile::TempDir, port: u16) -> Fulcrum {
         let mut f = Fulcrum {
             child,
             dir,
