@@ -178,18 +178,14 @@ impl KeepAlive {
         let mut settings = None;
         let mut shed = self.limits.shed_requests();
         loop {
-            let idle_since = Instant::now();
-            loop {
-                match next_request(&mut stream, idle_since + idle, &mut shutdown, &mut shed).await {
-                    Waited::Request => break,
-                    Waited::Closed => return,
-                    Waited::AskedToMakeRoom => {
-                        let idle_for = idle_since.elapsed();
-                        if idle_for >= limits::SHED_MIN_IDLE && self.limits.take_shed_slot(local) {
-                            return;
-                        }
-                    }
-                }
+            // Pipelined requests already read wait in the settings, not in the socket.
+            let pipelined = settings.as_ref().is_some_and(has_pipelined_prefix);
+            if !pipelined
+                && !self
+                    .await_request(&mut stream, idle, &mut shutdown, &mut shed, local)
+                    .await
+            {
+                return;
             }
             let request = self.request(stream, settings.take(), terms.idle_secs, &shutdown);
             let Some(done) =
@@ -205,6 +201,32 @@ impl KeepAlive {
         }
     }
 
+    /// Wait until the next request starts to arrive (true), or the connection should close:
+    /// idle for `idle`, the server shutting down, or asked to make room (once idle a while).
+    async fn await_request(
+        &self,
+        stream: &mut Stream,
+        idle: Duration,
+        shutdown: &mut ShutdownWatch,
+        shed: &mut watch::Receiver<u64>,
+        local: Option<SocketAddr>,
+    ) -> bool {
+        let idle_since = Instant::now();
+        loop {
+            match next_request(stream, idle_since + idle, shutdown, shed).await {
+                Waited::Request => return true,
+                Waited::Closed => return false,
+                Waited::AskedToMakeRoom => {
+                    if idle_since.elapsed() >= limits::SHED_MIN_IDLE
+                        && self.limits.take_shed_slot(local)
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
     /// Pingora's processing of the next request on `stream`. Not async itself: the session
     /// (~700 bytes) goes straight into Pingora's request future, not into the connection's.
     fn request<'a>(
@@ -217,11 +239,50 @@ impl KeepAlive {
         let mut session = ServerSession::new_http1(stream);
         match settings {
             Some(settings) => settings.apply_to_session(&mut session),
-            // Also bounds the reads of the first request's header, as Pingora's 60 s does.
-            None => session.set_keepalive(Some(idle_secs)),
+            None => {
+                // Also bounds the reads of the first request's header, as Pingora's 60 s does.
+                session.set_keepalive(Some(idle_secs));
+                // Pipelined requests are answered in order (RFC 9112 9.3.2); the settings
+                // carry this on to the connection's later requests.
+                session.set_pipelining_enabled(true);
+            }
         }
         self.proxy.process_new_http(session, shutdown)
     }
+}
+
+/// Whether `settings` carry pipelined bytes read past the previous request. Pingora keeps them
+/// private (they go to the next session's parser) and says so only in its `Debug` output,
+/// which is scanned here without allocating. A connection with such bytes must not wait for
+/// its socket: the client has sent everything and waits for its answers.
+fn has_pipelined_prefix(settings: &HttpPersistentSettings) -> bool {
+    use std::fmt::Write;
+    const FIELD: &[u8] = b"pipelined_prefix: Some(";
+    struct Scan {
+        matched: usize,
+        found: bool,
+    }
+    impl Write for Scan {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            for &b in s.as_bytes() {
+                if self.found {
+                    return Ok(());
+                }
+                self.matched = match FIELD.get(self.matched) {
+                    Some(&want) if want == b => self.matched + 1,
+                    _ => usize::from(FIELD.first() == Some(&b)),
+                };
+                self.found = self.matched == FIELD.len();
+            }
+            Ok(())
+        }
+    }
+    let mut scan = Scan {
+        matched: 0,
+        found: false,
+    };
+    let _ = write!(scan, "{settings:?}");
+    scan.found
 }
 
 /// What waiting for the next request ended with.

@@ -20,6 +20,7 @@ use crate::metrics::ErrorKind;
 use crate::pool::sticky::{Decision, Pin, Sticky};
 use crate::pool::{hash_key, InflightGuard, Pool};
 use crate::runtime::{PoolObserver, Runtime, SharedRuntime};
+use crate::strict;
 
 const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -223,6 +224,26 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
+/// `strict::check` on the request, plus, for an HTTP/1 request with Transfer-Encoding, a look at
+/// its raw header for a Content-Length line (which Pingora has dropped by now).
+fn check_request(session: &Session) -> std::result::Result<(), strict::Refusal> {
+    let req = session.req_header();
+    strict::check(req, session.is_http2())?;
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        let raw = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
+        if raw.is_some_and(|raw| strict::content_length_beside_te(&raw)) {
+            return Err(strict::Refusal {
+                status: 400,
+                reason: "Content-Length beside Transfer-Encoding",
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The size of a request header as sent: request line and fields, with their separators.
 fn header_bytes(req: &RequestHeader) -> usize {
     let line = req.method.as_str().len() + req.raw_path().len() + 12;
@@ -377,11 +398,24 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if let Err(refused) = crate::strict::check(session.req_header(), session.is_http2()) {
+        if let Err(refused) = check_request(session) {
             tracing::debug!("refused a request ({}): {}", refused.status, refused.reason);
             // What follows a refused header cannot be trusted to be the next request.
             session.set_keepalive(None);
             return self.answer(session, ctx, refused.status).await;
+        }
+        if !session.is_http2() {
+            // Absolute-form: the target's authority is the Host, and the backend gets the
+            // origin-form (RFC 9112 3.2.2).
+            if let Some((authority, origin)) =
+                strict::absolute_form(session.req_header().raw_path())
+            {
+                let host = HeaderValue::from_bytes(authority)
+                    .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad authority"))?;
+                let req = session.req_header_mut();
+                req.insert_header(HOST, host)?;
+                req.set_raw_path(&origin)?;
+            }
         }
         let listener = ctx.runtime.listeners.get(ctx.listener);
         // Pingora keeps an idle client connection forever ("0"); bound it. `None` (closing)
@@ -586,6 +620,19 @@ impl ProxyHttp for Proxy {
             upstream.insert_header(X_FORWARDED_HOST, host)?;
         }
         upstream.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        if !upstream.headers.contains_key(HOST) && !session.is_http2() {
+            // An HTTP/1.0 client may omit Host; fulcrum speaks HTTP/1.1 upstream, which needs
+            // one: the backend's address (as nginx's default `$proxy_host`).
+            let backend = ctx
+                .pool
+                .as_ref()
+                .zip(ctx.current.as_ref())
+                .and_then(|(p, (i, _))| p.backends().get(*i))
+                .map(|b| b.addr.to_string());
+            if let Some(addr) = backend {
+                upstream.insert_header(HOST, addr)?;
+            }
+        }
         Ok(())
     }
 
@@ -625,6 +672,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let status = status_for(e);
+        tracing::debug!("answering {status}: {e}");
         ctx.error_status = Some(status);
         if status > 0 {
             let body = own_body(status, &ctx.request_id);

@@ -1,10 +1,11 @@
 //! What fulcrum refuses of a request before routing it, as nginx does (RFC 9110, 9112): a Host
 //! that is not `host[:port]`, a missing or repeated Host on HTTP/1.1, a request target that is
-//! neither origin-form nor absolute-form (nor `*` for OPTIONS), an absolute-form authority that
-//! is not the Host, bytes in the target that cannot be there, Content-Length that is repeated
-//! or not a number, framing headers spelled with underscores, and a Transfer-Encoding other
-//! than `chunked`. Pure functions over the parsed
-//! header: no I/O, never a panic, whatever the bytes.
+//! neither origin-form nor absolute-form (nor `*` for OPTIONS), bytes in the target that cannot
+//! be there, Content-Length that is repeated, not a number or sent beside Transfer-Encoding,
+//! framing headers spelled with underscores, and a Transfer-Encoding other than `chunked`. And
+//! how an absolute-form target is forwarded: as origin-form, with its authority as Host (RFC
+//! 9112 3.2.2). Pure functions over the parsed header: no I/O, never a panic, whatever the
+//! bytes.
 
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Method, Version};
@@ -45,20 +46,40 @@ pub fn check(req: &RequestHeader, h2: bool) -> Result<(), Refusal> {
         }
     }
     if !h2 {
-        if let Some(authority) = check_target(req)? {
-            let same = host.is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(authority));
-            if !same {
-                return Err(bad("absolute-form authority differs from Host"));
-            }
-        }
+        check_target(req)?;
     }
     check_framing(req)
 }
 
+/// An absolute-form target's authority and its origin-form rest (`/` when it has no path).
+pub fn absolute_form(raw: &[u8]) -> Option<(&[u8], Vec<u8>)> {
+    let rest = strip_prefix_ignore_case(raw, b"http://")
+        .or_else(|| strip_prefix_ignore_case(raw, b"https://"))?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let authority = rest.get(..end)?;
+    let mut origin = rest.get(end..).unwrap_or_default().to_vec();
+    if origin.first() != Some(&b'/') {
+        origin.insert(0, b'/');
+    }
+    Some((authority, origin))
+}
+
+/// Whether a raw HTTP/1 header that carries Transfer-Encoding also has a Content-Length line
+/// (Pingora drops the Content-Length and reads by Transfer-Encoding; nginx refuses such a
+/// request, and so does fulcrum: the two framings disagree).
+pub fn content_length_beside_te(raw_header: &[u8]) -> bool {
+    raw_header.split(|&b| b == b'\n').skip(1).any(|line| {
+        line.get(..15)
+            .is_some_and(|name| name.eq_ignore_ascii_case(b"content-length:"))
+    })
+}
+
 /// RFC 9112 3.2: origin-form (`/path?query`), absolute-form (`http://host/path`), or `*` for
-/// OPTIONS; authority-form is for CONNECT, which a reverse proxy does not serve. Returns the
-/// authority of an absolute-form target.
-fn check_target(req: &RequestHeader) -> Result<Option<&[u8]>, Refusal> {
+/// OPTIONS; authority-form is for CONNECT, which a reverse proxy does not serve.
+fn check_target(req: &RequestHeader) -> Result<(), Refusal> {
     let raw = req.raw_path();
     if raw.iter().any(|&b| b <= b' ' || b == 0x7f) {
         return Err(bad("space or control byte in the request target"));
@@ -70,22 +91,16 @@ fn check_target(req: &RequestHeader) -> Result<Option<&[u8]>, Refusal> {
         });
     }
     match raw.first() {
-        Some(b'/') => return Ok(None),
-        Some(b'*') if raw.len() == 1 && req.method == Method::OPTIONS => return Ok(None),
+        Some(b'/') => return Ok(()),
+        Some(b'*') if raw.len() == 1 && req.method == Method::OPTIONS => return Ok(()),
         _ => {}
     }
-    let rest = strip_prefix_ignore_case(raw, b"http://")
-        .or_else(|| strip_prefix_ignore_case(raw, b"https://"))
-        .ok_or(bad("request target is not origin-form or absolute-form"))?;
-    let end = rest
-        .iter()
-        .position(|&b| b == b'/' || b == b'?')
-        .unwrap_or(rest.len());
-    let authority = rest.get(..end).unwrap_or_default();
+    let (authority, _) =
+        absolute_form(raw).ok_or(bad("request target is not origin-form or absolute-form"))?;
     if !valid_authority(authority) {
         return Err(bad("absolute-form authority is not host[:port]"));
     }
-    Ok(Some(authority))
+    Ok(())
 }
 
 fn strip_prefix_ignore_case<'a>(bytes: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
@@ -253,8 +268,8 @@ mod tests {
         assert_eq!(status(&req("GET", b"HTTP://A?x", &h)), 200);
         assert_eq!(
             status(&req("GET", b"http://b/x", &h)),
-            400,
-            "authority is not Host"
+            200,
+            "Host gives way to the authority"
         );
         assert_eq!(status(&req("GET", b"http://a b/x", &h)), 400);
         assert_eq!(status(&req("OPTIONS", b"*", &h)), 200);
@@ -263,6 +278,27 @@ mod tests {
         assert_eq!(status(&req("GET", b"ftp://a/x", &h)), 400);
         assert_eq!(status(&req("CONNECT", b"a:443", &h)), 405);
         assert_eq!(status(&req("GET", b" /c074", &h)), 400);
+    }
+
+    #[test]
+    fn absolute_forms_become_origin_forms() {
+        let (a, o) = absolute_form(b"http://t.example/abs?q=1").unwrap();
+        assert_eq!((a, o.as_slice()), (&b"t.example"[..], &b"/abs?q=1"[..]));
+        let (a, o) = absolute_form(b"HTTPS://t.example:8443?q").unwrap();
+        assert_eq!((a, o.as_slice()), (&b"t.example:8443"[..], &b"/?q"[..]));
+        assert_eq!(absolute_form(b"http://t.example").unwrap().1, b"/");
+        assert!(absolute_form(b"/x").is_none());
+        assert!(absolute_form(b"ftp://x/").is_none());
+    }
+
+    #[test]
+    fn content_length_beside_transfer_encoding_is_seen_in_the_raw_header() {
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(content_length_beside_te(raw));
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH:5\r\n\r\n";
+        assert!(content_length_beside_te(raw));
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nX-Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(!content_length_beside_te(raw));
     }
 
     #[test]

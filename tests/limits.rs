@@ -100,7 +100,10 @@ async fn a_header_that_trickles_in_is_cut_at_header_timeout() {
     }
     let took = started.elapsed();
     assert_eq!(cut, 40, "{cut} of 40 trickling clients cut after {took:?}");
-    assert!(took >= Duration::from_millis(900), "cut too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "cut too early: {took:?}"
+    );
     assert_eq!(limit_count(&admin, "header_timeout").await, 40.0);
     assert!(
         !f.log().contains("ERROR"),
@@ -135,7 +138,12 @@ async fn a_stalled_body_is_cut_at_body_timeout() {
 async fn oversized_headers_get_431() {
     let b = Backend::start("b").await;
     let admin = Admin::new();
-    let f = start(&admin, "    max_header_bytes: 2048\n    max_headers: 10\n", &b).await;
+    let f = start(
+        &admin,
+        "    max_header_bytes: 2048\n    max_headers: 10\n",
+        &b,
+    )
+    .await;
     let big = format!(
         "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
         "y".repeat(3000)
@@ -156,7 +164,11 @@ async fn oversized_headers_get_431() {
     )
     .await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert_eq!(b.hits(), 1, "the oversized requests never reached the backend");
+    assert_eq!(
+        b.hits(),
+        1,
+        "the oversized requests never reached the backend"
+    );
     assert_eq!(limit_count(&admin, "max_header_bytes").await, 1.0);
     assert_eq!(limit_count(&admin, "max_headers").await, 1.0);
 }
@@ -183,13 +195,20 @@ async fn one_address_and_one_listener_hold_at_most_their_share() {
         assert!(closed_within(&mut extra, Duration::from_secs(2)).await);
     }
     for s in &mut held {
-        assert!(!closed_within(s, Duration::from_millis(50)).await, "held ones stay");
+        assert!(
+            !closed_within(s, Duration::from_millis(50)).await,
+            "held ones stay"
+        );
     }
     assert_eq!(limit_count(&admin, "max_connections_per_ip").await, 2.0);
     // Other addresses have places of their own, up to the listener's five in all.
     let mut others = Vec::new();
     let refused_at = loop {
-        assert!(others.len() < 5, "the listener held {} connections", 3 + others.len());
+        assert!(
+            others.len() < 5,
+            "the listener held {} connections",
+            3 + others.len()
+        );
         let mut s = connect_from([127, 0, 0, 10 + others.len() as u8], to).await;
         if closed_within(&mut s, Duration::from_millis(300)).await {
             break 3 + others.len();
@@ -210,8 +229,7 @@ async fn one_address_and_one_listener_hold_at_most_their_share() {
             .is_ok()
             && {
                 let mut out = Vec::new();
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut out)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut out)).await;
                 out.starts_with(b"HTTP/1.1 200")
             }
     })
@@ -255,7 +273,10 @@ async fn idle_connections_make_room_near_the_file_descriptor_limit() {
     }
     assert_eq!(served, 60, "new clients served near the limit");
     let closed = limit_count(&admin, "idle_closed").await;
-    assert!(closed >= 1.0, "idle connections closed to make room: {closed}");
+    assert!(
+        closed >= 1.0,
+        "idle connections closed to make room: {closed}"
+    );
     assert!(
         !f.log().contains("Too many open files") && !f.log().contains("Accept() failed"),
         "{}",
