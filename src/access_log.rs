@@ -1,10 +1,12 @@
 //! The access log: one JSON object per request. The request path only formats the line and
 //! hands it to a bounded channel (never blocking: a full channel drops and counts); a
-//! background service writes it, and reopens the file on SIGUSR1 (what logrotate expects).
+//! background service writes it, and reopens the file on SIGUSR1 (what logrotate expects). It
+//! keeps writing through a graceful shutdown (requests still finish then), and says when
+//! every queued line is written, so that the process may exit early without losing any.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -45,6 +47,14 @@ pub struct AccessLog {
     tx: mpsc::Sender<String>,
     dropped: AtomicU64,
     complaints: RateLimit,
+    progress: Arc<Progress>,
+}
+
+/// Lines queued and lines written (and flushed) so far.
+#[derive(Default)]
+struct Progress {
+    queued: AtomicU64,
+    written: AtomicU64,
 }
 
 impl AccessLog {
@@ -54,7 +64,9 @@ impl AccessLog {
             return;
         };
         line.push('\n');
-        if self.tx.try_send(line).is_err() {
+        if self.tx.try_send(line).is_ok() {
+            self.progress.queued.fetch_add(1, Ordering::Relaxed);
+        } else {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if self.complaints.allow().is_some() {
                 tracing::warn!("access log: writer behind, {n} lines dropped so far");
@@ -63,24 +75,36 @@ impl AccessLog {
     }
 }
 
+impl AccessLog {
+    /// Whether every line queued so far has been written and flushed.
+    pub fn is_drained(&self) -> bool {
+        self.progress.written.load(Ordering::Acquire)
+            >= self.progress.queued.load(Ordering::Relaxed)
+    }
+}
+
 /// The background service that writes the lines.
 pub struct AccessLogWriter {
     target: AccessLogConfig,
     rx: Mutex<Option<mpsc::Receiver<String>>>,
+    progress: Arc<Progress>,
 }
 
 /// The handle for the request path and the writer service that drains it.
 pub fn channel(target: AccessLogConfig) -> (AccessLog, AccessLogWriter) {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let progress = Arc::new(Progress::default());
     (
         AccessLog {
             tx,
             dropped: AtomicU64::new(0),
             complaints: RateLimit::default(),
+            progress: progress.clone(),
         },
         AccessLogWriter {
             target,
             rx: Mutex::new(Some(rx)),
+            progress,
         },
     )
 }
@@ -108,7 +132,7 @@ impl AccessLogWriter {
 
 #[async_trait]
 impl BackgroundService for AccessLogWriter {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, _shutdown: ShutdownWatch) {
         let Some(mut rx) = self.rx.lock().ok().and_then(|mut r| r.take()) else {
             return;
         };
@@ -127,21 +151,20 @@ impl BackgroundService for AccessLogWriter {
                     let Some(line) = line else { break };
                     let _ = out.write_all(line.as_bytes());
                     // Write what is queued, then flush once.
+                    let mut lines = 1;
                     while let Ok(more) = rx.try_recv() {
                         let _ = out.write_all(more.as_bytes());
+                        lines += 1;
                     }
                     let _ = out.flush();
+                    self.progress.written.fetch_add(lines, Ordering::Release);
                 }
                 Some(()) = async { match reopen.as_mut() { Some(s) => s.recv().await, None => None } } => {
                     let _ = out.flush();
                     out = self.open();
                     tracing::info!("access log: reopened on SIGUSR1");
                 }
-                _ = shutdown.changed() => break,
             }
-        }
-        while let Ok(more) = rx.try_recv() {
-            let _ = out.write_all(more.as_bytes());
         }
         let _ = out.flush();
     }

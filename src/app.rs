@@ -28,6 +28,7 @@ use crate::parent_ready::ParentReady;
 use crate::proxy::Proxy;
 use crate::reload::ReloadService;
 use crate::runtime::{Runtime, SharedRuntime};
+use crate::shutdown::ExitWhenDone;
 use crate::tls::SniResolver;
 
 /// fulcrum's defaults where Pingora's do not suit a load balancer (see README, "server").
@@ -96,6 +97,14 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         DrainWatch::new(server.watch_execution_phase(), draining.clone()),
     ));
     let limits = ConnectionLimits::new(&config.listeners, metrics.clone());
+    server.add_service(background_service(
+        "exit when done",
+        ExitWhenDone::new(
+            server.watch_execution_phase(),
+            limits.clone(),
+            access_log.clone(),
+        ),
+    ));
     let proxy_logic = || {
         Proxy::new(
             runtime.clone(),

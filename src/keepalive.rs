@@ -177,12 +177,13 @@ impl KeepAlive {
         let idle = Duration::from_secs(terms.idle_secs);
         let mut settings = None;
         let mut shed = self.limits.shed_requests();
+        let mut fresh = true;
         loop {
             // Pipelined requests already read wait in the settings, not in the socket.
             let pipelined = settings.as_ref().is_some_and(has_pipelined_prefix);
             if !pipelined
                 && !self
-                    .await_request(&mut stream, idle, &mut shutdown, &mut shed, local)
+                    .await_request(&mut stream, idle, &mut shutdown, &mut shed, local, fresh)
                     .await
             {
                 return;
@@ -198,11 +199,14 @@ impl KeepAlive {
                 return;
             };
             (stream, settings) = reused.consume();
+            fresh = false;
         }
     }
 
     /// Wait until the next request starts to arrive (true), or the connection should close:
     /// idle for `idle`, the server shutting down, or asked to make room (once idle a while).
+    /// A `fresh` connection (no request yet) is not closed by a shutdown at once: it was
+    /// accepted a moment ago and its first request is on the way.
     async fn await_request(
         &self,
         stream: &mut Stream,
@@ -210,10 +214,11 @@ impl KeepAlive {
         shutdown: &mut ShutdownWatch,
         shed: &mut watch::Receiver<u64>,
         local: Option<SocketAddr>,
+        fresh: bool,
     ) -> bool {
         let idle_since = Instant::now();
         loop {
-            match next_request(stream, idle_since + idle, shutdown, shed).await {
+            match next_request(stream, idle_since + idle, shutdown, shed, fresh).await {
                 Waited::Request => return true,
                 Waited::Closed => return false,
                 Waited::AskedToMakeRoom => {
@@ -296,12 +301,16 @@ enum Waited {
     AskedToMakeRoom,
 }
 
+/// How long a connection accepted just before a shutdown still waits for its first request.
+const FRESH_GRACE: Duration = Duration::from_secs(1);
+
 /// Wait for the next request's first bytes until `deadline`.
 async fn next_request(
     stream: &mut Stream,
     deadline: Instant,
     shutdown: &mut ShutdownWatch,
     shed: &mut watch::Receiver<u64>,
+    fresh: bool,
 ) -> Waited {
     let idle = deadline.saturating_duration_since(Instant::now());
     let readable = timeout(idle, Readable::new(stream));
@@ -314,7 +323,15 @@ async fn next_request(
             }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
-                    return Waited::Closed;
+                    if !fresh {
+                        return Waited::Closed;
+                    }
+                    // Accepted, maybe from the accept queue, just as the process began to
+                    // stop: closing it now would lose a request that is on its way.
+                    return match timeout(FRESH_GRACE, &mut readable).await {
+                        Ok(Ok(())) => Waited::Request,
+                        _ => Waited::Closed,
+                    };
                 }
             }
             Ok(()) = shed.changed() => return Waited::AskedToMakeRoom,

@@ -21,5 +21,6 @@ pub mod ratelimit;
 pub mod reload;
 pub mod route;
 pub mod runtime;
+pub mod shutdown;
 pub mod strict;
 pub mod tls;

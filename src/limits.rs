@@ -199,6 +199,11 @@ impl ConnectionLimits {
         self.shed.send_modify(|g| *g = g.wrapping_add(1));
     }
 
+    /// Client connections open now, on every listener.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// What an idle connection waits on: a change means "close if you can".
     pub fn shed_requests(&self) -> watch::Receiver<u64> {
         self.shed.subscribe()

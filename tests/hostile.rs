@@ -11,7 +11,7 @@
 //! (bytes smuggled past fulcrum) is charged to the case of the request before it.
 //!
 //! `HOSTILE_TABLE=path cargo test --test hostile http1_corpus` also writes the verdict table
-//! (HOSTILE.md) from the case table.
+//! from the case table: the README's "Hostile input" section is that output.
 
 mod common;
 

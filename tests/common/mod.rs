@@ -425,6 +425,42 @@ impl Fulcrum {
         assert!(ok, "kill -{signal}");
     }
 
+    /// Graceful upgrade without waiting for the old process to exit: start `fulcrum -u`,
+    /// SIGQUIT the old process, and adopt the new one once it has taken the listening sockets
+    /// ("Bootstrap done" in its log). Returns the old process, still draining (killed on drop).
+    pub async fn hand_over(&mut self) -> Draining {
+        let sock = self.dir.path().join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let generation = self.generation + 1;
+        let mut new = Fulcrum::spawn(self.dir.path(), generation, &["-u"]);
+        let log = self.dir.path().join(format!("fulcrum.{generation}.log"));
+        let start = Instant::now();
+        while !sock.exists() {
+            if let Ok(Some(status)) = new.try_wait() {
+                panic!("new process exited ({status}) before taking over");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "new process never listened on the upgrade socket"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.signal("QUIT");
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Bootstrap done")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "new process never took the sockets"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let old = std::mem::replace(&mut self.child, new);
+        self.generation = generation;
+        Draining(old)
+    }
+
     /// Graceful upgrade: start `fulcrum -u`, wait until it waits for the sockets, SIGQUIT the
     /// old process, wait for it to exit, and adopt the new one. Returns the old exit status.
     pub async fn upgrade(&mut self) -> std::process::ExitStatus {
@@ -500,6 +536,30 @@ impl Fulcrum {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// A fulcrum process that handed its sockets over and is finishing its work.
+pub struct Draining(Child);
+
+impl Draining {
+    /// Its exit status, once it exits within `limit`.
+    pub async fn exit(mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "old process did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -717,12 +777,23 @@ impl Admin {
         format!("admin: {{listen: 127.0.0.1:{}}}\n", self.port)
     }
 
+    /// GET `path` on the admin listener, which may start a moment after the proxy listener
+    /// (connection errors are retried for up to 5 s).
     async fn get(&self, path: &str) -> reqwest::Response {
-        let resp = client()
-            .get(format!("http://127.0.0.1:{}{path}", self.port))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("admin {path}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let resp = loop {
+            match client()
+                .get(format!("http://127.0.0.1:{}{path}", self.port))
+                .send()
+                .await
+            {
+                Ok(resp) => break resp,
+                Err(e) if e.is_connect() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("admin {path}: {e}"),
+            }
+        };
         assert_eq!(resp.status(), 200, "admin {path}");
         resp
     }
