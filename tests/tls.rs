@@ -677,3 +677,37 @@ async fn a_tls_keepalive_connection_serves_requests_that_arrive_late_and_in_piec
     }
     assert_eq!(b.hits(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routine_client_failures_write_no_error_lines() {
+    let pki = TestPki::new();
+    let site = pki.leaf("site", &["site.test"], false);
+    let b = Backend::start("b").await;
+    let (f, tls_port) = start_tls(&certs_yaml(&[&site]), "", &one_pool(&b)).await;
+    for _ in 0..50 {
+        // A client that leaves in the middle of its request header.
+        let mut s = TcpStream::connect(("127.0.0.1", f.port)).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Half")
+            .await
+            .unwrap();
+        drop(s);
+        // A TLS client that gives up mid-handshake (a scanner, a client that dislikes the
+        // certificate).
+        let mut t = TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+        t.write_all(b"\x16\x03\x01\x00\x05hello").await.unwrap();
+        drop(t);
+    }
+    // A request after them all is answered: by then the failures above were handled.
+    assert_eq!(get(&client(), &f.url("/")).await.0, 200);
+    let log = f.log();
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "{} lines:\n{}",
+        noisy.len(),
+        noisy.join("\n")
+    );
+}
