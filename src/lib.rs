@@ -20,4 +20,5 @@ pub mod ratelimit;
 pub mod reload;
 pub mod route;
 pub mod runtime;
+pub mod systemd;
 pub mod tls;
