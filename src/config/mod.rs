@@ -3,6 +3,7 @@
 pub mod locate;
 pub mod model;
 pub mod raw;
+pub mod schema;
 pub mod validate;
 
 pub use model::*;

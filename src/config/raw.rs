@@ -1,11 +1,12 @@
 //! Serde mirror of the YAML file: its shape only. Every struct denies unknown keys; values that
 //! need checking (addresses, durations, hash keys) stay strings or YAML values for `validate`.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_yaml::Value;
 
 /// `server:` — the subset of Pingora's ServerConf that fulcrum passes through.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub threads: Option<usize>,
@@ -24,7 +25,7 @@ pub struct RawServer {
 }
 
 /// One entry of `listeners:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: String,
@@ -36,14 +37,14 @@ pub struct RawListener {
 }
 
 /// `tls:` of a listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTls {
     pub certificates: Vec<RawCertPair>,
     pub http2: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCertPair {
     pub cert: String,
@@ -51,7 +52,7 @@ pub struct RawCertPair {
 }
 
 /// `tls:` of a pool (to its backends).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstreamTls {
     pub sni: Option<String>,
@@ -60,7 +61,7 @@ pub struct RawUpstreamTls {
 }
 
 /// One entry of `routes:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     #[serde(rename = "match")]
@@ -68,7 +69,7 @@ pub struct RawRoute {
     pub pool: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     pub host: Option<String>,
@@ -76,20 +77,25 @@ pub struct RawMatch {
 }
 
 /// One entry of `pools:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
     /// `round_robin | least_connections | consistent_hash | ip_hash | random`
     pub algorithm: Option<String>,
     /// `client_ip | path | uri | {header: NAME} | {cookie: NAME} | {query: NAME}`
+    #[serde(default)]
+    #[schemars(schema_with = "super::schema::hash_key")]
     pub hash_key: Option<Value>,
     /// Each checked on its own (`RawBackend`), so that every bad backend is reported.
     #[serde(default)]
+    #[schemars(schema_with = "super::schema::backends")]
     pub backends: Vec<Value>,
     pub retries: Option<u32>,
     pub timeouts: Option<RawTimeouts>,
     pub health_check: Option<RawHealthCheck>,
     /// `off`, or a map (`RawPassiveHealth`); on with defaults when absent.
+    #[serde(default)]
+    #[schemars(schema_with = "super::schema::passive_health")]
     pub passive_health: Option<Value>,
     pub slow_start: Option<String>,
     pub retry_budget: Option<RawRetryBudget>,
@@ -101,7 +107,7 @@ pub struct RawPool {
 }
 
 /// `affinity:` of a pool: the sticky-session cookie.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAffinity {
     pub cookie: String,
@@ -115,7 +121,7 @@ pub struct RawAffinity {
 }
 
 /// `health_check:` of a pool: exactly one of `http` / `tcp`, plus timing.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     pub http: Option<RawHttpCheck>,
@@ -126,7 +132,7 @@ pub struct RawHealthCheck {
     pub unhealthy_threshold: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttpCheck {
     pub path: Option<String>,
@@ -134,12 +140,12 @@ pub struct RawHttpCheck {
     pub host: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTcpCheck {}
 
 /// `passive_health:` of a pool.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPassiveHealth {
     pub consecutive_failures: Option<u32>,
@@ -150,7 +156,7 @@ pub struct RawPassiveHealth {
 }
 
 /// `retry_budget:` of a pool.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetryBudget {
     pub ratio: Option<f64>,
@@ -158,15 +164,16 @@ pub struct RawRetryBudget {
     pub window: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
     pub address: String,
+    #[schemars(range(min = 1, max = 256))]
     pub weight: Option<i64>,
     pub name: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     pub connect: Option<String>,
@@ -177,14 +184,14 @@ pub struct RawTimeouts {
 }
 
 /// `admin:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: String,
 }
 
 /// `access_log:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccessLog {
     /// A file, or `stdout`.
