@@ -74,7 +74,7 @@ fn shape_mistakes_do_not_validate() {
         (pools("{health_check: {http: {path: /}, intervall: 2s}, backends: [{address: 10.0.0.1:80}]}"), "unknown health_check key"),
         (format!("{BASE}pools: {{}}\n"), "no pool"),
         ("routes: [{pool: web}]\npools: {web: {backends: []}}\nlisteners: []\n".to_string(), "no listener"),
-        (format!("listeners: [{{name: main}}]\nroutes: [{{pool: web}}]\npools: {{web: {{}}}}\n"), "listener without listen"),
+        ("listeners: [{name: main}]\nroutes: [{pool: web}]\npools: {web: {}}\n".to_string(), "listener without listen"),
     ] {
         assert!(!errors(&v, &bad).is_empty(), "{why} validated:\n{bad}");
     }
