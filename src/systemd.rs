@@ -77,7 +77,10 @@ impl Notifier {
     /// Send `state` (newline-separated `KEY=VALUE` lines); a failure is logged, never fatal.
     pub fn notify(&self, state: &str) {
         let Some(addr) = &self.socket else { return };
-        let sent = UnixDatagram::unbound().and_then(|s| s.send_to_addr(state.as_bytes(), addr));
+        // Never blocks a runtime thread: a receiver that does not keep up loses the message.
+        let sent = UnixDatagram::unbound()
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .and_then(|s| s.send_to_addr(state.as_bytes(), addr));
         if let Err(e) = sent {
             tracing::warn!("systemd: cannot notify ({}): {e}", first_line(state));
         }
@@ -231,16 +234,18 @@ impl BackgroundService for NotifyService {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
+        // Whether this process is handing its sockets to a new one (else a shutdown is a stop).
+        let mut upgrading = false;
         loop {
             tokio::select! {
-                Some(_) = async { match ping.as_mut() { Some(t) => Some(t.tick().await), None => None } } => {
-                    self.notifier.notify("WATCHDOG=1");
-                }
+                biased;
                 phase = async { match phases.as_mut() { Some(p) => Some(p.recv().await), None => None } }, if phases.is_some() => {
                     match phase {
-                        Some(Ok(ExecutionPhase::GracefulUpgradeTransferringFds)) => self
-                            .notifier
-                            .notify("STATUS=handing the listening sockets to a new process"),
+                        Some(Ok(ExecutionPhase::GracefulUpgradeTransferringFds)) => {
+                            upgrading = true;
+                            self.notifier
+                                .notify("STATUS=handing the listening sockets to a new process");
+                        }
                         Some(Ok(ExecutionPhase::GracefulUpgradeCloseTimeout)) => match self.successor() {
                             Some(new) => self.notifier.notify(&format!(
                                 "MAINPID={new}\nSTATUS=handed the sockets to pid {new}; draining"
@@ -249,16 +254,23 @@ impl BackgroundService for NotifyService {
                                 .notifier
                                 .notify("STATUS=handed the sockets to a new process; draining"),
                         },
-                        // Only a stop: an upgrade's old process must not say STOPPING=1, which
-                        // would stop the service the new process now carries.
-                        Some(Ok(ExecutionPhase::GracefulTerminate)) => self
-                            .notifier
-                            .notify("STOPPING=1\nSTATUS=stopping: finishing requests in flight"),
                         Some(Err(broadcast::error::RecvError::Closed)) | None => phases = None,
                         Some(_) => {}
                     }
                 }
-                _ = shutdown.changed() => return,
+                // Pingora signals the shutdown before it broadcasts the phase of a SIGTERM, so a
+                // stop is told by the shutdown itself. Only a stop: an upgrade's old process
+                // must not say STOPPING=1, which would stop the service the new process carries.
+                _ = shutdown.changed() => {
+                    if !upgrading {
+                        self.notifier
+                            .notify("STOPPING=1\nSTATUS=stopping: finishing requests in flight");
+                    }
+                    return;
+                }
+                Some(_) = async { match ping.as_mut() { Some(t) => Some(t.tick().await), None => None } } => {
+                    self.notifier.notify("WATCHDOG=1");
+                }
             }
         }
     }
