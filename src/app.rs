@@ -29,6 +29,7 @@ use crate::proxy::Proxy;
 use crate::reload::ReloadService;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::shutdown::ExitWhenDone;
+use crate::systemd::{Notifier, NotifyService, RestoreStderr};
 use crate::tls::SniResolver;
 
 /// fulcrum's defaults where Pingora's do not suit a load balancer (see README, "server").
@@ -161,6 +162,7 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&health);
     proxy.add_dependency(&bootstrap);
+    let mut listening = vec![proxy];
     health.add_dependency(&bootstrap);
 
     if let Some(admin) = &config.admin {
@@ -169,7 +171,9 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
             AdminApp::new(metrics.clone(), runtime.clone(), draining),
         );
         service.add_tcp(&admin.listen.to_string());
-        server.add_service(service).add_dependency(&bootstrap);
+        let admin = server.add_service(service);
+        admin.add_dependency(&bootstrap);
+        listening.push(admin);
     }
     Ok(Assembled {
         server,
@@ -177,6 +181,7 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         metrics,
         bootstrap,
         certificates,
+        listening,
     })
 }
 
@@ -189,6 +194,8 @@ pub struct Assembled {
     pub bootstrap: ServiceHandle,
     /// The SNI resolver of each TLS listener, by listener name (SIGHUP reloads them).
     pub certificates: Vec<(String, Arc<SniResolver>)>,
+    /// The services that listen (proxy, h2c proxy, admin).
+    pub listening: Vec<ServiceHandle>,
 }
 
 /// Client connections read straight into the HTTP parser's buffer: Pingora's default 64 KiB
@@ -248,17 +255,36 @@ pub fn run(opt: Opt, config: &Config) -> Result<std::convert::Infallible, String
     if !opt.daemon {
         install_early_signal_handlers()?;
     }
+    let notifier = Arc::new(Notifier::from_env(opt.upgrade));
+    let restore_stderr = opt.daemon && notifier.is_active() && config.server.error_log.is_none();
     let Assembled {
         mut server,
         runtime,
         metrics,
         certificates,
+        listening,
         ..
     } = build_server(opt, config)?;
     server.add_service(background_service(
         "reload",
-        ReloadService::new(config, runtime, metrics, certificates),
+        ReloadService::new(config, runtime, metrics, certificates).with_notifier(notifier.clone()),
     ));
+    if restore_stderr {
+        let saved = RestoreStderr::save().map_err(|e| format!("stderr: {e}"))?;
+        server.add_service(background_service("journal stderr", saved));
+    }
+    if notifier.is_active() {
+        let addresses = config.listeners.iter().map(|l| l.addr);
+        let addresses = addresses.chain(config.admin.iter().map(|a| a.listen));
+        let notify = NotifyService::new(
+            notifier,
+            addresses.collect(),
+            server.watch_execution_phase(),
+            server.configuration.pid_file.clone().into(),
+        );
+        let notify = server.add_service(background_service("systemd notify", notify));
+        notify.add_dependencies(&listening);
+    }
     for l in &config.listeners {
         tracing::info!("listener {} on {}", l.name, l.addr);
     }

@@ -1,13 +1,59 @@
-//! The command line: flags, the `demo` subcommand, and the Pingora `Opt` built from them.
+//! The command line: flags, the subcommands (`demo`, `schema`, `man`, `completions`), and the
+//! Pingora `Opt` built from them.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
 
+/// `-h`: the usual invocations.
+const EXAMPLES: &str = "\
+Examples:
+  fulcrum -c /etc/fulcrum/fulcrum.yaml -t     validate, like `nginx -t` (exit 78 if invalid)
+  fulcrum -c /etc/fulcrum/fulcrum.yaml        run in the foreground (systemd: Type=notify)
+  fulcrum -c /etc/fulcrum/fulcrum.yaml -d -u  graceful upgrade: take over the running process's sockets
+  kill -HUP PID                               reload pools and routes in place
+  fulcrum demo                                3 built-in backends + the proxy on 127.0.0.1:8080
+  fulcrum schema > fulcrum.schema.json        JSON Schema of the YAML, for editors";
+
+/// `--help` and the man page: the examples, then signals, exit status and files.
+const MORE: &str = "\
+Examples:
+  fulcrum -c /etc/fulcrum/fulcrum.yaml -t
+      Validate the configuration, like `nginx -t`: every problem is printed as
+      FILE:LINE:COL: KEY.PATH: message, and the exit status is 78 if there is any.
+  fulcrum -c /etc/fulcrum/fulcrum.yaml
+      Run in the foreground. Under systemd (NOTIFY_SOCKET set) fulcrum says READY=1 once
+      every listener listens, and pings the watchdog when WatchdogSec= is set.
+  fulcrum -c /etc/fulcrum/fulcrum.yaml -d -u && kill -QUIT OLD_PID
+      Graceful upgrade (what `systemctl reload fulcrum` runs): the new process takes the
+      listening sockets from the old one, which drains and exits. No request fails.
+  fulcrum demo
+      Three built-in backends and the proxy on 127.0.0.1:8080, admin on 127.0.0.1:9901.
+  fulcrum schema > fulcrum.schema.json
+      The JSON Schema of the configuration; point a YAML language server at it with
+      `# yaml-language-server: $schema=/usr/share/fulcrum/fulcrum.schema.json`.
+  fulcrum completions bash > /etc/bash_completion.d/fulcrum
+      Shell completions (bash, zsh, fish, elvish, powershell).
+
+Signals:
+  HUP   reload pools and routes from the file in place (listeners need an upgrade)
+  QUIT  hand the listening sockets to a new process started with -u, drain, exit
+  TERM  stop gracefully: finish requests in flight (grace_period_seconds), exit
+  USR1  reopen the access log file (logrotate)
+
+Exit status:
+  0 ok; 1 runtime failure (e.g. an address in use); 2 usage; 78 invalid configuration.
+
+Files:
+  /etc/fulcrum/fulcrum.yaml             the configuration
+  /usr/share/fulcrum/fulcrum.schema.json  its JSON Schema
+  /run/fulcrum/                         pid file and upgrade socket
+  /var/log/fulcrum/                     access log (when configured)";
+
 /// fulcrum: an HTTP load balancer and reverse proxy on Pingora.
 #[derive(Debug, Parser)]
-#[command(name = "fulcrum", version, about)]
+#[command(name = "fulcrum", version, about, after_help = EXAMPLES, after_long_help = MORE)]
 pub struct Cli {
     /// The configuration file.
     #[arg(
@@ -34,6 +80,39 @@ pub struct Cli {
 pub enum Command {
     /// Start three built-in backends and the proxy on 127.0.0.1:8080.
     Demo,
+    /// Print the JSON Schema of the configuration file (for editors' YAML language servers).
+    Schema,
+    /// Print the man page (roff), e.g. `fulcrum man > fulcrum.1`.
+    Man,
+    /// Print shell completions, e.g. `fulcrum completions bash`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// What the documentation subcommands print (`schema`, `man`, `completions`); None for the
+/// others.
+pub fn document(command: &Command) -> Option<std::io::Result<Vec<u8>>> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    match command {
+        Command::Demo => return None,
+        Command::Schema => {
+            out = crate::config::schema::schema_json().into_bytes();
+            out.push(b'\n');
+        }
+        Command::Man => {
+            if let Err(e) = man_page(&mut out) {
+                return Some(Err(e));
+            }
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "fulcrum", &mut out);
+        }
+    }
+    Some(Ok(out))
 }
 
 impl Cli {
@@ -48,4 +127,27 @@ impl Cli {
             conf: None,
         }
     }
+}
+
+/// The man page: clap_mangen's sections, then EXAMPLES, SIGNALS, EXIT STATUS and FILES from
+/// the long help, kept as written (no-fill: they are laid out in columns).
+fn man_page(out: &mut Vec<u8>) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let man = clap_mangen::Man::new(Cli::command().after_long_help(None::<&str>));
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    man.render_subcommands_section(out)?;
+    for block in MORE.split("\n\n") {
+        let Some((title, body)) = block.split_once(":\n") else {
+            continue;
+        };
+        let body = body.replace('\\', "\\e");
+        let title = title.to_uppercase();
+        out.extend_from_slice(format!(".SH \"{title}\"\n.nf\n{body}\n.fi\n").as_bytes());
+    }
+    man.render_version_section(out)?;
+    Ok(())
 }

@@ -23,4 +23,5 @@ pub mod route;
 pub mod runtime;
 pub mod shutdown;
 pub mod strict;
+pub mod systemd;
 pub mod tls;

@@ -27,6 +27,16 @@ fn disable_transparent_huge_pages() {
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
+    if let Some(doc) = cli.command.as_ref().and_then(fulcrum::cli::document) {
+        use std::io::Write;
+        return match doc.and_then(|d| std::io::stdout().write_all(&d)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fulcrum: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     fulcrum::logging::init();
     if let Some(Command::Demo) = cli.command {
         return match fulcrum::demo::run() {

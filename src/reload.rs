@@ -12,6 +12,7 @@ use pingora::services::background::BackgroundService;
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, SharedRuntime};
+use crate::systemd::Notifier;
 use crate::tls::SniResolver;
 
 /// The background service that reloads on SIGHUP.
@@ -23,6 +24,8 @@ pub struct ReloadService {
     current: Mutex<Config>,
     /// The SNI resolver of each TLS listener, by name: certificates are reloaded in place.
     certificates: Vec<(String, Arc<SniResolver>)>,
+    /// Tells systemd about each reload (RELOADING=1, then READY=1).
+    notifier: Arc<Notifier>,
 }
 
 impl ReloadService {
@@ -38,7 +41,14 @@ impl ReloadService {
             metrics,
             current: Mutex::new(config.clone()),
             certificates,
+            notifier: Arc::new(Notifier::default()),
         }
+    }
+
+    /// Report reloads to systemd through `notifier`.
+    pub fn with_notifier(mut self, notifier: Arc<Notifier>) -> Self {
+        self.notifier = notifier;
+        self
     }
 
     /// Reload the certificates of every TLS listener whose address did not change (the files
@@ -155,7 +165,13 @@ impl BackgroundService for ReloadService {
             tokio::select! {
                 Some(()) = hup.recv() => {
                     tracing::info!("reload: SIGHUP received, reading {}", self.path.display());
-                    self.reload();
+                    self.notifier.reloading(&format!("reloading {}", self.path.display()));
+                    let status = if self.reload() {
+                        "serving; the last reload was applied"
+                    } else {
+                        "serving the previous configuration; the last reload was refused (see the log)"
+                    };
+                    self.notifier.notify(&format!("READY=1\nSTATUS={status}"));
                 }
                 _ = shutdown.changed() => return,
             }

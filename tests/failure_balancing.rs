@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// The fast active check of the other suites.
-const CHECK: &str = "{http: {path: /healthz}, interval: 200ms, timeout: 100ms, healthy_threshold: 2, unhealthy_threshold: 2}";
+const CHECK: &str = "{http: {path: /healthz}, interval: 200ms, timeout: 200ms, healthy_threshold: 2, unhealthy_threshold: 3}";
 
 /// What one request got: the backend that answered it in full, or why it failed.
 type Outcome = Result<String, String>;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const CHECK: &str = "{http: {path: /healthz}, interval: 200ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1}";
+const CHECK: &str = "{http: {path: /healthz}, interval: 200ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 2}";
 
 fn pool_yaml(algorithm: &str, backends: &[(&Backend, u32)], admin: u16) -> String {
     let list: Vec<String> = backends

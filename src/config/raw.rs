@@ -1,11 +1,12 @@
 //! Serde mirror of the YAML file: its shape only. Every struct denies unknown keys; values that
 //! need checking (addresses, durations, hash keys) stay strings or YAML values for `validate`.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_yaml::Value;
 
 /// `server:` — the subset of Pingora's ServerConf that fulcrum passes through.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub threads: Option<usize>,
@@ -24,7 +25,7 @@ pub struct RawServer {
 }
 
 /// One entry of `listeners:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: String,
@@ -42,14 +43,14 @@ pub struct RawListener {
 }
 
 /// `tls:` of a listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTls {
     pub certificates: Vec<RawCertPair>,
     pub http2: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCertPair {
     pub cert: String,
@@ -57,7 +58,7 @@ pub struct RawCertPair {
 }
 
 /// `tls:` of a pool (to its backends).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstreamTls {
     pub sni: Option<String>,
@@ -66,7 +67,7 @@ pub struct RawUpstreamTls {
 }
 
 /// One entry of `routes:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     #[serde(rename = "match")]
@@ -74,7 +75,7 @@ pub struct RawRoute {
     pub pool: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     pub host: Option<String>,
@@ -82,20 +83,25 @@ pub struct RawMatch {
 }
 
 /// One entry of `pools:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
     /// `round_robin | least_connections | consistent_hash | ip_hash | random`
     pub algorithm: Option<String>,
     /// `client_ip | path | uri | {header: NAME} | {cookie: NAME} | {query: NAME}`
+    #[serde(default)]
+    #[schemars(schema_with = "super::schema::hash_key")]
     pub hash_key: Option<Value>,
     /// Each checked on its own (`RawBackend`), so that every bad backend is reported.
     #[serde(default)]
+    #[schemars(schema_with = "super::schema::backends")]
     pub backends: Vec<Value>,
     pub retries: Option<u32>,
     pub timeouts: Option<RawTimeouts>,
     pub health_check: Option<RawHealthCheck>,
     /// `off`, or a map (`RawPassiveHealth`); on with defaults when absent.
+    #[serde(default)]
+    #[schemars(schema_with = "super::schema::passive_health")]
     pub passive_health: Option<Value>,
     pub slow_start: Option<String>,
     pub retry_budget: Option<RawRetryBudget>,
@@ -107,7 +113,7 @@ pub struct RawPool {
 }
 
 /// `affinity:` of a pool: the sticky-session cookie.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAffinity {
     pub cookie: String,
@@ -121,7 +127,7 @@ pub struct RawAffinity {
 }
 
 /// `health_check:` of a pool: exactly one of `http` / `tcp`, plus timing.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     pub http: Option<RawHttpCheck>,
@@ -132,7 +138,7 @@ pub struct RawHealthCheck {
     pub unhealthy_threshold: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttpCheck {
     pub path: Option<String>,
@@ -140,12 +146,12 @@ pub struct RawHttpCheck {
     pub host: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTcpCheck {}
 
 /// `passive_health:` of a pool.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPassiveHealth {
     pub consecutive_failures: Option<u32>,
@@ -156,7 +162,7 @@ pub struct RawPassiveHealth {
 }
 
 /// `retry_budget:` of a pool.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetryBudget {
     pub ratio: Option<f64>,
@@ -164,15 +170,16 @@ pub struct RawRetryBudget {
     pub window: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
     pub address: String,
+    #[schemars(range(min = 1, max = 256))]
     pub weight: Option<i64>,
     pub name: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     pub connect: Option<String>,
@@ -183,14 +190,14 @@ pub struct RawTimeouts {
 }
 
 /// `admin:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: String,
 }
 
 /// `access_log:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccessLog {
     /// A file, or `stdout`.
