@@ -70,7 +70,7 @@ check-unit: build test-tools
 	  && rm -r $$d
 
 test: lint check-conf check-unit test-tools package-test
-	cargo test --all-targets
+	cargo test --all-targets --no-fail-fast
 
 bench-select: setup
 	cargo bench --bench select --bench affinity

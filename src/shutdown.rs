@@ -17,6 +17,10 @@ use crate::limits::ConnectionLimits;
 
 /// How often a draining process looks whether it is done.
 const POLL: Duration = Duration::from_millis(20);
+/// How long after the grace period begins the first look waits: a connection the listener
+/// accepted just before it stopped is counted only once its task runs, and closing the
+/// process under it would reset it.
+const SETTLE: Duration = Duration::from_millis(250);
 
 pub struct ExitWhenDone {
     phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
@@ -57,6 +61,7 @@ impl BackgroundService for ExitWhenDone {
             }
         }
         let since = Instant::now();
+        tokio::time::sleep(SETTLE).await;
         while !self.done() {
             tokio::time::sleep(POLL).await;
         }
