@@ -130,7 +130,17 @@ impl ReloadService {
                 );
             }
         }
-        applied.listeners = current.listeners.clone();
+        // Sockets stay as they are; what a listener asks of its connections (idle time,
+        // limits) is read per connection from the snapshot, so it changes now.
+        let sockets_kept = same_sockets(&applied, &current);
+        let mut listeners = current.listeners.clone();
+        if sockets_kept {
+            for (running, wanted) in listeners.iter_mut().zip(&applied.listeners) {
+                running.keepalive_timeout = wanted.keepalive_timeout;
+                running.limits = wanted.limits;
+            }
+        }
+        applied.listeners = listeners;
         applied.admin = current.admin.clone();
         applied.access_log = current.access_log.clone();
         applied.server = current.server.clone();

@@ -304,3 +304,30 @@ async fn an_h2c_listener_answers_short_http1_requests() {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_a_listeners_limits_in_place() {
+    let b = Backend::start("b").await;
+    let admin = Admin::new();
+    let f = start(&admin, "    max_connections_per_ip: 1\n", &b).await;
+    let to = addr(&f);
+    let _held = connect_from([127, 0, 0, 7], to).await;
+    let mut second = connect_from([127, 0, 0, 7], to).await;
+    assert!(closed_within(&mut second, Duration::from_secs(2)).await);
+    let yaml = std::fs::read_to_string(f.conf_path())
+        .unwrap()
+        .replace("max_connections_per_ip: 1", "max_connections_per_ip: 2");
+    std::fs::write(f.conf_path(), yaml).unwrap();
+    f.signal("HUP");
+    wait_for(Duration::from_secs(5), "reload applied", || {
+        f.log().contains("reload: applied")
+    })
+    .await;
+    assert!(!f.log().contains("needs a graceful upgrade"), "{}", f.log());
+    let mut third = connect_from([127, 0, 0, 7], to).await;
+    assert!(
+        !closed_within(&mut third, Duration::from_millis(300)).await,
+        "a second connection from the address is held once the limit is 2"
+    );
+    assert_eq!(limit_count(&admin, "max_connections_per_ip").await, 1.0);
+}
