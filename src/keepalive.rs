@@ -178,6 +178,7 @@ impl KeepAlive {
         let mut settings = None;
         let mut shed = self.limits.shed_requests();
         let mut fresh = true;
+        let header_arrived = Arc::new(AtomicBool::new(false));
         loop {
             // Pipelined requests already read wait in the settings, not in the socket.
             let pipelined = settings.as_ref().is_some_and(has_pipelined_prefix);
@@ -190,7 +191,8 @@ impl KeepAlive {
             }
             let request = self.request(stream, settings.take(), terms.idle_secs, &shutdown);
             let Some(done) =
-                limits::with_header_deadline(terms.limits.header_timeout, request).await
+                limits::with_header_deadline(terms.limits.header_timeout, &header_arrived, request)
+                    .await
             else {
                 self.limits.header_timed_out(local);
                 return;
@@ -218,7 +220,17 @@ impl KeepAlive {
     ) -> bool {
         let idle_since = Instant::now();
         loop {
-            match next_request(stream, idle_since + idle, shutdown, shed, fresh).await {
+            let sheddable_at = idle_since + limits::SHED_MIN_IDLE;
+            match next_request(
+                stream,
+                idle_since + idle,
+                sheddable_at,
+                shutdown,
+                shed,
+                fresh,
+            )
+            .await
+            {
                 Waited::Request => return true,
                 Waited::Closed => return false,
                 Waited::AskedToMakeRoom => {
@@ -264,29 +276,27 @@ impl KeepAlive {
 /// answers. (The hostile corpus's pipelining cases fail if this stops working.)
 fn has_pipelined_prefix(settings: &HttpPersistentSettings) -> bool {
     use std::fmt::Write;
-    const FIELD: &[u8] = b"pipelined_prefix: ";
+    /// `derive(Debug)` writes each field name as one piece, then `": "`, then the value.
     struct Scan {
-        matched: usize,
+        at_field: bool,
         found: Option<bool>,
     }
     impl Write for Scan {
         fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            for &b in s.as_bytes() {
-                if self.matched == FIELD.len() {
-                    self.found = Some(b == b'S');
-                    // Stop the formatting: the rest is not needed.
-                    return Err(std::fmt::Error);
+            if self.at_field {
+                if s == ": " {
+                    return Ok(());
                 }
-                self.matched = match FIELD.get(self.matched) {
-                    Some(&want) if want == b => self.matched + 1,
-                    _ => usize::from(FIELD.first() == Some(&b)),
-                };
+                self.found = Some(s.starts_with('S'));
+                // Stop the formatting: the rest is not needed.
+                return Err(std::fmt::Error);
             }
+            self.at_field = s == "pipelined_prefix";
             Ok(())
         }
     }
     let mut scan = Scan {
-        matched: 0,
+        at_field: false,
         found: None,
     };
     let _ = write!(scan, "{settings:?}");
@@ -307,39 +317,50 @@ enum Waited {
 /// How long a connection accepted just before a shutdown still waits for its first request.
 const FRESH_GRACE: Duration = Duration::from_secs(1);
 
-/// Wait for the next request's first bytes until `deadline`.
+/// Wait for the next request's first bytes until `deadline`; from `sheddable_at` on, also for a
+/// request to make room.
 async fn next_request(
     stream: &mut Stream,
     deadline: Instant,
+    sheddable_at: Instant,
     shutdown: &mut ShutdownWatch,
     shed: &mut watch::Receiver<u64>,
     fresh: bool,
 ) -> Waited {
-    let idle = deadline.saturating_duration_since(Instant::now());
-    let readable = timeout(idle, Readable::new(stream));
-    tokio::pin!(readable);
-    loop {
-        tokio::select! {
-            biased;
-            ready = &mut readable => {
-                return if ready.is_ok() { Waited::Request } else { Waited::Closed };
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    if !fresh {
-                        return Waited::Closed;
+    let now = Instant::now();
+    let idle = deadline.saturating_duration_since(now);
+    let mut readable = Readable::new(stream);
+    // Only a connection idle since `sheddable_at` may be asked to make room: until then the
+    // wait listens for nothing else (most requests arrive sooner, and pay for one timer).
+    let first = sheddable_at.saturating_duration_since(now).min(idle);
+    for (span, sheddable) in [(first, false), (idle.saturating_sub(first), true)] {
+        let wait = timeout(span, &mut readable);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                biased;
+                ready = &mut wait => match ready {
+                    Ok(()) => return Waited::Request,
+                    Err(_) => break,
+                },
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        if !fresh {
+                            return Waited::Closed;
+                        }
+                        // Accepted, maybe from the accept queue, just as the process began
+                        // to stop: closing it now would lose a request that is on its way.
+                        return match timeout(FRESH_GRACE, &mut wait).await {
+                            Ok(Ok(())) => Waited::Request,
+                            _ => Waited::Closed,
+                        };
                     }
-                    // Accepted, maybe from the accept queue, just as the process began to
-                    // stop: closing it now would lose a request that is on its way.
-                    return match timeout(FRESH_GRACE, &mut readable).await {
-                        Ok(Ok(())) => Waited::Request,
-                        _ => Waited::Closed,
-                    };
                 }
+                Ok(()) = shed.changed(), if sheddable => return Waited::AskedToMakeRoom,
             }
-            Ok(()) = shed.changed() => return Waited::AskedToMakeRoom,
         }
     }
+    Waited::Closed
 }
 
 /// Resolves when the stream has bytes to read, without taking any: a zero-length read registers

@@ -26,15 +26,24 @@ tokio::task_local! {
 }
 
 /// Run `request` with a header that must arrive within `deadline`; None when it did not (the
-/// request is dropped, which closes its connection).
+/// request is dropped, which closes its connection). `arrived` is the connection's flag, reset
+/// here for each request. The first poll usually reads the whole header (the loop waited for
+/// it to be readable), and then no timer is armed at all.
 pub async fn with_header_deadline<T>(
     deadline: Duration,
+    arrived: &Arc<AtomicBool>,
     request: impl std::future::Future<Output = T>,
 ) -> Option<T> {
-    let arrived = Arc::new(AtomicBool::new(false));
+    arrived.store(false, Ordering::Relaxed);
     let request = HEADER_ARRIVED.scope(arrived.clone(), request);
     tokio::pin!(request);
-    let timer = tokio::time::sleep(deadline);
+    if let std::task::Poll::Ready(done) = futures::poll!(&mut request) {
+        return Some(done);
+    }
+    if arrived.load(Ordering::Relaxed) {
+        return Some(request.await);
+    }
+    let timer = pingora::time::sleep(deadline);
     tokio::pin!(timer);
     let mut armed = true;
     loop {
