@@ -171,7 +171,7 @@ class Soak:
             pool_extra = "    retires: 2\n"
         text = (
             f"server: {{threads: 2, work_stealing: false, pid_file: {self.work}/fulcrum.pid, "
-            f"upgrade_sock: {self.sock}, grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1}}\n"
+            f"upgrade_sock: {self.sock}, grace_period_seconds: {self.args.grace_period}, graceful_shutdown_timeout_seconds: 1}}\n"
             f"admin: {{listen: 127.0.0.1:{self.admin}}}\n"
             f"listeners:\n  - {{name: soak, listen: 127.0.0.1:{self.port}, header_timeout: {HEADER_TIMEOUT}s, "
             f"body_timeout: 10s, keepalive_timeout: 75s, max_header_bytes: 16384, max_headers: 64, "
@@ -640,6 +640,8 @@ def main():
     ap.add_argument("--slow-clients", type=int)
     ap.add_argument("--upgrades", type=int)
     ap.add_argument("--cooldown", type=float)
+    ap.add_argument("--grace-period", type=int, default=1,
+                    help="server.grace_period_seconds: how long an old process lets requests finish")
     ap.add_argument("--keepalive-clients", type=int, default=6)
     ap.add_argument("--fresh-clients", type=int, default=2)
     ap.add_argument("--pause", type=float, default=0.002, help="seconds each client waits between requests")
