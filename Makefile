@@ -72,7 +72,7 @@ soak-tools:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3; }
 
 # The soak (not in CI): 1,000 SIGHUP reloads, a backend killed and restarted every few seconds,
-# a slow-client swarm and 100 graceful upgrades, all under load (about 17 minutes, loopback
+# a slow-client swarm and 100 graceful upgrades, all under load (about 14 minutes, loopback
 # only, every phase bounded). Fails on any failed request or RSS that keeps growing.
 # `make soak SOAK_ARGS=--quick` runs a 2-minute version.
 soak: release soak-tools
