@@ -582,7 +582,7 @@ class Soak:
             self.problems.append(f"{failed} requests failed (all were GETs)")
         if rl["unexpected"]:
             self.problems.append(f"{len(rl['unexpected'])} reloads not applied as expected")
-        if late_growth > a.rss_bound_mb:
+        if late_growth > a.rss_bound_mb and rl["sent"] >= 100:  # fewer: too few to judge
             self.problems.append(f"RSS grew {late_growth:.2f} MB over the last 90% of {rl['sent']} reloads "
                                  f"(bound {a.rss_bound_mb} MB)")
         if slow_fds > base_fds + a.fd_slack:
