@@ -152,7 +152,13 @@ mod tests {
         /// time (also from a second parse of the same request), and never an empty key.
         #[test]
         fn extraction_of_untrusted_bytes_is_total_and_deterministic(
-            target in untrusted(80),
+            target in proptest::collection::vec(
+                prop_oneof![
+                    8 => prop::sample::select(b"=;&?%sidx/.-_~+".to_vec()),
+                    1 => any::<u8>(),
+                ],
+                0..40,
+            ),
             cookies in proptest::collection::vec(untrusted(80), 0..3),
             value in untrusted(40),
             name in prop::sample::select(vec!["sid", "x", "s", "", "x-user-id", "a b", "é"]),
@@ -173,9 +179,10 @@ mod tests {
                 }
                 Some(r)
             };
-            let (Some(a), Some(b)) = (build(), build()) else {
-                return Ok(()); // a target Pingora's own parser refuses never reaches fulcrum
-            };
+            // a target Pingora's own parser refuses never reaches fulcrum
+            let (a, b) = (build(), build());
+            prop_assume!(a.is_some() && b.is_some());
+            let (a, b) = (a.unwrap(), b.unwrap());
             for key in every_key(name) {
                 let first = extract(&key, &a, Some(ip)).map(|c| c.into_owned());
                 prop_assert_eq!(&first, &extract(&key, &a, Some(ip)).map(|c| c.into_owned()));
