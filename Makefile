@@ -6,8 +6,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN_DEBUG := $(CARGO_TARGET_DIR)/debug/fulcrum
 BIN_RELEASE := $(CARGO_TARGET_DIR)/release/fulcrum
 
-.PHONY: all setup test-tools bench-tools build release demo test lint check-conf check-unit bench bench-select \
-	cargo-deb deb package-test
+.PHONY: all setup test-tools bench-tools soak-tools build release demo test lint check-conf check-unit bench bench-select \
+	soak cargo-deb deb package-test
 
 all: build
 
@@ -86,3 +86,16 @@ bench-tools:
 bench: release bench-tools
 	python3 benches/load.py $(BIN_RELEASE)
 	$(MAKE) bench-select
+
+# What the soak needs: Python 3 (standard library only; its backends and clients are Python).
+soak-tools:
+	@command -v python3 >/dev/null 2>&1 || { \
+	  echo "installing python3"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3; }
+
+# The soak (not in CI): 1,000 SIGHUP reloads, a backend killed and restarted every few seconds,
+# a slow-client swarm and 100 graceful upgrades, all under load (about 14 minutes, loopback
+# only, every phase bounded). Fails on any failed request or RSS that keeps growing.
+# `make soak SOAK_ARGS=--quick` runs a 2-minute version.
+soak: release soak-tools
+	python3 benches/soak.py $(BIN_RELEASE) $(SOAK_ARGS)

@@ -845,4 +845,43 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
     }
+
+    /// X-Forwarded-For from whatever the client sent before.
+    mod forwarded_for_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Header values as a client may send them: visible ASCII, tabs, obs-text, commas.
+        fn prior() -> impl Strategy<Value = HeaderValue> {
+            proptest::collection::vec(
+                prop_oneof![
+                    3 => prop::sample::select(b"0123456789.:abcdef, \t[]".to_vec()),
+                    1 => any::<u8>(),
+                ],
+                0..40,
+            )
+            .prop_filter_map("not a header value", |b| HeaderValue::from_bytes(&b).ok())
+        }
+
+        proptest! {
+            /// Never a panic; always the prior values in order, then the client's address, which
+            /// it ends with (never the `unknown` fallback).
+            #[test]
+            fn forwarded_for_keeps_priors_and_ends_with_the_client(
+                priors in proptest::collection::vec(prior(), 0..5),
+                ip in any::<std::net::IpAddr>(),
+            ) {
+                let got = forwarded_for(priors.iter(), ip);
+                let client = ip.to_string();
+                prop_assert!(got.as_bytes().ends_with(client.as_bytes()), "{:?}", got);
+                let mut want = Vec::new();
+                for p in &priors {
+                    want.extend_from_slice(p.as_bytes());
+                    want.extend_from_slice(b", ");
+                }
+                want.extend_from_slice(client.as_bytes());
+                prop_assert_eq!(got.as_bytes(), &want[..]);
+            }
+        }
+    }
 }

@@ -96,4 +96,74 @@ mod tests {
         assert_eq!(r.find(Some("a.test"), "/"), None);
         assert_eq!(r.find(Some("é.a.test"), "/"), Some(0));
     }
+
+    use proptest::prelude::*;
+
+    /// A host name as a client may send it: labels of letters (any case), digits and dashes.
+    const NAME: &str = "[A-Za-z0-9-]{1,12}(\\.[A-Za-z0-9-]{1,12}){0,3}";
+
+    proptest! {
+        /// Any string (any Unicode, any number of colons, brackets and dots) is normalised
+        /// without a panic, to a prefix of itself; and so is it routed, wildcards included.
+        #[test]
+        fn any_host_is_normalised_and_routed_without_panic(host in any::<String>(), path in any::<String>()) {
+            let n = normalize_host(&host);
+            prop_assert!(host.starts_with(n));
+            let r = Router::new(&[
+                route(Some(HostMatch::Suffix(".é.test".into())), None, 0),
+                route(Some(HostMatch::Suffix("é".into())), None, 1),
+                route(Some(HostMatch::Exact(host.clone())), Some("/p"), 2),
+            ]);
+            let _ = r.find(Some(&host), &path);
+            let _ = r.find(Some(n), &path);
+        }
+
+        /// Case does not matter, whatever the string.
+        #[test]
+        fn normalising_is_case_insensitive(host in any::<String>()) {
+            let upper = host.to_ascii_uppercase();
+            prop_assert!(normalize_host(&host).eq_ignore_ascii_case(normalize_host(&upper)));
+        }
+
+        /// As documented: the port and one trailing dot are ignored, for names and for IPv6
+        /// literals; and a normalised host normalises to itself.
+        #[test]
+        fn port_and_trailing_dot_are_ignored(
+            name in NAME,
+            v6 in any::<std::net::Ipv6Addr>(),
+            dot in any::<bool>(),
+            port in proptest::option::of("[0-9]{0,5}"),
+        ) {
+            let dot = if dot { "." } else { "" };
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let sent = format!("{name}{dot}{port}");
+            prop_assert_eq!(normalize_host(&sent), name.as_str());
+            prop_assert_eq!(normalize_host(normalize_host(&sent)), name.as_str());
+            let literal = format!("[{v6}]");
+            let sent = format!("{literal}{port}");
+            prop_assert_eq!(normalize_host(&sent), literal.as_str());
+            prop_assert_eq!(normalize_host(normalize_host(&sent)), literal.as_str());
+        }
+
+        /// Routing by a host as sent is routing by the name: any case, port, trailing dot.
+        #[test]
+        fn routing_ignores_case_port_and_trailing_dot(
+            name in NAME,
+            dot in any::<bool>(),
+            port in proptest::option::of(0u16..),
+        ) {
+            let r = Router::new(&[
+                route(Some(HostMatch::Exact(name.to_ascii_lowercase())), None, 0),
+                route(Some(HostMatch::Suffix(format!(".{}", name.to_ascii_uppercase()))), None, 1),
+            ]);
+            let sent = format!(
+                "{}{}{}",
+                name.to_ascii_uppercase(),
+                if dot { "." } else { "" },
+                port.map(|p| format!(":{p}")).unwrap_or_default()
+            );
+            prop_assert_eq!(r.find(Some(&sent), "/"), Some(0));
+            prop_assert_eq!(r.find(Some(&format!("www.{sent}")), "/"), Some(1));
+        }
+    }
 }

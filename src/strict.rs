@@ -345,5 +345,121 @@ mod tests {
             let authority = format!("{name}:{port}");
             prop_assert!(valid_authority(authority.as_bytes()));
         }
+
+        /// Whatever method, target and headers Pingora's `RequestHeader` lets through, `check`
+        /// answers (400, 405 or 501 when it refuses) without a panic, HTTP/1.0, 1.1 or 2; and an
+        /// absolute-form HTTP/1 target it accepts (only HTTP/1 targets are rewritten) always has
+        /// a valid authority and yields an origin-form starting with `/`.
+        #[test]
+        fn check_judges_any_request_without_panic(
+            method in prop_oneof![
+                prop::sample::select(vec!["GET", "POST", "OPTIONS", "CONNECT", "HEAD", "PUT"]).prop_map(String::from),
+                "[!-~]{1,10}",
+            ],
+            target in prop_oneof![
+                untrusted(60),
+                untrusted(60).prop_map(|t| [&b"http://"[..], &t].concat()),
+                untrusted(60).prop_map(|t| [&b"/"[..], &t].concat()),
+            ],
+            headers in proptest::collection::vec((header_name(), untrusted(30)), 0..6),
+            version in prop::sample::select(vec![Version::HTTP_10, Version::HTTP_11, Version::HTTP_2]),
+            h2 in any::<bool>(),
+        ) {
+            let built = RequestHeader::build(method.as_str(), &target, None);
+            prop_assume!(built.is_ok()); // what Pingora refuses never reaches fulcrum
+            let mut r = built.unwrap();
+            r.set_version(version);
+            for (name, value) in &headers {
+                if let Ok(v) = http::HeaderValue::from_bytes(value) {
+                    let _ = r.append_header(name.clone(), v);
+                }
+            }
+            match check(&r, h2) {
+                Ok(()) if !h2 => {
+                    if let Some((authority, origin)) = absolute_form(r.raw_path()) {
+                        prop_assert!(valid_authority(authority));
+                        prop_assert_eq!(origin.first(), Some(&b'/'));
+                    }
+                }
+                Ok(()) => {}
+                Err(refusal) => prop_assert!([400, 405, 501].contains(&refusal.status)),
+            }
+            let _ = content_length_beside_te(&target);
+        }
+
+        /// `valid_authority` agrees with a model written differently: an authority is valid
+        /// when it splits somewhere into a host (a non-empty reg-name, or an IPv6 literal in
+        /// brackets) and a port (nothing, or `:` and at most five digits).
+        #[test]
+        fn valid_authority_agrees_with_a_model(
+            host in prop_oneof![
+                "[a-zA-Z0-9._~%!$&'()*+,;=-]{0,12}",
+                any::<std::net::Ipv6Addr>().prop_map(|a| format!("[{a}]")),
+                any::<std::net::Ipv4Addr>().prop_map(|a| a.to_string()),
+                "\\[[0-9a-fA-F:.]{0,12}\\]?",
+                "[a-z0-9 @/\"\t:\\[\\]é\u{0}-]{0,8}",
+            ],
+            port in prop_oneof![
+                Just(String::new()),
+                "[0-9]{0,7}".prop_map(|p| format!(":{p}")),
+                ":[0-9a-z: ]{0,6}",
+            ],
+        ) {
+            let authority = format!("{host}{port}");
+            let bytes = authority.as_bytes();
+            prop_assert_eq!(valid_authority(bytes), model_authority(bytes), "{:?}", authority);
+        }
+
+        #[test]
+        fn valid_authority_agrees_with_the_model_on_any_bytes(bytes in untrusted(24)) {
+            prop_assert_eq!(valid_authority(&bytes), model_authority(&bytes));
+        }
+    }
+
+    /// Bytes leaning on what authorities and targets are made of, any other byte mixed in.
+    fn untrusted(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![
+                3 => prop::sample::select(b"/:?#[]@%. aZ09*\t\r\n".to_vec()),
+                1 => any::<u8>(),
+            ],
+            0..max,
+        )
+    }
+
+    /// Header names, the framing ones and their look-alikes most of all.
+    fn header_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "host",
+                "Host",
+                "content-length",
+                "transfer-encoding",
+                "content_length",
+                "Transfer_Encoding",
+                "x-forwarded-for",
+            ])
+            .prop_map(String::from),
+            "[a-zA-Z0-9_-]{1,12}",
+        ]
+    }
+
+    /// The model: try every split of `a` into host and port.
+    fn model_authority(a: &[u8]) -> bool {
+        let port_ok = |p: &[u8]| {
+            p.is_empty() || (p[0] == b':' && p.len() <= 6 && p[1..].iter().all(u8::is_ascii_digit))
+        };
+        let host_ok = |h: &[u8]| {
+            let reg_name = !h.is_empty()
+                && h.iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+            let ipv6 = h.len() >= 2
+                && h[0] == b'['
+                && h[h.len() - 1] == b']'
+                && std::str::from_utf8(&h[1..h.len() - 1])
+                    .is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+            reg_name || ipv6
+        };
+        (0..=a.len()).any(|i| host_ok(&a[..i]) && port_ok(&a[i..]))
     }
 }

@@ -120,4 +120,108 @@ mod tests {
             let _ = query_value(h, b"sid");
         }
     }
+
+    use proptest::prelude::*;
+
+    /// Bytes that lean on the separators the parsers split on, with any other byte mixed in.
+    fn untrusted(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![
+                3 => prop::sample::select(b"=;&? \t%sidx".to_vec()),
+                1 => any::<u8>(),
+            ],
+            0..max,
+        )
+    }
+
+    /// Every kind of key, the names drawn from `names` (which the request may or may not use).
+    fn every_key(name: &str) -> Vec<HashKey> {
+        vec![
+            HashKey::ClientIp,
+            HashKey::Path,
+            HashKey::Uri,
+            HashKey::Header(name.to_ascii_lowercase()),
+            HashKey::Cookie(name.to_string()),
+            HashKey::Query(name.to_string()),
+        ]
+    }
+
+    proptest! {
+        /// Whatever a client sends (target, header values, several Cookie headers) and whatever
+        /// name the configuration asks for, extraction never panics, gives the same bytes every
+        /// time (also from a second parse of the same request), and never an empty key.
+        #[test]
+        fn extraction_of_untrusted_bytes_is_total_and_deterministic(
+            target in proptest::collection::vec(
+                prop_oneof![
+                    8 => prop::sample::select(b"=;&?%sidx/.-_~+".to_vec()),
+                    1 => any::<u8>(),
+                ],
+                0..40,
+            ),
+            cookies in proptest::collection::vec(untrusted(80), 0..3),
+            value in untrusted(40),
+            name in prop::sample::select(vec!["sid", "x", "s", "", "x-user-id", "a b", "é"]),
+            ip in any::<std::net::IpAddr>(),
+        ) {
+            let mut path = b"/".to_vec();
+            path.extend_from_slice(&target);
+            let build = || -> Option<RequestHeader> {
+                let mut r = RequestHeader::build("GET", &path, None).ok()?;
+                for c in &cookies {
+                    if let Ok(v) = http::HeaderValue::from_bytes(c) {
+                        r.append_header("Cookie", v).unwrap();
+                    }
+                }
+                if let Ok(v) = http::HeaderValue::from_bytes(&value) {
+                    r.append_header("X-User-Id", v.clone()).unwrap();
+                    r.append_header("x", v).unwrap();
+                }
+                Some(r)
+            };
+            // a target Pingora's own parser refuses never reaches fulcrum
+            let (a, b) = (build(), build());
+            prop_assume!(a.is_some() && b.is_some());
+            let (a, b) = (a.unwrap(), b.unwrap());
+            for key in every_key(name) {
+                let first = extract(&key, &a, Some(ip)).map(|c| c.into_owned());
+                prop_assert_eq!(&first, &extract(&key, &a, Some(ip)).map(|c| c.into_owned()));
+                prop_assert_eq!(&first, &extract(&key, &b, Some(ip)).map(|c| c.into_owned()));
+                prop_assert!(first.as_ref().is_none_or(|k| !k.is_empty()), "{key:?} gave an empty key");
+            }
+        }
+
+        /// The cookie and query parsers on raw bytes: never a panic; what they return is a
+        /// non-empty, trimmed piece of the input that contains no separator.
+        #[test]
+        fn cookie_and_query_values_are_pieces_of_their_input(
+            raw in untrusted(120),
+            name in prop::sample::select(vec![&b"sid"[..], b"x", b"", b"s i", b"="]),
+        ) {
+            if let Some(v) = cookie_value(&raw, name) {
+                prop_assert!(!v.is_empty() && !v.contains(&b';'));
+                prop_assert_eq!(v, v.trim_ascii());
+                prop_assert!(raw.windows(v.len()).any(|w| w == v));
+            }
+            if let Some(v) = query_value(&raw, name) {
+                prop_assert!(!v.is_empty() && !v.contains(&b'&'));
+                prop_assert!(raw.windows(v.len()).any(|w| w == v));
+            }
+        }
+
+        /// A cookie set among others is found, whatever its neighbours and spacing.
+        #[test]
+        fn a_cookie_among_others_is_found(
+            value in "[!#-+\\--:<-\\[\\]-~]{1,20}", // RFC 6265 cookie-octets
+            before in proptest::collection::vec("[a-z]{1,5}=[a-z0-9]{0,5}", 0..4),
+            after in proptest::collection::vec("[a-z]{1,5}=[a-z0-9]{0,5}", 0..4),
+            space in " {0,2}",
+        ) {
+            let mut pairs: Vec<String> = before.into_iter().filter(|p| !p.starts_with("sid=")).collect();
+            pairs.push(format!("sid{space}={space}{value}"));
+            pairs.extend(after);
+            let header = pairs.join(&format!(";{space}"));
+            prop_assert_eq!(cookie_value(header.as_bytes(), b"sid"), Some(value.as_bytes()));
+        }
+    }
 }
