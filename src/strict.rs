@@ -183,7 +183,10 @@ pub fn valid_authority(a: &[u8]) -> bool {
         .iter()
         .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
     let bracketed = a.first() == Some(&b'[');
-    port_ok && reg_name_ok && (bracketed || !host.is_empty())
+    // nginx refuses empty labels too: a leading dot or two in a row (one trailing dot, the
+    // root, is fine).
+    let labels_ok = host.first() != Some(&b'.') && !host.windows(2).any(|w| w == b"..");
+    port_ok && reg_name_ok && labels_ok && (bracketed || !host.is_empty())
 }
 
 #[cfg(test)]
@@ -231,6 +234,9 @@ mod tests {
             "exa\tmple",
             "example.com/",
             "ex\"ample",
+            "example.com..",
+            ".example.com",
+            "a..b:80",
         ] {
             assert!(!valid_authority(bad.as_bytes()), "{bad}");
         }
@@ -341,7 +347,7 @@ mod tests {
         }
 
         #[test]
-        fn reg_names_with_ports_are_valid(name in "[a-z0-9][a-z0-9.-]{0,30}", port in 0u32..65536) {
+        fn reg_names_with_ports_are_valid(name in "[a-z0-9]{1,8}(\\.[a-z0-9-]{1,8}){0,4}\\.?", port in 0u32..65536) {
             let authority = format!("{name}:{port}");
             prop_assert!(valid_authority(authority.as_bytes()));
         }
@@ -450,7 +456,14 @@ mod tests {
             p.is_empty() || (p[0] == b':' && p.len() <= 6 && p[1..].iter().all(u8::is_ascii_digit))
         };
         let host_ok = |h: &[u8]| {
+            // Labels: none empty but the last (a leading dot or ".." is refused).
+            let labels = h.split(|&b| b == b'.').collect::<Vec<_>>();
+            let labels_ok = labels
+                .iter()
+                .take(labels.len().saturating_sub(1))
+                .all(|l| !l.is_empty());
             let reg_name = !h.is_empty()
+                && labels_ok
                 && h.iter()
                     .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
             let ipv6 = h.len() >= 2
