@@ -178,7 +178,6 @@ impl KeepAlive {
         let mut settings = None;
         let mut shed = self.limits.shed_requests();
         let mut fresh = true;
-        let header_arrived = Arc::new(AtomicBool::new(false));
         loop {
             // Pipelined requests already read wait in the settings, not in the socket.
             let pipelined = settings.as_ref().is_some_and(has_pipelined_prefix);
@@ -191,8 +190,7 @@ impl KeepAlive {
             }
             let request = self.request(stream, settings.take(), terms.idle_secs, &shutdown);
             let Some(done) =
-                limits::with_header_deadline(terms.limits.header_timeout, &header_arrived, request)
-                    .await
+                limits::with_header_deadline(terms.limits.header_timeout, request).await
             else {
                 self.limits.header_timed_out(local);
                 return;

@@ -3,10 +3,14 @@
 //! then closed to make room, as nginx does), and the deadline of a request header. Each cut is
 //! counted in `fulcrum_limit_total{listener,limit}`.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -19,50 +23,67 @@ const SHED_BATCH: isize = 32;
 /// Only connections idle at least this long are closed to make room.
 pub const SHED_MIN_IDLE: Duration = Duration::from_secs(1);
 
-tokio::task_local! {
-    /// Set while an HTTP/1 request's header is being read on this task: the proxy marks it
-    /// arrived, and the connection loop stops the header deadline.
-    static HEADER_ARRIVED: Arc<AtomicBool>;
+std::thread_local! {
+    /// Raised by the request path when a request's header has arrived whole. It only means
+    /// something during one poll of a `HeaderWatch`, which lowers it before and reads it after.
+    static HEADER_ARRIVED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A request future that notes when its header has arrived (looking only until it has).
+struct HeaderWatch<F> {
+    request: F,
+    arrived: bool,
+}
+
+impl<F: Future + Unpin> Future for HeaderWatch<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if self.arrived {
+            return Pin::new(&mut self.request).poll(cx);
+        }
+        HEADER_ARRIVED.set(false);
+        let polled = Pin::new(&mut self.request).poll(cx);
+        if HEADER_ARRIVED.replace(false) {
+            self.arrived = true;
+        }
+        polled
+    }
 }
 
 /// Run `request` with a header that must arrive within `deadline`; None when it did not (the
-/// request is dropped, which closes its connection). `arrived` is the connection's flag, reset
-/// here for each request. The first poll usually reads the whole header (the loop waited for
-/// it to be readable), and then no timer is armed at all.
+/// request is dropped, which closes its connection). The first poll usually reads the whole
+/// header (the loop waited for it to be readable), and then no timer is armed at all.
 pub async fn with_header_deadline<T>(
     deadline: Duration,
-    arrived: &Arc<AtomicBool>,
-    request: impl std::future::Future<Output = T>,
+    request: impl Future<Output = T> + Unpin,
 ) -> Option<T> {
-    arrived.store(false, Ordering::Relaxed);
-    let request = HEADER_ARRIVED.scope(arrived.clone(), request);
-    tokio::pin!(request);
-    if let std::task::Poll::Ready(done) = futures::poll!(&mut request) {
+    let mut watch = HeaderWatch {
+        request,
+        arrived: false,
+    };
+    if let Poll::Ready(done) = futures::poll!(&mut watch) {
         return Some(done);
     }
-    if arrived.load(Ordering::Relaxed) {
-        return Some(request.await);
-    }
-    let timer = pingora::time::sleep(deadline);
-    tokio::pin!(timer);
-    let mut armed = true;
-    loop {
+    if !watch.arrived {
+        let timer = pingora::time::sleep(deadline);
+        tokio::pin!(timer);
         tokio::select! {
             biased;
-            done = &mut request => return Some(done),
-            _ = &mut timer, if armed => {
-                if !arrived.load(Ordering::Relaxed) {
+            done = &mut watch => return Some(done),
+            _ = &mut timer => {
+                if !watch.arrived {
                     return None;
                 }
-                armed = false;
             }
         }
     }
+    Some((&mut watch.request).await)
 }
 
 /// The request path's word that the current request's header has arrived whole.
 pub fn header_arrived() {
-    let _ = HEADER_ARRIVED.try_with(|a| a.store(true, Ordering::Relaxed));
+    HEADER_ARRIVED.set(true);
 }
 
 struct ListenerSlot {

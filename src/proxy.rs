@@ -227,9 +227,8 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
 /// `strict::check` on the request, plus, for an HTTP/1 request with Transfer-Encoding, a look at
 /// its raw header for a Content-Length line (which Pingora has dropped by now).
 fn check_request(session: &Session) -> std::result::Result<(), strict::Refusal> {
-    let req = session.req_header();
-    strict::check(req, session.is_http2())?;
-    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+    let framing = strict::check(session.req_header(), session.is_http2())?;
+    if framing.chunked {
         let raw = session
             .as_downstream()
             .as_http1()

@@ -7,7 +7,7 @@
 //! 9112 3.2.2). Pure functions over the parsed header: no I/O, never a panic, whatever the
 //! bytes.
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Method, Version};
 use pingora::http::RequestHeader;
 
@@ -25,12 +25,34 @@ const fn bad(reason: &'static str) -> Refusal {
     }
 }
 
+/// What a request that passed `check` carries for framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    /// It has a Transfer-Encoding (`chunked`).
+    pub chunked: bool,
+}
+
 /// Check `req`; `h2` says it came over HTTP/2 (no request line, `:authority` instead of Host).
-pub fn check(req: &RequestHeader, h2: bool) -> Result<(), Refusal> {
-    let hosts = req.headers.get_all(HOST);
-    let mut hosts = hosts.iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+/// One pass over the header fields (no hashed look-ups: this runs on every request).
+pub fn check(req: &RequestHeader, h2: bool) -> Result<Framing, Refusal> {
+    let (mut host, mut hosts) = (None, 0);
+    let (mut length, mut lengths) = (None, 0);
+    let (mut coding, mut codings) = (None, 0);
+    for (name, value) in req.headers.iter() {
+        if name == HOST {
+            host = Some(value);
+            hosts += 1;
+        } else if name == CONTENT_LENGTH {
+            length = Some(value);
+            lengths += 1;
+        } else if name == TRANSFER_ENCODING {
+            coding = Some(value);
+            codings += 1;
+        } else if framing_with_underscore(name.as_str()) {
+            return Err(bad("framing header spelled with an underscore"));
+        }
+    }
+    if hosts > 1 {
         return Err(bad("more than one Host header"));
     }
     match host {
@@ -48,7 +70,16 @@ pub fn check(req: &RequestHeader, h2: bool) -> Result<(), Refusal> {
     if !h2 {
         check_target(req)?;
     }
-    check_framing(req)
+    check_framing(req, (length, lengths), (coding, codings))?;
+    Ok(Framing {
+        chunked: coding.is_some(),
+    })
+}
+
+fn framing_with_underscore(name: &str) -> bool {
+    matches!(name.len(), 14 | 17)
+        && (name.eq_ignore_ascii_case("content_length")
+            || name.eq_ignore_ascii_case("transfer_encoding"))
 }
 
 /// An absolute-form target's authority and its origin-form rest (`/` when it has no path).
@@ -113,33 +144,28 @@ fn strip_prefix_ignore_case<'a>(bytes: &'a [u8], prefix: &[u8]) -> Option<&'a [u
 /// RFC 9112 6: one Content-Length of digits only; Transfer-Encoding only `chunked` (nginx
 /// answers 501 for other codings); no underscore spellings of either, which some servers
 /// behind a proxy take for the real thing.
-fn check_framing(req: &RequestHeader) -> Result<(), Refusal> {
-    for name in req.headers.keys() {
-        let n = name.as_str();
-        if n.eq_ignore_ascii_case("content_length") || n.eq_ignore_ascii_case("transfer_encoding") {
-            return Err(bad("framing header spelled with an underscore"));
-        }
+fn check_framing(
+    req: &RequestHeader,
+    (length, lengths): (Option<&HeaderValue>, usize),
+    (coding, codings): (Option<&HeaderValue>, usize),
+) -> Result<(), Refusal> {
+    if lengths > 1 {
+        return Err(bad("more than one Content-Length"));
     }
-    let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter();
-    if let Some(cl) = lengths.next() {
-        if lengths.next().is_some() {
-            return Err(bad("more than one Content-Length"));
-        }
+    if let Some(cl) = length {
         let v = cl.as_bytes();
         if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
             return Err(bad("Content-Length is not a number"));
         }
     }
-    let mut codings = req.headers.get_all(TRANSFER_ENCODING).iter();
-    if let Some(te) = codings.next() {
-        if codings.next().is_some() {
-            return Err(bad("more than one Transfer-Encoding"));
-        }
+    if codings > 1 {
+        return Err(bad("more than one Transfer-Encoding"));
+    }
+    if let Some(te) = coding {
         if req.version == Version::HTTP_10 {
             return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
         }
-        let v = te.as_bytes();
-        if !v.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+        if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
             return Err(Refusal {
                 status: 501,
                 reason: "Transfer-Encoding other than chunked",
@@ -148,6 +174,36 @@ fn check_framing(req: &RequestHeader) -> Result<(), Refusal> {
     }
     Ok(())
 }
+
+/// The bytes a reg-name may hold (RFC 3986: unreserved, pct-encoded, sub-delims).
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
 
 /// RFC 3986 authority without userinfo: `reg-name | IPv4 | [IPv6]`, then an optional `:port`
 /// of at most five digits. A reg-name is unreserved, percent-encoded and sub-delim bytes.
@@ -181,7 +237,7 @@ pub fn valid_authority(a: &[u8]) -> bool {
     };
     let reg_name_ok = host
         .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+        .all(|&b| REG_NAME.get(usize::from(b)).copied().unwrap_or(false));
     let bracketed = a.first() == Some(&b'[');
     // nginx refuses empty labels too: a leading dot or two in a row (one trailing dot, the
     // root, is fine).
@@ -261,7 +317,7 @@ mod tests {
         assert_eq!(status(&req("GET", b"/", &[("host", "a b")])), 400);
         assert_eq!(
             check(&req("GET", b"/", &[]), true),
-            Ok(()),
+            Ok(Framing { chunked: false }),
             "h2: :authority"
         );
     }
@@ -381,13 +437,13 @@ mod tests {
                 }
             }
             match check(&r, h2) {
-                Ok(()) if !h2 => {
+                Ok(_) if !h2 => {
                     if let Some((authority, origin)) = absolute_form(r.raw_path()) {
                         prop_assert!(valid_authority(authority));
                         prop_assert_eq!(origin.first(), Some(&b'/'));
                     }
                 }
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(refusal) => prop_assert!([400, 405, 501].contains(&refusal.status)),
             }
             let _ = content_length_beside_te(&target);
