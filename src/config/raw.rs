@@ -86,7 +86,7 @@ pub struct RawMatch {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
-    /// `round_robin | least_connections | consistent_hash | ip_hash | random`
+    /// `round_robin | least_connections | least_latency | consistent_hash | ip_hash | random`
     pub algorithm: Option<String>,
     /// `client_ip | path | uri | {header: NAME} | {cookie: NAME} | {query: NAME}`
     #[serde(default)]
@@ -104,6 +104,12 @@ pub struct RawPool {
     #[schemars(schema_with = "super::schema::passive_health")]
     pub passive_health: Option<Value>,
     pub slow_start: Option<String>,
+    /// consistent_hash / ip_hash only: bounded load, a backend takes at most this factor of
+    /// the pool's average in-flight requests (per unit of weight); 1 < factor <= 10.
+    #[schemars(range(min = 1.0, max = 10.0))]
+    pub balance_factor: Option<f64>,
+    /// least_latency only: the time constant of the latency averages (a duration).
+    pub ewma_decay: Option<String>,
     pub retry_budget: Option<RawRetryBudget>,
     pub affinity: Option<RawAffinity>,
     /// `h1 | h2 | h2c`

@@ -25,7 +25,7 @@ use crate::config::{
 };
 use crate::health::Probe;
 use retry_budget::RetryBudget;
-use select::{Candidates, Ketama, LoadTree, Order, SmoothWeighted};
+use select::{Bound, Candidates, Ketama, LoadTree, Order, PeakEwma, SmoothWeighted};
 pub use state::{BackendState, InflightGuard, Readiness, Transition};
 
 /// The pool's algorithm, over pool indices.
@@ -33,7 +33,10 @@ enum Selector {
     /// round_robin (smooth order) and random (random order).
     Weighted(SmoothWeighted),
     LeastConn(Arc<LoadTree>),
-    Hash(Ketama),
+    /// consistent_hash and ip_hash, with the bound of `balance_factor` when set.
+    Hash(Ketama, Option<Bound>),
+    /// least_latency.
+    Latency(PeakEwma),
 }
 
 /// The Pingora identity of a backend (address + weight), for its health checks.
@@ -144,9 +147,26 @@ impl Pool {
             Algorithm::ConsistentHash | Algorithm::IpHash => {
                 let ring: Vec<(SocketAddr, u32)> =
                     backends.iter().map(|s| (s.addr, s.weight())).collect();
-                Selector::Hash(Ketama::new(&ring))
+                let bound = config.balance_factor.map(|f| Bound::new(f, &backends));
+                Selector::Hash(Ketama::new(&ring), bound)
+            }
+            Algorithm::LeastLatency => {
+                let weights: Vec<u32> = backends.iter().map(|s| s.weight()).collect();
+                let typical = match previous.map(|p| &p.selector) {
+                    Some(Selector::Latency(old)) => old.typical_ns(),
+                    _ => None,
+                };
+                Selector::Latency(PeakEwma::new(&weights, config.ewma_decay, typical))
             }
         };
+        // Requests count in the pool's total only where a bound reads it.
+        let total = match &selector {
+            Selector::Hash(_, Some(bound)) => Some(bound.total().clone()),
+            _ => None,
+        };
+        for s in backends.iter() {
+            s.count_in(total.clone());
+        }
         Pool {
             name: config.name.clone(),
             algorithm: config.algorithm,
@@ -307,18 +327,54 @@ impl Pool {
         match &self.selector {
             Selector::Weighted(s) => s.pick(&candidates, in_turn),
             Selector::LeastConn(tree) => tree.pick(&candidates),
-            Selector::Hash(ring) => {
+            Selector::Latency(p2c) => p2c.pick(&candidates),
+            Selector::Hash(ring, bound) => {
                 // A ring has 160 points per unit of weight; walk far enough to pass a few
                 // backends' worth, then fall back to any usable one.
                 let steps = self.backends.len().saturating_mul(160).clamp(256, 65_536);
                 match key {
-                    Some(key) => ring.pick(key, &candidates, steps),
+                    Some(key) => ring.pick(key, &candidates, steps, bound.as_ref()),
                     None => {
                         let spread = self.keyless.fetch_add(1, Ordering::Relaxed);
-                        ring.pick(&spread.to_le_bytes(), &candidates, steps)
+                        ring.pick(&spread.to_le_bytes(), &candidates, steps, bound.as_ref())
                     }
                 }
             }
+        }
+    }
+
+    /// least_latency: a response header from backend `i` arrived `latency` after its attempt
+    /// began (other algorithms keep no latencies).
+    pub fn observe_latency(&self, i: usize, latency: Duration) {
+        if let (Selector::Latency(p2c), Some(s)) = (&self.selector, self.backends.get(i)) {
+            p2c.observe(s, latency);
+        }
+    }
+
+    /// least_latency: an attempt on backend `i` failed `elapsed` after it began (a penalty).
+    pub fn penalize_latency(&self, i: usize, elapsed: Duration) {
+        if let (Selector::Latency(p2c), Some(s)) = (&self.selector, self.backends.get(i)) {
+            p2c.penalize(s, elapsed);
+        }
+    }
+
+    /// least_latency: backend `i`'s latency average in milliseconds, as the next pick sees it
+    /// (None: another algorithm, or no sample yet).
+    pub fn ewma_ms(&self, i: usize) -> Option<f64> {
+        let (Selector::Latency(p2c), Some(s)) = (&self.selector, self.backends.get(i)) else {
+            return None;
+        };
+        let typical = p2c.typical_ns();
+        s.latency
+            .estimate(select::p2c::now_us(), p2c.tau(), typical)
+            .map(|ns| ns / 1e6)
+    }
+
+    /// The bounded-load factor of a hashing pool (None: no bound).
+    pub fn balance_factor(&self) -> Option<f64> {
+        match &self.selector {
+            Selector::Hash(_, bound) => bound.as_ref().map(Bound::factor),
+            _ => None,
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 
 use crate::pool::select::least_conn::{LoadTree, TreeLeaf};
+use crate::pool::select::p2c::Ewma;
 
 /// Why a backend last changed state, and when.
 #[derive(Debug, Clone)]
@@ -79,6 +80,10 @@ pub struct BackendState {
     born: Instant,
     /// The least-connections tree to tell about in-flight changes (least_connections pools).
     tree: ArcSwapOption<TreeLeaf>,
+    /// The pool-wide in-flight counter its requests also count in (bounded-load hashing).
+    pool_total: ArcSwapOption<AtomicUsize>,
+    /// Peak-EWMA of response-header latency (least_latency pools).
+    pub latency: Ewma,
 }
 
 impl BackendState {
@@ -110,6 +115,8 @@ impl BackendState {
             }),
             born: Instant::now(),
             tree: ArcSwapOption::empty(),
+            pool_total: ArcSwapOption::empty(),
+            latency: Ewma::default(),
         };
         if joined && !checked {
             s.start_ramp();
@@ -137,6 +144,12 @@ impl BackendState {
     /// From now on, tell leaf `index` of `tree` when the in-flight count changes.
     pub fn attach_tree(&self, tree: std::sync::Weak<LoadTree>, index: usize) {
         self.tree.store(Some(Arc::new(TreeLeaf::new(tree, index))));
+    }
+
+    /// From now on, count this backend's new requests in `total` too (None: in no pool total).
+    /// A request keeps counting where it started, so a swap never unbalances a counter.
+    pub fn count_in(&self, total: Option<Arc<AtomicUsize>>) {
+        self.pool_total.store(total);
     }
 
     fn inflight_changed(&self) {
@@ -388,24 +401,44 @@ impl BackendState {
 pub struct InflightGuard {
     state: Arc<BackendState>,
     generation: u64,
+    /// The pool total this request counts in (bounded-load hashing), released with it.
+    total: Option<Arc<AtomicUsize>>,
+    started: Instant,
 }
 
 impl InflightGuard {
     pub fn acquire(state: Arc<BackendState>) -> Self {
         state.inflight.fetch_add(1, Ordering::Relaxed);
+        let total = state.pool_total.load_full();
+        if let Some(t) = &total {
+            t.fetch_add(1, Ordering::Relaxed);
+        }
         state.inflight_changed();
         let generation = state.generation();
-        InflightGuard { state, generation }
+        InflightGuard {
+            state,
+            generation,
+            total,
+            started: Instant::now(),
+        }
     }
 
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// When the attempt began (its backend was picked).
+    pub fn started(&self) -> Instant {
+        self.started
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.state.inflight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(t) = &self.total {
+            t.fetch_sub(1, Ordering::Relaxed);
+        }
         self.state.inflight_changed();
     }
 }
