@@ -589,6 +589,9 @@ impl ProxyHttp for Proxy {
         } else if let (Some(pool), Some((i, guard))) = (&ctx.pool, &ctx.current) {
             pool.observe_latency(*i, guard.started().elapsed());
         }
+        if let (Some(pool), Some((i, _))) = (&ctx.pool, &ctx.current) {
+            pool.take_feedback(*i, &upstream_response.headers);
+        }
         // A success is reported in `logging`, once the whole response has been relayed.
         Ok(())
     }

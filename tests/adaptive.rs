@@ -1,7 +1,7 @@
 //! Balancing that adapts, against real backends: bounded-load consistent hashing caps a hot
 //! key's home backend at its bound and leaves other keys where the ring puts them; least_latency
 //! starves a slowed backend while it is slow, gives it its share back soon after it recovers,
-//! and spreads equal backends evenly.
+//! and spreads equal backends evenly; a load that backends report scales their weight.
 
 mod common;
 
@@ -297,5 +297,55 @@ async fn a_lost_backend_costs_few_attempts_and_no_client_sees_it() {
     eprintln!(
         "least_latency, d stopped: {failed} failed attempts on d in 1000 requests, {:?}",
         tally(&after)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend-reported load.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reported_load_scales_a_backends_share() {
+    let bs = start_backends(&["a", "b"], Mode::Normal).await;
+    let refs: Vec<&Backend> = bs.iter().collect();
+    let admin = Admin::new();
+    let f = Fulcrum::start(&pool_yaml(
+        &admin,
+        &["feedback: {header: X-Backend-Load, min_weight: 10%, allow_drain: false}"],
+        &refs,
+    ))
+    .await;
+    let url = f.url("/");
+    bs[0].set_header("x-backend-load", "0.1");
+    bs[1].set_header("x-backend-load", "0.75");
+    // The first answers carry the loads; from then on b keeps a quarter of its weight and a
+    // 90%: b's share is 0.25 / 1.15.
+    spray(&url, None, 50, 4).await;
+    let loaded = spray(&url, None, 2000, 4).await;
+    let b_share = share(&loaded, "b");
+    assert!(
+        (0.17..=0.27).contains(&b_share),
+        "b (load 0.75) took {:.1}%, ideal 21.7%: {:?}",
+        b_share * 100.0,
+        tally(&loaded)
+    );
+    let b = admin.backend("p", "b").await;
+    assert_eq!(b["effective_weight"], 0.25, "{b}");
+
+    // `drain` without allow_drain: down to min_weight (10%), never to zero.
+    bs[1].set_header("x-backend-load", "drain");
+    spray(&url, None, 50, 4).await;
+    let drained = spray(&url, None, 2000, 4).await;
+    let d_share = share(&drained, "b");
+    assert!(
+        (0.05..=0.15).contains(&d_share),
+        "b (drain, min_weight 10%) took {:.1}%, ideal 10%: {:?}",
+        d_share * 100.0,
+        tally(&drained)
+    );
+    eprintln!(
+        "feedback: a at 0.1 and b at 0.75: b took {:.1}% (ideal 21.7%); b draining with \
+         min_weight 10%: {:.1}% (ideal 10%)",
+        b_share * 100.0,
+        d_share * 100.0
     );
 }

@@ -247,12 +247,25 @@ pub struct PoolConfig {
     pub balance_factor: Option<f64>,
     /// least_latency: the time constant of each backend's latency average.
     pub ewma_decay: Duration,
+    /// Backend-reported load (None: off).
+    pub feedback: Option<FeedbackConfig>,
     pub retry_budget: RetryBudgetConfig,
     pub affinity: Option<AffinityConfig>,
     pub protocol: UpstreamProtocol,
     pub upstream_tls: Option<UpstreamTls>,
     /// Concurrent streams per upstream h2 connection.
     pub max_h2_streams: usize,
+}
+
+/// `feedback:`: a response header in which backends report their load; it scales their weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackConfig {
+    /// Header name, lower-case.
+    pub header: String,
+    /// The least share of its weight a backend keeps (0 < min_weight <= 1).
+    pub min_weight: f64,
+    /// Whether `drain` takes the weight to zero (else to `min_weight`).
+    pub allow_drain: bool,
 }
 
 /// Secret key material: never printed.
@@ -297,6 +310,7 @@ impl PoolConfig {
             slow_start: None,
             balance_factor: None,
             ewma_decay: DEFAULT_EWMA_DECAY,
+            feedback: None,
             retry_budget: RetryBudgetConfig::DEFAULT,
             affinity: None,
             protocol: UpstreamProtocol::H1,

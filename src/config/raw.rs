@@ -110,12 +110,26 @@ pub struct RawPool {
     pub balance_factor: Option<f64>,
     /// least_latency only: the time constant of the latency averages (a duration).
     pub ewma_decay: Option<String>,
+    /// Backend-reported load: a response header that scales the backend's weight.
+    pub feedback: Option<RawFeedback>,
     pub retry_budget: Option<RawRetryBudget>,
     pub affinity: Option<RawAffinity>,
     /// `h1 | h2 | h2c`
     pub protocol: Option<String>,
     pub tls: Option<RawUpstreamTls>,
     pub max_h2_streams: Option<usize>,
+}
+
+/// `feedback:` of a pool: backends report their load in a response header.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeedback {
+    /// The response header: a utilisation from 0 to 1, or `drain`.
+    pub header: String,
+    /// The least share of its weight a loaded backend keeps, a percentage (default `10%`).
+    pub min_weight: Option<String>,
+    /// Whether `drain` takes the backend's weight to zero (default false: to `min_weight`).
+    pub allow_drain: Option<bool>,
 }
 
 /// `affinity:` of a pool: the sticky-session cookie.

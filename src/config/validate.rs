@@ -810,6 +810,9 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         .balance_factor
         .and_then(|f| check_balance_factor(ck, &format!("{path}.balance_factor"), algorithm, f));
     let ewma_decay = check_ewma_decay(ck, &path, algorithm, raw.ewma_decay.as_deref());
+    let feedback = raw
+        .feedback
+        .map(|f| check_feedback(ck, &format!("{path}.feedback"), f));
     let retry_budget = check_retry_budget(ck, &format!("{path}.retry_budget"), raw.retry_budget);
     let affinity = raw
         .affinity
@@ -876,6 +879,7 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         slow_start,
         balance_factor,
         ewma_decay,
+        feedback,
         retry_budget,
         affinity,
         protocol,
@@ -943,6 +947,38 @@ fn check_ewma_decay(
         ck.error(path, "must be between 100ms and 10m");
     }
     d
+}
+
+/// `feedback`: a valid header name, `min_weight` a percentage from 1% to 100%.
+fn check_feedback(ck: &mut Checker, path: &str, raw: RawFeedback) -> FeedbackConfig {
+    if http::HeaderName::from_bytes(raw.header.as_bytes()).is_err() {
+        ck.error(
+            format!("{path}.header"),
+            format!("`{}` is not a header name", raw.header),
+        );
+    }
+    let min_weight = match raw.min_weight.as_deref() {
+        None => 0.1,
+        Some(text) => match text
+            .trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+        {
+            Some(p) if (1.0..=100.0).contains(&p) => p / 100.0,
+            _ => {
+                ck.error(
+                    format!("{path}.min_weight"),
+                    format!("`{text}` is not a percentage from 1% to 100% (e.g. 10%)"),
+                );
+                0.1
+            }
+        },
+    };
+    FeedbackConfig {
+        header: raw.header.to_ascii_lowercase(),
+        min_weight,
+        allow_drain: raw.allow_drain.unwrap_or(false),
+    }
 }
 
 fn check_retry_budget(

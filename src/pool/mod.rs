@@ -58,6 +58,7 @@ pub struct Pool {
     pub health_check: Option<HealthCheckConfig>,
     pub passive_health: Option<PassiveHealthConfig>,
     pub slow_start: Option<Duration>,
+    pub feedback: Option<crate::config::FeedbackConfig>,
     pub affinity: Option<sticky::Sticky>,
     pub retry_budget: RetryBudget,
     protocol: UpstreamProtocol,
@@ -75,6 +76,18 @@ pub struct Pool {
     /// When the next round of active checks is due, and whether one is running.
     next_check: Mutex<Instant>,
     checking: AtomicBool,
+}
+
+/// The share of its weight a backend keeps for a reported `value` (None: not a load).
+fn feedback_share(f: &crate::config::FeedbackConfig, value: &str) -> Option<f64> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("drain") {
+        return Some(if f.allow_drain { 0.0 } else { f.min_weight });
+    }
+    let load: f64 = value.parse().ok()?;
+    (0.0..=1.0)
+        .contains(&load)
+        .then(|| (1.0 - load).max(f.min_weight))
 }
 
 /// Pingora's registry of `backends` with `probe` as its check.
@@ -176,6 +189,7 @@ impl Pool {
             health_check: config.health_check.clone(),
             passive_health: config.passive_health.clone(),
             slow_start: config.slow_start,
+            feedback: config.feedback.clone(),
             affinity: config
                 .affinity
                 .as_ref()
@@ -370,6 +384,21 @@ impl Pool {
             .map(|ns| ns / 1e6)
     }
 
+    /// feedback: backend `i` answered with `headers`; a load it reports there scales its
+    /// weight: utilisation u (0 to 1) leaves it 1 - u of its weight, at least `min_weight`;
+    /// `drain` leaves it none when `allow_drain`, else `min_weight`. Other values are ignored.
+    pub fn take_feedback(&self, i: usize, headers: &http::HeaderMap) {
+        let (Some(f), Some(s)) = (&self.feedback, self.backends.get(i)) else {
+            return;
+        };
+        let Some(value) = headers.get(f.header.as_str()).and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        if let Some(share) = feedback_share(f, value) {
+            s.report_share(share);
+        }
+    }
+
     /// The bounded-load factor of a hashing pool (None: no bound).
     pub fn balance_factor(&self) -> Option<f64> {
         match &self.selector {
@@ -468,6 +497,67 @@ mod tests {
             .filter(|_| p.select(None, |_| false, true) == Some(0))
             .count();
         assert!((1600..=1950).contains(&heavy), "{heavy}");
+    }
+
+    #[test]
+    fn feedback_scales_weight_within_bounds() {
+        let f = crate::config::FeedbackConfig {
+            header: "x-backend-load".into(),
+            min_weight: 0.1,
+            allow_drain: false,
+        };
+        assert_eq!(feedback_share(&f, "0.25"), Some(0.75));
+        assert_eq!(feedback_share(&f, "0"), Some(1.0));
+        assert_eq!(
+            feedback_share(&f, "0.95"),
+            Some(0.1),
+            "never below min_weight"
+        );
+        assert_eq!(feedback_share(&f, "drain"), Some(0.1), "drain not allowed");
+        assert_eq!(feedback_share(&f, "1.5"), None);
+        assert_eq!(feedback_share(&f, "busy"), None);
+        let d = crate::config::FeedbackConfig {
+            allow_drain: true,
+            ..f
+        };
+        assert_eq!(feedback_share(&d, " DRAIN "), Some(0.0));
+    }
+
+    #[test]
+    fn reported_load_shapes_shares() {
+        let mut config = PoolConfig::with_defaults(
+            "p",
+            Algorithm::Random,
+            pool(Algorithm::Random, &[1, 1])
+                .backends()
+                .iter()
+                .map(|s| BackendConfig {
+                    name: s.name.clone(),
+                    addr: s.addr,
+                    weight: 1,
+                })
+                .collect(),
+        );
+        config.feedback = Some(crate::config::FeedbackConfig {
+            header: "x-backend-load".into(),
+            min_weight: 0.1,
+            allow_drain: true,
+        });
+        let p = Pool::build(&config);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-backend-load", http::HeaderValue::from_static("0.75"));
+        p.take_feedback(1, &headers);
+        assert_eq!(p.backends()[1].effective_weight_milli(None), 250);
+        let loaded = (0..5000)
+            .filter(|_| p.select(None, |_| false, true) == Some(1))
+            .count();
+        assert!(
+            (800..1200).contains(&loaded),
+            "0.25 / 1.25 of 5000: {loaded}"
+        );
+        headers.insert("x-backend-load", http::HeaderValue::from_static("drain"));
+        p.take_feedback(1, &headers);
+        assert!((0..500).all(|_| p.select(None, |_| false, true) == Some(0)));
     }
 
     #[test]

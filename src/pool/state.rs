@@ -84,7 +84,15 @@ pub struct BackendState {
     pool_total: ArcSwapOption<AtomicUsize>,
     /// Peak-EWMA of response-header latency (least_latency pools).
     pub latency: Ewma,
+    /// The share of its weight the backend last reported it can take (feedback), thousandths.
+    reported_milli: AtomicU32,
+    /// When (see `now_ms`) it reported it; 0 = never.
+    reported_at: AtomicU64,
 }
+
+/// A backend's reported load counts for this long (ms): one that reported `drain` or a high
+/// load and then got no request to report again returns to its full weight after it.
+pub const FEEDBACK_TTL_MS: u64 = 10_000;
 
 impl BackendState {
     /// A backend of a pool; `checked` says whether it waits for a first passing check, `joined`
@@ -117,6 +125,8 @@ impl BackendState {
             tree: ArcSwapOption::empty(),
             pool_total: ArcSwapOption::empty(),
             latency: Ewma::default(),
+            reported_milli: AtomicU32::new(1000),
+            reported_at: AtomicU64::new(0),
         };
         if joined && !checked {
             s.start_ramp();
@@ -349,9 +359,31 @@ impl BackendState {
         self.ramp_from.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// How much of its weight the backend takes now, from `RAMP_FLOOR` to 1, under a slow start
-    /// of `slow_start` (None: no slow start, always 1).
+    /// The backend reported (feedback) that it can take `share` (0 to 1) of its weight.
+    pub fn report_share(&self, share: f64) {
+        let milli = (share.clamp(0.0, 1.0) * 1000.0).round() as u32;
+        self.reported_milli.store(milli, Ordering::Relaxed);
+        self.reported_at.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The share of its weight the backend last reported, while it is recent (else 1).
+    pub fn reported_share(&self) -> f64 {
+        let at = self.reported_at.load(Ordering::Relaxed);
+        if at == 0 || self.now_ms().saturating_sub(at) > FEEDBACK_TTL_MS {
+            return 1.0;
+        }
+        f64::from(self.reported_milli.load(Ordering::Relaxed)) / 1000.0
+    }
+
+    /// How much of its weight the backend takes now: its slow-start ramp (see `ramp_share`)
+    /// times the share it reported (feedback), from 0 to 1.
     pub fn ramp(&self, slow_start: Option<Duration>) -> f64 {
+        self.ramp_share(slow_start) * self.reported_share()
+    }
+
+    /// How much of its weight slow start lets the backend take now, from `RAMP_FLOOR` to 1,
+    /// under a slow start of `slow_start` (None: no slow start, always 1).
+    fn ramp_share(&self, slow_start: Option<Duration>) -> f64 {
         let Some(total) = slow_start else {
             return 1.0;
         };

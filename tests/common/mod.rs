@@ -82,6 +82,8 @@ struct Shared {
     /// Requests being answered now, and the most at once since `reset_peak`.
     busy: AtomicUsize,
     peak: AtomicUsize,
+    /// A header every answer to a request carries (`set_header`).
+    header: Mutex<Option<(String, String)>>,
 }
 
 /// Counts one request in `Shared::busy` while it is being answered.
@@ -201,6 +203,11 @@ impl Backend {
         self.shared.hits.load(Ordering::SeqCst)
     }
 
+    /// Every answer to a request carries `name: value` from now on.
+    pub fn set_header(&self, name: &str, value: &str) {
+        *self.shared.header.lock().unwrap() = Some((name.to_string(), value.to_string()));
+    }
+
     /// The most requests this backend answered at once since the last `reset_peak`.
     pub fn peak_inflight(&self) -> usize {
         self.shared.peak.load(Ordering::SeqCst)
@@ -235,10 +242,11 @@ async fn answer(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, std::io::Error> {
     let full = |status: u16, body: Bytes| {
-        Response::builder()
-            .status(status)
-            .header("x-backend", name)
-            .body(Full::new(body).map_err(|e| match e {}).boxed())
+        let mut b = Response::builder().status(status).header("x-backend", name);
+        if let Some((k, v)) = shared.header.lock().unwrap().clone() {
+            b = b.header(k, v);
+        }
+        b.body(Full::new(body).map_err(|e| match e {}).boxed())
             .unwrap()
     };
     if req.uri().path() == "/healthz" {
