@@ -94,8 +94,7 @@ impl Ewma {
     }
 }
 
-/// A pick's cost of a backend: its latency estimate x (in-flight + 1) / effective weight
-/// (thousandths). A backend without an estimate costs the pool's typical latency, or 1 ns
+/// A pick's cost of a backend: its latency estimate x (in-flight + 1) / weight (thousandths). A backend without an estimate costs the pool's typical latency, or 1 ns
 /// when the pool has none yet (then in-flight per weight decides, as least connections).
 pub fn cost(
     estimate: Option<f64>,
@@ -162,7 +161,9 @@ impl PeakEwma {
             })
     }
 
-    /// The cost of backend `i` now.
+    /// The cost of backend `i` now. Its configured weight divides it: a ramp (slow start,
+    /// reported load) already made the backend less likely to be drawn, as with `random`, and
+    /// dividing by it again would starve a ramping backend of every pair it is in.
     fn cost_of(&self, c: &Candidates, i: usize, now: u64, typical: Option<f64>) -> f64 {
         let Some(s) = c.states.get(i) else {
             return f64::INFINITY;
@@ -172,7 +173,7 @@ impl PeakEwma {
             estimate,
             typical,
             s.inflight(),
-            s.effective_weight_milli(c.slow_start),
+            u64::from(s.weight()) * 1000,
         )
     }
 
@@ -247,7 +248,7 @@ mod tests {
         assert_eq!(cost(Some(10.0), None, 3, 2000), 20.0, "twice the weight");
         assert_eq!(cost(None, Some(5.0), 1, 1000), 10.0, "no sample: typical");
         assert_eq!(cost(None, None, 2, 1000), 3.0, "nothing known: load");
-        assert_eq!(cost(Some(10.0), None, 0, 100), 100.0, "ramping at 10%");
+        assert_eq!(cost(Some(10.0), None, 0, 100), 100.0, "a tenth of a unit");
     }
 
     #[test]
@@ -345,6 +346,29 @@ mod tests {
             slow_start: None,
         };
         assert_eq!(p.pick(&none), None);
+    }
+
+    #[test]
+    fn a_ramping_backend_is_drawn_by_its_ramp() {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 2000));
+        let mut s = states(&[1]);
+        // Joined a running pool: ramps from 10% of its weight under slow start.
+        s.push(Arc::new(BackendState::new(
+            "j".into(),
+            addr,
+            1,
+            false,
+            true,
+        )));
+        let c = Candidates {
+            states: &s,
+            skip: &|_| false,
+            slow_start: Some(Duration::from_secs(100)),
+        };
+        let p = PeakEwma::new(&[1, 1], TAU, None);
+        let t = tally(&p, &c, 5000);
+        // 0.1 / 1.1 of 5000 = 455.
+        assert!((300..650).contains(&t[&1]), "{t:?}");
     }
 
     #[test]
