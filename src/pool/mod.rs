@@ -560,6 +560,50 @@ mod tests {
         assert!((0..500).all(|_| p.select(None, |_| false, true) == Some(0)));
     }
 
+    /// The in-flight total of a bounded pool.
+    fn total(p: &Pool) -> usize {
+        match &p.selector {
+            Selector::Hash(_, Some(b)) => b.total().load(Ordering::Relaxed),
+            _ => usize::MAX,
+        }
+    }
+
+    #[test]
+    fn a_rebuild_keeps_in_flight_totals_balanced_and_latencies() {
+        let backends = pool(Algorithm::ConsistentHash, &[1, 1])
+            .backends()
+            .iter()
+            .map(|s| BackendConfig {
+                name: s.name.clone(),
+                addr: s.addr,
+                weight: 1,
+            })
+            .collect::<Vec<_>>();
+        let mut config = PoolConfig::with_defaults("p", Algorithm::ConsistentHash, backends);
+        config.balance_factor = Some(1.25);
+        let old = Pool::build(&config);
+        assert_eq!(old.balance_factor(), Some(1.25));
+        let started_before = InflightGuard::acquire(old.backends()[0].clone());
+        let new = Pool::rebuild(&config, Some(&old));
+        let started_after = InflightGuard::acquire(new.backends()[0].clone());
+        assert_eq!((total(&old), total(&new)), (1, 1), "each counts its own");
+        drop(started_before);
+        drop(started_after);
+        assert_eq!((total(&old), total(&new)), (0, 0));
+        assert_eq!(new.backends()[0].inflight(), 0);
+
+        // least_latency keeps what it learnt.
+        config.algorithm = Algorithm::LeastLatency;
+        config.balance_factor = None;
+        let ll = Pool::rebuild(&config, Some(&new));
+        ll.observe_latency(0, Duration::from_millis(7));
+        let again = Pool::rebuild(&config, Some(&ll));
+        let ms = again.ewma_ms(0).unwrap();
+        assert!((ms - 7.0).abs() < 0.1, "{ms}");
+        let _g = InflightGuard::acquire(again.backends()[0].clone());
+        assert_eq!(total(&new), 0, "no longer counted in the bounded pool");
+    }
+
     #[test]
     fn guard_releases_once() {
         let p = pool(Algorithm::LeastConnections, &[1]);
