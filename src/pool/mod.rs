@@ -340,7 +340,10 @@ impl Pool {
         };
         match &self.selector {
             Selector::Weighted(s) => s.pick(&candidates, in_turn),
-            Selector::LeastConn(tree) => tree.pick(&candidates),
+            // A drained backend (feedback) is parked in the tree: the last resort, as elsewhere.
+            Selector::LeastConn(tree) => tree
+                .pick(&candidates)
+                .or_else(|| self.feedback.as_ref().and_then(|_| candidates.any_usable())),
             Selector::Latency(p2c) => p2c.pick(&candidates),
             Selector::Hash(ring, bound) => {
                 // A ring has 160 points per unit of weight; walk far enough to pass a few
@@ -558,6 +561,45 @@ mod tests {
         headers.insert("x-backend-load", http::HeaderValue::from_static("drain"));
         p.take_feedback(1, &headers);
         assert!((0..500).all(|_| p.select(None, |_| false, true) == Some(0)));
+    }
+
+    #[test]
+    fn every_algorithm_passes_over_a_drained_backend_but_for_a_last_resort() {
+        for alg in [
+            Algorithm::RoundRobin,
+            Algorithm::LeastConnections,
+            Algorithm::LeastLatency,
+            Algorithm::ConsistentHash,
+            Algorithm::Random,
+        ] {
+            let backends = pool(alg, &[1, 1])
+                .backends()
+                .iter()
+                .map(|s| BackendConfig {
+                    name: s.name.clone(),
+                    addr: s.addr,
+                    weight: 1,
+                })
+                .collect();
+            let mut config = PoolConfig::with_defaults("p", alg, backends);
+            config.feedback = Some(crate::config::FeedbackConfig {
+                header: "x-backend-load".into(),
+                min_weight: 0.1,
+                allow_drain: true,
+            });
+            let first = Pool::build(&config);
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-backend-load", http::HeaderValue::from_static("drain"));
+            first.take_feedback(0, &headers);
+            // A rebuild keeps the report; least_connections' new tree reads it at once.
+            let p = Pool::rebuild(&config, Some(&first));
+            let _busy = InflightGuard::acquire(p.backends()[1].clone());
+            for k in 0..200u32 {
+                let key = k.to_le_bytes();
+                assert_eq!(p.select(Some(&key), |_| false, true), Some(1), "{alg:?}");
+            }
+            assert_eq!(p.select(Some(b"k"), |i| i == 1, true), Some(0), "{alg:?}");
+        }
     }
 
     /// The in-flight total of a bounded pool.
