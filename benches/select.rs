@@ -1,6 +1,6 @@
 //! Nanoseconds per pick for each algorithm with 4, 100 and 10,000 backends, with 10,000 of
-//! which 10% are out of service (ejected), and for least_connections with the in-flight count
-//! a request adds and removes (criterion).
+//! which 10% are out of service (ejected), for least_connections with the in-flight count
+//! a request adds and removes, and for bounded-load consistent hashing under load (criterion).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,7 +28,43 @@ fn pool(algorithm: Algorithm, n: usize) -> Pool {
         .collect();
     let mut config = PoolConfig::with_defaults("bench", algorithm, backends);
     config.hash_key = hash_key;
-    Pool::build(&config)
+    let p = Pool::build(&config);
+    if algorithm == Algorithm::LeastLatency {
+        // Latencies learnt: 1 to 20 ms.
+        for i in 0..n {
+            p.observe_latency(i, Duration::from_millis(1 + (i % 20) as u64));
+        }
+    }
+    p
+}
+
+/// A consistent_hash pool with `balance_factor: 1.25` whose backends hold 0 to 3 requests
+/// each (the guards returned), so that picks meet backends at their bound.
+fn bounded_pool(n: usize) -> (Pool, Vec<InflightGuard>) {
+    let plain = pool(Algorithm::ConsistentHash, n);
+    let mut config = PoolConfig::with_defaults(
+        "bench",
+        Algorithm::ConsistentHash,
+        plain
+            .backends()
+            .iter()
+            .map(|s| BackendConfig {
+                name: s.name.clone(),
+                addr: s.addr,
+                weight: s.weight(),
+            })
+            .collect(),
+    );
+    config.hash_key = Some(HashKey::Header("x-user-id".into()));
+    config.balance_factor = Some(1.25);
+    let p = Pool::build(&config);
+    let guards = p
+        .backends()
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| (0..i % 4).map(move |_| InflightGuard::acquire(s.clone())))
+        .collect();
+    (p, guards)
 }
 
 /// Eject every tenth backend of `p` (as passive health would).
@@ -47,6 +83,7 @@ fn picks(c: &mut Criterion) {
     for alg in [
         Algorithm::RoundRobin,
         Algorithm::LeastConnections,
+        Algorithm::LeastLatency,
         Algorithm::ConsistentHash,
         Algorithm::IpHash,
         Algorithm::Random,
@@ -74,6 +111,35 @@ fn picks(c: &mut Criterion) {
             })
         });
     }
+    for n in [4usize, 100, 10_000] {
+        let (p, _held) = bounded_pool(n);
+        let mut i: u32 = 0;
+        group.bench_with_input(
+            BenchmarkId::new("consistent_hash, bounded", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    i = i.wrapping_add(1);
+                    let key = i.to_le_bytes();
+                    black_box(p.select(Some(&key), |_| false, true))
+                })
+            },
+        );
+    }
+    let (p, _held) = bounded_pool(10_000);
+    take_out_a_tenth(&p);
+    let mut i: u32 = 0;
+    group.bench_with_input(
+        BenchmarkId::new("consistent_hash, bounded, 10% out", 10_000),
+        &10_000,
+        |b, _| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                let key = i.to_le_bytes();
+                black_box(p.select(Some(&key), |_| false, true))
+            })
+        },
+    );
     group.finish();
 }
 

@@ -59,6 +59,7 @@ impl AdminApp {
                             "admitted": b.is_admitted(),
                             "ejected": b.is_ejected(),
                             "inflight": b.inflight(),
+                            "ewma_ms": p.ewma_ms(i),
                             "since": humantime::format_rfc3339_seconds(t.at).to_string(),
                             "reason": t.reason,
                         })
@@ -71,6 +72,7 @@ impl AdminApp {
                         "health_check": p.health_check.is_some(),
                         "passive_health": p.passive_health.is_some(),
                         "slow_start": p.slow_start.map(|d| humantime::format_duration(d).to_string()),
+                        "balance_factor": p.balance_factor(),
                         "affinity": p.affinity.is_some(),
                         "backends": backends,
                     }),

@@ -162,10 +162,12 @@ impl RequestCtx {
             .map(|total| total.saturating_sub(self.started.elapsed()))
     }
 
-    /// Report the current attempt's failure to the pool (passive health).
+    /// Report the current attempt's failure to the pool (passive health; least_latency
+    /// takes it as a penalty sample).
     fn report_failure(&self, kind: ErrorKind, why: &str) {
         if let (Some(pool), Some((i, guard))) = (&self.pool, &self.current) {
             pool.report_failure(*i, guard.generation(), why);
+            pool.penalize_latency(*i, guard.started().elapsed());
             if let Some(o) = self.observer() {
                 o.metrics.upstream_error(*i, kind);
             }
@@ -583,6 +585,11 @@ impl ProxyHttp for Proxy {
             .is_some_and(|p| p.fail_on_status.contains(&status));
         if failed {
             ctx.report_failure(ErrorKind::Status, &format!("answered {status}"));
+        } else if let (Some(pool), Some((i, guard))) = (&ctx.pool, &ctx.current) {
+            pool.observe_latency(*i, guard.started().elapsed());
+        }
+        if let (Some(pool), Some((i, _))) = (&ctx.pool, &ctx.current) {
+            pool.take_feedback(*i, &upstream_response.headers);
         }
         // A success is reported in `logging`, once the whole response has been relayed.
         Ok(())

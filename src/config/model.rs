@@ -155,6 +155,8 @@ pub struct RouteConfig {
 pub enum Algorithm {
     RoundRobin,
     LeastConnections,
+    /// Power of two choices over peak-EWMA latency x (in-flight + 1) / weight.
+    LeastLatency,
     ConsistentHash,
     IpHash,
     Random,
@@ -165,6 +167,7 @@ impl Algorithm {
         match self {
             Algorithm::RoundRobin => "round_robin",
             Algorithm::LeastConnections => "least_connections",
+            Algorithm::LeastLatency => "least_latency",
             Algorithm::ConsistentHash => "consistent_hash",
             Algorithm::IpHash => "ip_hash",
             Algorithm::Random => "random",
@@ -220,6 +223,9 @@ impl Default for Timeouts {
 
 pub const DEFAULT_RETRIES: u32 = 2;
 
+/// least_latency's default time constant (linkerd2-proxy's default decay).
+pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
@@ -235,12 +241,31 @@ pub struct PoolConfig {
     pub passive_health: Option<PassiveHealthConfig>,
     /// How long a backend that becomes usable ramps up to its full weight (None: off).
     pub slow_start: Option<Duration>,
+    /// Bounded-load consistent hashing (consistent_hash, ip_hash): a backend whose in-flight
+    /// requests would exceed this factor of its weighted share of the pool's is passed over
+    /// (None: off).
+    pub balance_factor: Option<f64>,
+    /// least_latency: the time constant of each backend's latency average.
+    pub ewma_decay: Duration,
+    /// Backend-reported load (None: off).
+    pub feedback: Option<FeedbackConfig>,
     pub retry_budget: RetryBudgetConfig,
     pub affinity: Option<AffinityConfig>,
     pub protocol: UpstreamProtocol,
     pub upstream_tls: Option<UpstreamTls>,
     /// Concurrent streams per upstream h2 connection.
     pub max_h2_streams: usize,
+}
+
+/// `feedback:`: a response header in which backends report their load; it scales their weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackConfig {
+    /// Header name, lower-case.
+    pub header: String,
+    /// The least share of its weight a backend keeps (0 < min_weight <= 1).
+    pub min_weight: f64,
+    /// Whether `drain` takes the weight to zero (else to `min_weight`).
+    pub allow_drain: bool,
 }
 
 /// Secret key material: never printed.
@@ -283,6 +308,9 @@ impl PoolConfig {
             health_check: None,
             passive_health: Some(PassiveHealthConfig::DEFAULT),
             slow_start: None,
+            balance_factor: None,
+            ewma_decay: DEFAULT_EWMA_DECAY,
+            feedback: None,
             retry_budget: RetryBudgetConfig::DEFAULT,
             affinity: None,
             protocol: UpstreamProtocol::H1,

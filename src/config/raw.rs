@@ -86,7 +86,7 @@ pub struct RawMatch {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
-    /// `round_robin | least_connections | consistent_hash | ip_hash | random`
+    /// `round_robin | least_connections | least_latency | consistent_hash | ip_hash | random`
     pub algorithm: Option<String>,
     /// `client_ip | path | uri | {header: NAME} | {cookie: NAME} | {query: NAME}`
     #[serde(default)]
@@ -104,12 +104,32 @@ pub struct RawPool {
     #[schemars(schema_with = "super::schema::passive_health")]
     pub passive_health: Option<Value>,
     pub slow_start: Option<String>,
+    /// consistent_hash / ip_hash only: bounded load, a backend takes at most this factor of
+    /// the pool's average in-flight requests (per unit of weight); 1 < factor <= 10.
+    #[schemars(range(min = 1.0, max = 10.0))]
+    pub balance_factor: Option<f64>,
+    /// least_latency only: the time constant of the latency averages (a duration).
+    pub ewma_decay: Option<String>,
+    /// Backend-reported load: a response header that scales the backend's weight.
+    pub feedback: Option<RawFeedback>,
     pub retry_budget: Option<RawRetryBudget>,
     pub affinity: Option<RawAffinity>,
     /// `h1 | h2 | h2c`
     pub protocol: Option<String>,
     pub tls: Option<RawUpstreamTls>,
     pub max_h2_streams: Option<usize>,
+}
+
+/// `feedback:` of a pool: backends report their load in a response header.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeedback {
+    /// The response header: a utilisation from 0 to 1, or `drain`.
+    pub header: String,
+    /// The least share of its weight a loaded backend keeps, a percentage (default `10%`).
+    pub min_weight: Option<String>,
+    /// Whether `drain` takes the backend's weight to zero (default false: to `min_weight`).
+    pub allow_drain: Option<bool>,
 }
 
 /// `affinity:` of a pool: the sticky-session cookie.

@@ -681,13 +681,14 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
     let algorithm = match raw.algorithm.as_deref().unwrap_or("round_robin") {
         "round_robin" => Algorithm::RoundRobin,
         "least_connections" => Algorithm::LeastConnections,
+        "least_latency" => Algorithm::LeastLatency,
         "consistent_hash" => Algorithm::ConsistentHash,
         "ip_hash" => Algorithm::IpHash,
         "random" => Algorithm::Random,
         other => {
             ck.error(
                 format!("{path}.algorithm"),
-                format!("unknown algorithm `{other}`: expected round_robin, least_connections, consistent_hash, ip_hash or random"),
+                format!("unknown algorithm `{other}`: expected round_robin, least_connections, least_latency, consistent_hash, ip_hash or random"),
             );
             Algorithm::RoundRobin
         }
@@ -805,6 +806,13 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         }
         (!d.is_zero()).then_some(d)
     });
+    let balance_factor = raw
+        .balance_factor
+        .and_then(|f| check_balance_factor(ck, &format!("{path}.balance_factor"), algorithm, f));
+    let ewma_decay = check_ewma_decay(ck, &path, algorithm, raw.ewma_decay.as_deref());
+    let feedback = raw
+        .feedback
+        .map(|f| check_feedback(ck, &format!("{path}.feedback"), f));
     let retry_budget = check_retry_budget(ck, &format!("{path}.retry_budget"), raw.retry_budget);
     let affinity = raw
         .affinity
@@ -869,6 +877,9 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         health_check,
         passive_health,
         slow_start,
+        balance_factor,
+        ewma_decay,
+        feedback,
         retry_budget,
         affinity,
         protocol,
@@ -879,6 +890,96 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
 
 /// Longest `slow_start`.
 const MAX_SLOW_START: Duration = Duration::from_secs(3600);
+
+/// Largest `balance_factor`: beyond it the bound hardly ever applies.
+pub const MAX_BALANCE_FACTOR: f64 = 10.0;
+
+/// `balance_factor`: hashing pools only, 1 < factor <= 10.
+fn check_balance_factor(
+    ck: &mut Checker,
+    path: &str,
+    algorithm: Algorithm,
+    factor: f64,
+) -> Option<f64> {
+    if !matches!(algorithm, Algorithm::ConsistentHash | Algorithm::IpHash) {
+        ck.error(
+            path,
+            format!(
+                "`balance_factor` only applies to consistent_hash and ip_hash, this pool uses {}",
+                algorithm.as_str()
+            ),
+        );
+        return None;
+    }
+    if !(factor > 1.0 && factor <= MAX_BALANCE_FACTOR) {
+        ck.error(
+            path,
+            format!("{factor} is out of range: must be above 1 and at most {MAX_BALANCE_FACTOR} (e.g. 1.25: a backend takes at most 25% over its share)"),
+        );
+        return None;
+    }
+    Some(factor)
+}
+
+/// `ewma_decay`: least_latency only, 100ms to 10m.
+fn check_ewma_decay(
+    ck: &mut Checker,
+    pool: &str,
+    algorithm: Algorithm,
+    raw: Option<&str>,
+) -> Duration {
+    let Some(raw) = raw else {
+        return DEFAULT_EWMA_DECAY;
+    };
+    let path = format!("{pool}.ewma_decay");
+    if algorithm != Algorithm::LeastLatency {
+        ck.error(
+            path,
+            format!(
+                "`ewma_decay` only applies to least_latency, this pool uses {}",
+                algorithm.as_str()
+            ),
+        );
+        return DEFAULT_EWMA_DECAY;
+    }
+    let d = parse_duration(ck, &path, Some(raw), DEFAULT_EWMA_DECAY);
+    if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&d) {
+        ck.error(path, "must be between 100ms and 10m");
+    }
+    d
+}
+
+/// `feedback`: a valid header name, `min_weight` a percentage from 1% to 100%.
+fn check_feedback(ck: &mut Checker, path: &str, raw: RawFeedback) -> FeedbackConfig {
+    if http::HeaderName::from_bytes(raw.header.as_bytes()).is_err() {
+        ck.error(
+            format!("{path}.header"),
+            format!("`{}` is not a header name", raw.header),
+        );
+    }
+    let min_weight = match raw.min_weight.as_deref() {
+        None => 0.1,
+        Some(text) => match text
+            .trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+        {
+            Some(p) if (1.0..=100.0).contains(&p) => p / 100.0,
+            _ => {
+                ck.error(
+                    format!("{path}.min_weight"),
+                    format!("`{text}` is not a percentage from 1% to 100% (e.g. 10%)"),
+                );
+                0.1
+            }
+        },
+    };
+    FeedbackConfig {
+        header: raw.header.to_ascii_lowercase(),
+        min_weight,
+        allow_drain: raw.allow_drain.unwrap_or(false),
+    }
+}
 
 fn check_retry_budget(
     ck: &mut Checker,

@@ -25,7 +25,7 @@ use crate::config::{
 };
 use crate::health::Probe;
 use retry_budget::RetryBudget;
-use select::{Candidates, Ketama, LoadTree, Order, SmoothWeighted};
+use select::{Bound, Candidates, Ketama, LoadTree, Order, PeakEwma, SmoothWeighted};
 pub use state::{BackendState, InflightGuard, Readiness, Transition};
 
 /// The pool's algorithm, over pool indices.
@@ -33,7 +33,10 @@ enum Selector {
     /// round_robin (smooth order) and random (random order).
     Weighted(SmoothWeighted),
     LeastConn(Arc<LoadTree>),
-    Hash(Ketama),
+    /// consistent_hash and ip_hash, with the bound of `balance_factor` when set.
+    Hash(Ketama, Option<Bound>),
+    /// least_latency.
+    Latency(PeakEwma),
 }
 
 /// The Pingora identity of a backend (address + weight), for its health checks.
@@ -55,6 +58,7 @@ pub struct Pool {
     pub health_check: Option<HealthCheckConfig>,
     pub passive_health: Option<PassiveHealthConfig>,
     pub slow_start: Option<Duration>,
+    pub feedback: Option<crate::config::FeedbackConfig>,
     pub affinity: Option<sticky::Sticky>,
     pub retry_budget: RetryBudget,
     protocol: UpstreamProtocol,
@@ -72,6 +76,18 @@ pub struct Pool {
     /// When the next round of active checks is due, and whether one is running.
     next_check: Mutex<Instant>,
     checking: AtomicBool,
+}
+
+/// The share of its weight a backend keeps for a reported `value` (None: not a load).
+fn feedback_share(f: &crate::config::FeedbackConfig, value: &str) -> Option<f64> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("drain") {
+        return Some(if f.allow_drain { 0.0 } else { f.min_weight });
+    }
+    let load: f64 = value.parse().ok()?;
+    (0.0..=1.0)
+        .contains(&load)
+        .then(|| (1.0 - load).max(f.min_weight))
 }
 
 /// Pingora's registry of `backends` with `probe` as its check.
@@ -144,9 +160,26 @@ impl Pool {
             Algorithm::ConsistentHash | Algorithm::IpHash => {
                 let ring: Vec<(SocketAddr, u32)> =
                     backends.iter().map(|s| (s.addr, s.weight())).collect();
-                Selector::Hash(Ketama::new(&ring))
+                let bound = config.balance_factor.map(|f| Bound::new(f, &backends));
+                Selector::Hash(Ketama::new(&ring), bound)
+            }
+            Algorithm::LeastLatency => {
+                let weights: Vec<u32> = backends.iter().map(|s| s.weight()).collect();
+                let typical = match previous.map(|p| &p.selector) {
+                    Some(Selector::Latency(old)) => old.typical_ns(),
+                    _ => None,
+                };
+                Selector::Latency(PeakEwma::new(&weights, config.ewma_decay, typical))
             }
         };
+        // Requests count in the pool's total only where a bound reads it.
+        let total = match &selector {
+            Selector::Hash(_, Some(bound)) => Some(bound.total().clone()),
+            _ => None,
+        };
+        for s in backends.iter() {
+            s.count_in(total.clone());
+        }
         Pool {
             name: config.name.clone(),
             algorithm: config.algorithm,
@@ -156,6 +189,7 @@ impl Pool {
             health_check: config.health_check.clone(),
             passive_health: config.passive_health.clone(),
             slow_start: config.slow_start,
+            feedback: config.feedback.clone(),
             affinity: config
                 .affinity
                 .as_ref()
@@ -306,19 +340,73 @@ impl Pool {
         };
         match &self.selector {
             Selector::Weighted(s) => s.pick(&candidates, in_turn),
-            Selector::LeastConn(tree) => tree.pick(&candidates),
-            Selector::Hash(ring) => {
+            // A drained backend (feedback) is parked in the tree: the last resort, as elsewhere.
+            Selector::LeastConn(tree) => tree
+                .pick(&candidates)
+                .or_else(|| self.feedback.as_ref().and_then(|_| candidates.any_usable())),
+            Selector::Latency(p2c) => p2c.pick(&candidates),
+            Selector::Hash(ring, bound) => {
                 // A ring has 160 points per unit of weight; walk far enough to pass a few
                 // backends' worth, then fall back to any usable one.
                 let steps = self.backends.len().saturating_mul(160).clamp(256, 65_536);
                 match key {
-                    Some(key) => ring.pick(key, &candidates, steps),
+                    Some(key) => ring.pick(key, &candidates, steps, bound.as_ref()),
                     None => {
                         let spread = self.keyless.fetch_add(1, Ordering::Relaxed);
-                        ring.pick(&spread.to_le_bytes(), &candidates, steps)
+                        ring.pick(&spread.to_le_bytes(), &candidates, steps, bound.as_ref())
                     }
                 }
             }
+        }
+    }
+
+    /// least_latency: a response header from backend `i` arrived `latency` after its attempt
+    /// began (other algorithms keep no latencies).
+    pub fn observe_latency(&self, i: usize, latency: Duration) {
+        if let (Selector::Latency(p2c), Some(s)) = (&self.selector, self.backends.get(i)) {
+            p2c.observe(s, latency);
+        }
+    }
+
+    /// least_latency: an attempt on backend `i` failed `elapsed` after it began (a penalty).
+    pub fn penalize_latency(&self, i: usize, elapsed: Duration) {
+        if let (Selector::Latency(p2c), Some(s)) = (&self.selector, self.backends.get(i)) {
+            p2c.penalize(s, elapsed);
+        }
+    }
+
+    /// least_latency: backend `i`'s latency average in milliseconds, as the next pick sees it
+    /// (None: another algorithm, or no sample yet).
+    pub fn ewma_ms(&self, i: usize) -> Option<f64> {
+        let (Selector::Latency(p2c), Some(s)) = (&self.selector, self.backends.get(i)) else {
+            return None;
+        };
+        let typical = p2c.typical_ns();
+        s.latency
+            .estimate(select::p2c::now_us(), p2c.tau(), typical)
+            .map(|ns| ns / 1e6)
+    }
+
+    /// feedback: backend `i` answered with `headers`; a load it reports there scales its
+    /// weight: utilisation u (0 to 1) leaves it 1 - u of its weight, at least `min_weight`;
+    /// `drain` leaves it none when `allow_drain`, else `min_weight`. Other values are ignored.
+    pub fn take_feedback(&self, i: usize, headers: &http::HeaderMap) {
+        let (Some(f), Some(s)) = (&self.feedback, self.backends.get(i)) else {
+            return;
+        };
+        let Some(value) = headers.get(f.header.as_str()).and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        if let Some(share) = feedback_share(f, value) {
+            s.report_share(share);
+        }
+    }
+
+    /// The bounded-load factor of a hashing pool (None: no bound).
+    pub fn balance_factor(&self) -> Option<f64> {
+        match &self.selector {
+            Selector::Hash(_, bound) => bound.as_ref().map(Bound::factor),
+            _ => None,
         }
     }
 
@@ -412,6 +500,150 @@ mod tests {
             .filter(|_| p.select(None, |_| false, true) == Some(0))
             .count();
         assert!((1600..=1950).contains(&heavy), "{heavy}");
+    }
+
+    #[test]
+    fn feedback_scales_weight_within_bounds() {
+        let f = crate::config::FeedbackConfig {
+            header: "x-backend-load".into(),
+            min_weight: 0.1,
+            allow_drain: false,
+        };
+        assert_eq!(feedback_share(&f, "0.25"), Some(0.75));
+        assert_eq!(feedback_share(&f, "0"), Some(1.0));
+        assert_eq!(
+            feedback_share(&f, "0.95"),
+            Some(0.1),
+            "never below min_weight"
+        );
+        assert_eq!(feedback_share(&f, "drain"), Some(0.1), "drain not allowed");
+        assert_eq!(feedback_share(&f, "1.5"), None);
+        assert_eq!(feedback_share(&f, "busy"), None);
+        let d = crate::config::FeedbackConfig {
+            allow_drain: true,
+            ..f
+        };
+        assert_eq!(feedback_share(&d, " DRAIN "), Some(0.0));
+    }
+
+    #[test]
+    fn reported_load_shapes_shares() {
+        let mut config = PoolConfig::with_defaults(
+            "p",
+            Algorithm::Random,
+            pool(Algorithm::Random, &[1, 1])
+                .backends()
+                .iter()
+                .map(|s| BackendConfig {
+                    name: s.name.clone(),
+                    addr: s.addr,
+                    weight: 1,
+                })
+                .collect(),
+        );
+        config.feedback = Some(crate::config::FeedbackConfig {
+            header: "x-backend-load".into(),
+            min_weight: 0.1,
+            allow_drain: true,
+        });
+        let p = Pool::build(&config);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-backend-load", http::HeaderValue::from_static("0.75"));
+        p.take_feedback(1, &headers);
+        assert_eq!(p.backends()[1].effective_weight_milli(None), 250);
+        let loaded = (0..5000)
+            .filter(|_| p.select(None, |_| false, true) == Some(1))
+            .count();
+        assert!(
+            (800..1200).contains(&loaded),
+            "0.25 / 1.25 of 5000: {loaded}"
+        );
+        headers.insert("x-backend-load", http::HeaderValue::from_static("drain"));
+        p.take_feedback(1, &headers);
+        assert!((0..500).all(|_| p.select(None, |_| false, true) == Some(0)));
+    }
+
+    #[test]
+    fn every_algorithm_passes_over_a_drained_backend_but_for_a_last_resort() {
+        for alg in [
+            Algorithm::RoundRobin,
+            Algorithm::LeastConnections,
+            Algorithm::LeastLatency,
+            Algorithm::ConsistentHash,
+            Algorithm::Random,
+        ] {
+            let backends = pool(alg, &[1, 1])
+                .backends()
+                .iter()
+                .map(|s| BackendConfig {
+                    name: s.name.clone(),
+                    addr: s.addr,
+                    weight: 1,
+                })
+                .collect();
+            let mut config = PoolConfig::with_defaults("p", alg, backends);
+            config.feedback = Some(crate::config::FeedbackConfig {
+                header: "x-backend-load".into(),
+                min_weight: 0.1,
+                allow_drain: true,
+            });
+            let first = Pool::build(&config);
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-backend-load", http::HeaderValue::from_static("drain"));
+            first.take_feedback(0, &headers);
+            // A rebuild keeps the report; least_connections' new tree reads it at once.
+            let p = Pool::rebuild(&config, Some(&first));
+            let _busy = InflightGuard::acquire(p.backends()[1].clone());
+            for k in 0..200u32 {
+                let key = k.to_le_bytes();
+                assert_eq!(p.select(Some(&key), |_| false, true), Some(1), "{alg:?}");
+            }
+            assert_eq!(p.select(Some(b"k"), |i| i == 1, true), Some(0), "{alg:?}");
+        }
+    }
+
+    /// The in-flight total of a bounded pool.
+    fn total(p: &Pool) -> usize {
+        match &p.selector {
+            Selector::Hash(_, Some(b)) => b.total().load(Ordering::Relaxed),
+            _ => usize::MAX,
+        }
+    }
+
+    #[test]
+    fn a_rebuild_keeps_in_flight_totals_balanced_and_latencies() {
+        let backends = pool(Algorithm::ConsistentHash, &[1, 1])
+            .backends()
+            .iter()
+            .map(|s| BackendConfig {
+                name: s.name.clone(),
+                addr: s.addr,
+                weight: 1,
+            })
+            .collect::<Vec<_>>();
+        let mut config = PoolConfig::with_defaults("p", Algorithm::ConsistentHash, backends);
+        config.balance_factor = Some(1.25);
+        let old = Pool::build(&config);
+        assert_eq!(old.balance_factor(), Some(1.25));
+        let started_before = InflightGuard::acquire(old.backends()[0].clone());
+        let new = Pool::rebuild(&config, Some(&old));
+        let started_after = InflightGuard::acquire(new.backends()[0].clone());
+        assert_eq!((total(&old), total(&new)), (1, 1), "each counts its own");
+        drop(started_before);
+        drop(started_after);
+        assert_eq!((total(&old), total(&new)), (0, 0));
+        assert_eq!(new.backends()[0].inflight(), 0);
+
+        // least_latency keeps what it learnt.
+        config.algorithm = Algorithm::LeastLatency;
+        config.balance_factor = None;
+        let ll = Pool::rebuild(&config, Some(&new));
+        ll.observe_latency(0, Duration::from_millis(7));
+        let again = Pool::rebuild(&config, Some(&ll));
+        let ms = again.ewma_ms(0).unwrap();
+        assert!((ms - 7.0).abs() < 0.1, "{ms}");
+        let _g = InflightGuard::acquire(again.backends()[0].clone());
+        assert_eq!(total(&new), 0, "no longer counted in the bounded pool");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 
 use crate::pool::select::least_conn::{LoadTree, TreeLeaf};
+use crate::pool::select::p2c::Ewma;
 
 /// Why a backend last changed state, and when.
 #[derive(Debug, Clone)]
@@ -79,7 +80,19 @@ pub struct BackendState {
     born: Instant,
     /// The least-connections tree to tell about in-flight changes (least_connections pools).
     tree: ArcSwapOption<TreeLeaf>,
+    /// The pool-wide in-flight counter its requests also count in (bounded-load hashing).
+    pool_total: ArcSwapOption<AtomicUsize>,
+    /// Peak-EWMA of response-header latency (least_latency pools).
+    pub latency: Ewma,
+    /// The share of its weight the backend last reported it can take (feedback), thousandths.
+    reported_milli: AtomicU32,
+    /// When (see `now_ms`) it reported it; 0 = never.
+    reported_at: AtomicU64,
 }
+
+/// A backend's reported load counts for this long (ms): one that reported `drain` or a high
+/// load and then got no request to report again returns to its full weight after it.
+pub const FEEDBACK_TTL_MS: u64 = 10_000;
 
 impl BackendState {
     /// A backend of a pool; `checked` says whether it waits for a first passing check, `joined`
@@ -110,6 +123,10 @@ impl BackendState {
             }),
             born: Instant::now(),
             tree: ArcSwapOption::empty(),
+            pool_total: ArcSwapOption::empty(),
+            latency: Ewma::default(),
+            reported_milli: AtomicU32::new(1000),
+            reported_at: AtomicU64::new(0),
         };
         if joined && !checked {
             s.start_ramp();
@@ -137,6 +154,12 @@ impl BackendState {
     /// From now on, tell leaf `index` of `tree` when the in-flight count changes.
     pub fn attach_tree(&self, tree: std::sync::Weak<LoadTree>, index: usize) {
         self.tree.store(Some(Arc::new(TreeLeaf::new(tree, index))));
+    }
+
+    /// From now on, count this backend's new requests in `total` too (None: in no pool total).
+    /// A request keeps counting where it started, so a swap never unbalances a counter.
+    pub fn count_in(&self, total: Option<Arc<AtomicUsize>>) {
+        self.pool_total.store(total);
     }
 
     fn inflight_changed(&self) {
@@ -336,9 +359,31 @@ impl BackendState {
         self.ramp_from.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// How much of its weight the backend takes now, from `RAMP_FLOOR` to 1, under a slow start
-    /// of `slow_start` (None: no slow start, always 1).
+    /// The backend reported (feedback) that it can take `share` (0 to 1) of its weight.
+    pub fn report_share(&self, share: f64) {
+        let milli = (share.clamp(0.0, 1.0) * 1000.0).round() as u32;
+        self.reported_milli.store(milli, Ordering::Relaxed);
+        self.reported_at.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The share of its weight the backend last reported, while it is recent (else 1).
+    pub fn reported_share(&self) -> f64 {
+        let at = self.reported_at.load(Ordering::Relaxed);
+        if at == 0 || self.now_ms().saturating_sub(at) > FEEDBACK_TTL_MS {
+            return 1.0;
+        }
+        f64::from(self.reported_milli.load(Ordering::Relaxed)) / 1000.0
+    }
+
+    /// How much of its weight the backend takes now: its slow-start ramp (see `ramp_share`)
+    /// times the share it reported (feedback), from 0 to 1.
     pub fn ramp(&self, slow_start: Option<Duration>) -> f64 {
+        self.ramp_share(slow_start) * self.reported_share()
+    }
+
+    /// How much of its weight slow start lets the backend take now, from `RAMP_FLOOR` to 1,
+    /// under a slow start of `slow_start` (None: no slow start, always 1).
+    fn ramp_share(&self, slow_start: Option<Duration>) -> f64 {
         let Some(total) = slow_start else {
             return 1.0;
         };
@@ -388,24 +433,44 @@ impl BackendState {
 pub struct InflightGuard {
     state: Arc<BackendState>,
     generation: u64,
+    /// The pool total this request counts in (bounded-load hashing), released with it.
+    total: Option<Arc<AtomicUsize>>,
+    started: Instant,
 }
 
 impl InflightGuard {
     pub fn acquire(state: Arc<BackendState>) -> Self {
         state.inflight.fetch_add(1, Ordering::Relaxed);
+        let total = state.pool_total.load_full();
+        if let Some(t) = &total {
+            t.fetch_add(1, Ordering::Relaxed);
+        }
         state.inflight_changed();
         let generation = state.generation();
-        InflightGuard { state, generation }
+        InflightGuard {
+            state,
+            generation,
+            total,
+            started: Instant::now(),
+        }
     }
 
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// When the attempt began (its backend was picked).
+    pub fn started(&self) -> Instant {
+        self.started
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.state.inflight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(t) = &self.total {
+            t.fetch_sub(1, Ordering::Relaxed);
+        }
         self.state.inflight_changed();
     }
 }

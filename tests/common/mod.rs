@@ -79,6 +79,28 @@ struct Shared {
     health_status: std::sync::atomic::AtomicU16,
     health_checks: Mutex<Vec<Instant>>,
     mode: Mutex<Option<Mode>>,
+    /// Requests being answered now, and the most at once since `reset_peak`.
+    busy: AtomicUsize,
+    peak: AtomicUsize,
+    /// A header every answer to a request carries (`set_header`).
+    header: Mutex<Option<(String, String)>>,
+}
+
+/// Counts one request in `Shared::busy` while it is being answered.
+struct Busy<'a>(&'a Shared);
+
+impl<'a> Busy<'a> {
+    fn enter(shared: &'a Shared) -> Busy<'a> {
+        let now = shared.busy.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak.fetch_max(now, Ordering::SeqCst);
+        Busy(shared)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Backend {
@@ -181,6 +203,20 @@ impl Backend {
         self.shared.hits.load(Ordering::SeqCst)
     }
 
+    /// Every answer to a request carries `name: value` from now on.
+    pub fn set_header(&self, name: &str, value: &str) {
+        *self.shared.header.lock().unwrap() = Some((name.to_string(), value.to_string()));
+    }
+
+    /// The most requests this backend answered at once since the last `reset_peak`.
+    pub fn peak_inflight(&self) -> usize {
+        self.shared.peak.load(Ordering::SeqCst)
+    }
+
+    pub fn reset_peak(&self) {
+        self.shared.peak.store(0, Ordering::SeqCst);
+    }
+
     pub fn last_headers(&self) -> BTreeMap<String, String> {
         self.shared.last_headers.lock().unwrap().clone()
     }
@@ -206,10 +242,11 @@ async fn answer(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, std::io::Error> {
     let full = |status: u16, body: Bytes| {
-        Response::builder()
-            .status(status)
-            .header("x-backend", name)
-            .body(Full::new(body).map_err(|e| match e {}).boxed())
+        let mut b = Response::builder().status(status).header("x-backend", name);
+        if let Some((k, v)) = shared.header.lock().unwrap().clone() {
+            b = b.header(k, v);
+        }
+        b.body(Full::new(body).map_err(|e| match e {}).boxed())
             .unwrap()
     };
     if req.uri().path() == "/healthz" {
@@ -225,6 +262,7 @@ async fn answer(
             .unwrap());
     }
     shared.hits.fetch_add(1, Ordering::SeqCst);
+    let _busy = Busy::enter(shared);
     *shared.last_method.lock().unwrap() = req.method().to_string();
     *shared.last_headers.lock().unwrap() = req
         .headers()

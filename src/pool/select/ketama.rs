@@ -3,11 +3,12 @@
 //! the hash, so that a lookup in a ring of millions of points touches a few cache lines instead
 //! of ~20. A key whose backend may not take the request walks on along the ring, so a lost
 //! backend's keys spread over the others; a backend ramping up under slow start takes a share
-//! of its keys that grows with its ramp (the same keys on every instance).
+//! of its keys that grows with its ramp (the same keys on every instance). With a bound
+//! (`balance_factor`), a backend at its bound is passed over too (see `bounded`).
 
 use std::net::SocketAddr;
 
-use super::Candidates;
+use super::{Bound, Candidates};
 
 /// Points per unit of weight: pingora-ketama's (and nginx's) 160.
 const POINTS_PER_WEIGHT: u32 = 160;
@@ -102,18 +103,45 @@ impl Ketama {
 
     /// The first backend along the ring from `key` that `c` allows, within `steps` points;
     /// then any usable backend. A backend that ramps up takes the key only when the key's
-    /// own fraction for it is below its ramp. Returns a pool index, None when none is usable.
-    pub fn pick(&self, key: &[u8], c: &Candidates, steps: usize) -> Option<usize> {
+    /// own fraction for it is below its ramp. With a `bound` (bounded load), a backend whose
+    /// in-flight count is at its bound is passed over too; when every one the walk meets is,
+    /// the first it met takes the key. Returns a pool index, None when none is usable.
+    pub fn pick(
+        &self,
+        key: &[u8],
+        c: &Candidates,
+        steps: usize,
+        bound: Option<&Bound>,
+    ) -> Option<usize> {
         let hash = crc32fast::hash(key);
-        self.walk_from(hash)
-            .take(steps)
-            .find(|&i| {
-                c.usable(i) && {
-                    let ramp = c.ramp(i);
-                    ramp >= 1.0 || key_fraction(hash, i) < ramp
-                }
-            })
-            .or_else(|| c.any_usable())
+        let allowed = |i: usize| {
+            c.usable(i) && {
+                let ramp = c.ramp(i);
+                ramp >= 1.0 || key_fraction(hash, i) < ramp
+            }
+        };
+        let Some(bound) = bound else {
+            return self
+                .walk_from(hash)
+                .take(steps)
+                .find(|&i| allowed(i))
+                .or_else(|| c.any_usable());
+        };
+        let limit = bound.limit(c);
+        let mut first = None;
+        for i in self.walk_from(hash).take(steps) {
+            if !allowed(i) {
+                continue;
+            }
+            let Some(s) = c.states.get(i) else {
+                continue;
+            };
+            if limit.admits(s, s.effective_weight_milli(c.slow_start)) {
+                return Some(i);
+            }
+            first.get_or_insert(i);
+        }
+        first.or_else(|| c.any_usable())
     }
 }
 

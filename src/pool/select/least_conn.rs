@@ -190,12 +190,15 @@ impl Tree {
         }
     }
 
-    /// Re-read every leaf and give parked backends another chance.
+    /// Re-read every leaf and give parked backends another chance; a backend whose weight is
+    /// zero now (it reported `drain`) stays parked: with no in-flight request it would tie with
+    /// idle backends and beat busy ones.
     fn refresh(&mut self, states: &[Arc<BackendState>], slow_start: Option<Duration>) {
         for (leaf, s) in self.leaves.iter_mut().zip(states) {
+            let weight = s.effective_weight_milli(slow_start);
             leaf.inflight = s.inflight() as u64;
-            leaf.weight = s.effective_weight_milli(slow_start).max(1);
-            leaf.parked = false;
+            leaf.weight = weight.max(1);
+            leaf.parked = weight == 0;
         }
         self.rebuild();
         self.refreshed = Instant::now();

@@ -3,8 +3,10 @@
 //! slow start are taken into account by the pick itself, so that a lost backend's share spreads
 //! over the survivors in proportion to their weights instead of falling to its neighbour.
 
+pub mod bounded;
 pub mod ketama;
 pub mod least_conn;
+pub mod p2c;
 pub mod smooth;
 
 use std::sync::Arc;
@@ -12,8 +14,10 @@ use std::time::Duration;
 
 use crate::pool::BackendState;
 
+pub use bounded::Bound;
 pub use ketama::Ketama;
 pub use least_conn::LoadTree;
+pub use p2c::PeakEwma;
 pub use smooth::{Order, SmoothWeighted};
 
 /// What one pick may choose from: the pool's backends (by pool index), the ones this request
