@@ -645,8 +645,10 @@ async fn slow_start_ramps_a_returning_backend() {
         early.len(),
         after.len()
     );
+    // Round robin is deterministic but for the ramp's coin: ~4% expected early, so 50
+    // requests tell a ramp (< 15%) from none (25%) on a loaded machine too.
     assert!(
-        early.len() >= 100 && after.len() >= 100,
+        early.len() >= 50 && after.len() >= 100,
         "too little load: {} / {}",
         early.len(),
         after.len()
