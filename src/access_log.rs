@@ -130,6 +130,22 @@ impl AccessLogWriter {
     }
 }
 
+/// Log a change between writing and failing to write (`lines` lines were at stake); returns
+/// whether writing fails now.
+fn report_write(result: std::io::Result<()>, failing: bool, lines: u64) -> bool {
+    match (result, failing) {
+        (Err(e), false) => {
+            tracing::error!("access log: cannot write ({e}): lines are lost until it can again");
+            true
+        }
+        (Ok(()), true) => {
+            tracing::info!("access log: writing again ({lines} lines just written)");
+            false
+        }
+        (result, _) => result.is_err(),
+    }
+}
+
 #[async_trait]
 impl BackgroundService for AccessLogWriter {
     async fn start(&self, _shutdown: ShutdownWatch) {
@@ -145,18 +161,21 @@ impl BackgroundService for AccessLogWriter {
                 }
             };
         let mut out = self.open();
+        // Whether writing fails now (a full disk, a removed mount): said once each way.
+        let mut failing = false;
         loop {
             tokio::select! {
                 line = rx.recv() => {
                     let Some(line) = line else { break };
-                    let _ = out.write_all(line.as_bytes());
+                    let mut result = out.write_all(line.as_bytes());
                     // Write what is queued, then flush once.
                     let mut lines = 1;
                     while let Ok(more) = rx.try_recv() {
-                        let _ = out.write_all(more.as_bytes());
+                        result = result.and(out.write_all(more.as_bytes()));
                         lines += 1;
                     }
-                    let _ = out.flush();
+                    result = result.and(out.flush());
+                    failing = report_write(result, failing, lines);
                     self.progress.written.fetch_add(lines, Ordering::Release);
                 }
                 Some(()) = async { match reopen.as_mut() { Some(s) => s.recv().await, None => None } } => {

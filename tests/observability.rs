@@ -440,3 +440,35 @@ async fn the_access_log_has_a_json_line_per_request_and_reopens_on_sigusr1() {
     assert_eq!(lines(&log)[0]["path"], "/api/after");
     assert_eq!(lines(&rotated).len(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_log_that_cannot_be_written_says_so_once() {
+    let (a, b, c, admin) = three_backends_and_an_admin_port().await;
+    // /dev/full: every write fails with "no space left on device", as on a full disk.
+    let f = Fulcrum::start(&two_pools(
+        &a,
+        &b,
+        &c,
+        admin,
+        "access_log: {path: /dev/full, format: json}\n",
+    ))
+    .await;
+    let cl = client();
+    for _ in 0..20 {
+        assert_eq!(
+            get(&cl, &f.url("/api/x")).await.0,
+            200,
+            "requests are served"
+        );
+    }
+    wait_for(Duration::from_secs(5), "the write failure logged", || {
+        f.log().contains("access log: cannot write")
+    })
+    .await;
+    assert_eq!(
+        f.log().matches("access log: cannot write").count(),
+        1,
+        "said once, not per line:\n{}",
+        f.log()
+    );
+}
