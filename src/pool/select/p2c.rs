@@ -20,6 +20,8 @@ const DRAWS: usize = 32;
 pub const PENALTY_FACTOR: f64 = 10.0;
 /// The smallest penalty, for a pool with no sample yet: 100 ms.
 const PENALTY_FLOOR_NS: f64 = 100e6;
+/// Costs closer than this (relative) count as equal.
+const TIE: f64 = 0.02;
 
 /// Microseconds since the first call in this process (the clock of every average).
 pub fn now_us() -> u64 {
@@ -192,7 +194,10 @@ impl PeakEwma {
             self.cost_of(c, a, now, typical),
             self.cost_of(c, b, now, typical),
         );
-        Some(if cb < ca { b } else { a })
+        // The second draw wins only when clearly cheaper: costs within `TIE` of each other
+        // go to the first draw, which is random, so equal backends share evenly instead of
+        // being ranked by the microseconds between their samples.
+        Some(if cb < ca * (1.0 - TIE) { b } else { a })
     }
 
     /// A response header from backend `s` arrived `latency` after its attempt began.
