@@ -48,12 +48,7 @@ async fn fetch(c: &reqwest::Client, url: &str, key: Option<&str>) -> Outcome {
     }
     let resp = req.send().await.map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
-    let backend = resp
-        .headers()
-        .get("x-backend")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let backend = backend_of(&resp);
     let body = resp
         .bytes()
         .await

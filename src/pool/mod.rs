@@ -442,7 +442,7 @@ mod tests {
     use super::*;
     use crate::config::BackendConfig;
 
-    fn pool(algorithm: Algorithm, weights: &[u32]) -> Pool {
+    fn config(algorithm: Algorithm, weights: &[u32]) -> PoolConfig {
         let backends = weights
             .iter()
             .enumerate()
@@ -452,7 +452,22 @@ mod tests {
                 weight: *w,
             })
             .collect();
-        Pool::build(&PoolConfig::with_defaults("p", algorithm, backends))
+        PoolConfig::with_defaults("p", algorithm, backends)
+    }
+
+    fn pool(algorithm: Algorithm, weights: &[u32]) -> Pool {
+        Pool::build(&config(algorithm, weights))
+    }
+
+    /// A pool of equal backends reading `X-Backend-Load`, drain allowed.
+    fn with_feedback(algorithm: Algorithm, n: usize) -> PoolConfig {
+        let mut c = config(algorithm, &vec![1; n]);
+        c.feedback = Some(crate::config::FeedbackConfig {
+            header: "x-backend-load".into(),
+            min_weight: 0.1,
+            allow_drain: true,
+        });
+        c
     }
 
     #[test]
@@ -528,24 +543,7 @@ mod tests {
 
     #[test]
     fn reported_load_shapes_shares() {
-        let mut config = PoolConfig::with_defaults(
-            "p",
-            Algorithm::Random,
-            pool(Algorithm::Random, &[1, 1])
-                .backends()
-                .iter()
-                .map(|s| BackendConfig {
-                    name: s.name.clone(),
-                    addr: s.addr,
-                    weight: 1,
-                })
-                .collect(),
-        );
-        config.feedback = Some(crate::config::FeedbackConfig {
-            header: "x-backend-load".into(),
-            min_weight: 0.1,
-            allow_drain: true,
-        });
+        let config = with_feedback(Algorithm::Random, 2);
         let p = Pool::build(&config);
         let mut headers = http::HeaderMap::new();
         headers.insert("x-backend-load", http::HeaderValue::from_static("0.75"));
@@ -572,21 +570,7 @@ mod tests {
             Algorithm::ConsistentHash,
             Algorithm::Random,
         ] {
-            let backends = pool(alg, &[1, 1])
-                .backends()
-                .iter()
-                .map(|s| BackendConfig {
-                    name: s.name.clone(),
-                    addr: s.addr,
-                    weight: 1,
-                })
-                .collect();
-            let mut config = PoolConfig::with_defaults("p", alg, backends);
-            config.feedback = Some(crate::config::FeedbackConfig {
-                header: "x-backend-load".into(),
-                min_weight: 0.1,
-                allow_drain: true,
-            });
+            let config = with_feedback(alg, 2);
             let first = Pool::build(&config);
             let mut headers = http::HeaderMap::new();
             headers.insert("x-backend-load", http::HeaderValue::from_static("drain"));

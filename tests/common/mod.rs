@@ -627,16 +627,20 @@ pub fn client_from(ip: IpAddr) -> reqwest::Client {
         .expect("client")
 }
 
+/// The `x-backend` header of a test backend's answer (its name), or "".
+pub fn backend_of(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// GET `url` and return (status, x-backend header or "").
 pub async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
     let resp = client.get(url).send().await.expect("request");
     let status = resp.status().as_u16();
-    let backend = resp
-        .headers()
-        .get("x-backend")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let backend = backend_of(&resp);
     (status, backend)
 }
 
