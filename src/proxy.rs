@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::FutureExt;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
@@ -293,6 +294,16 @@ fn pin(pool: &Pool, sticky: &Sticky, req: &RequestHeader, ctx: &mut RequestCtx) 
     picked
 }
 
+/// Whether the request is an HTTP/2 stream its client has already reset (`RST_STREAM`): one look,
+/// without waiting. HTTP/1 has no such signal (a closed connection shows up on the first write).
+fn client_reset_its_stream(session: &mut Session) -> bool {
+    session
+        .as_downstream_mut()
+        .watch_h2_stream_close()
+        .and_then(FutureExt::now_or_never)
+        .is_some()
+}
+
 /// The status fulcrum answers for an error that ended a request (0: the client is gone).
 fn status_for(e: &Error) -> u16 {
     match e.etype() {
@@ -448,6 +459,15 @@ impl ProxyHttp for Proxy {
                 "request has no pool",
             ));
         };
+        if ctx.attempts == 0 && client_reset_its_stream(session) {
+            // Rapid reset (CVE-2023-44487): h2 hands over streams the client already reset.
+            return Err(Error::create(
+                ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+                Some("the client reset its HTTP/2 stream before it was forwarded".into()),
+                None,
+            ));
+        }
         let pinned = match (&pool.affinity, ctx.attempts) {
             (Some(sticky), 0) => pin(&pool, sticky, session.req_header(), ctx),
             (Some(_), _) => {
