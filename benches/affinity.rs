@@ -1,7 +1,7 @@
 //! Cost of an affinity cookie per request: open (verify) + seal (sign), criterion.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use fulcrum::affinity::{backend_id, open, rendezvous, seal, Keys};
+use fulcrum::pool::affinity::{backend_id, open, rendezvous, seal, Keys};
 
 fn cookie(c: &mut Criterion) {
     let keys = Keys::new(&[

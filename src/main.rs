@@ -37,9 +37,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    fulcrum::logging::init();
+    fulcrum::observe::logging::init();
     if let Some(Command::Demo) = cli.command {
-        return match fulcrum::demo::run() {
+        return match fulcrum::operate::demo::run() {
             Err(e) => {
                 eprintln!("fulcrum demo: {e}");
                 ExitCode::FAILURE
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    match fulcrum::app::run(cli.pingora_opt(), &config) {
+    match fulcrum::operate::app::run(cli.pingora_opt(), &config) {
         Err(e) => {
             eprintln!("fulcrum: {e}");
             ExitCode::FAILURE

@@ -8,15 +8,15 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::metrics::{Metrics, PoolMetrics};
+use crate::observe::log_limit::LogLimit;
+use crate::observe::metrics::{Metrics, PoolMetrics};
 use crate::pool::Pool;
-use crate::ratelimit::RateLimit;
 use crate::route::Router;
 
 /// What the request path keeps beside each pool: its metric handles and its error-log limit.
 pub struct PoolObserver {
     pub metrics: PoolMetrics,
-    pub error_log: RateLimit,
+    pub error_log: LogLimit,
 }
 
 /// Everything the request path needs from one configuration.
@@ -55,7 +55,7 @@ impl Runtime {
             .iter()
             .map(|p| PoolObserver {
                 metrics: metrics.pool(&p.name, p.backends(), &names),
-                error_log: RateLimit::default(),
+                error_log: LogLimit::default(),
             })
             .collect();
         Runtime {
@@ -64,7 +64,7 @@ impl Runtime {
             observers,
             unrouted: PoolObserver {
                 metrics: metrics.pool("", &[], &names),
-                error_log: RateLimit::default(),
+                error_log: LogLimit::default(),
             },
             listeners: config
                 .listeners

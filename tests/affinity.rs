@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use fulcrum::affinity::{backend_id, seal, Keys};
+use fulcrum::pool::affinity::{backend_id, seal, Keys};
 
 const OLD_KEY: &str = "old-key-0123456789abcdef";
 const NEW_KEY: &str = "new-key-0123456789abcdef";
@@ -191,7 +191,7 @@ async fn other_instances_restarts_and_rotated_keys_honour_the_cookie() {
     let fresh = value_of(&visit(&client(), &f4.url("/"), None).await.1.unwrap());
     let new_only = Keys::new(&[NEW_KEY.as_bytes().to_vec()]);
     assert!(
-        fulcrum::affinity::open(&new_only, "web", fresh.as_bytes(), 0).is_ok(),
+        fulcrum::pool::affinity::open(&new_only, "web", fresh.as_bytes(), 0).is_ok(),
         "new cookies are signed with the new key"
     );
 }

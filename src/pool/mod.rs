@@ -1,7 +1,9 @@
 //! A pool: its backends with their per-backend state, the selector that picks among them with
 //! the pool's algorithm, its retry budget, and Pingora's health-check registry for its checks.
 
+pub mod affinity;
 pub mod hash_key;
+pub mod mix;
 pub mod retry_budget;
 pub mod select;
 pub mod state;
@@ -23,7 +25,7 @@ use crate::config::{
     Algorithm, HashKey, HealthCheckConfig, PassiveHealthConfig, PoolConfig, Timeouts,
     UpstreamProtocol, UpstreamTls,
 };
-use crate::health::Probe;
+use crate::operate::health::Probe;
 use retry_budget::RetryBudget;
 use select::{Bound, Candidates, Ketama, LoadTree, Order, PeakEwma, SmoothWeighted};
 pub use state::{BackendState, InflightGuard, Readiness, Transition};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use pingora::http::RequestHeader;
 
-use crate::affinity::{self, Keys};
 use crate::config::AffinityConfig;
+use crate::pool::affinity::{self, Keys};
 use crate::pool::hash_key::cookie_value;
 use crate::pool::BackendState;
 

@@ -148,7 +148,7 @@ impl Ketama {
 /// Where a key falls in (0, 1) for backend `i`: fixed per key and backend, so that a ramping
 /// backend takes the same keys on every instance and keeps them as its ramp grows.
 fn key_fraction(hash: u32, i: usize) -> f64 {
-    crate::mix::unit_fraction(u64::from(hash) << 32 | i as u64)
+    crate::pool::mix::unit_fraction(u64::from(hash) << 32 | i as u64)
 }
 
 #[cfg(test)]

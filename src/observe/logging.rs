@@ -16,7 +16,7 @@ use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::ratelimit::RateLimit;
+use crate::observe::log_limit::LogLimit;
 
 /// Pingora messages that describe what clients and networks routinely do.
 const ROUTINE: [&str; 5] = [
@@ -55,7 +55,7 @@ pub fn init() {
 struct Quiet {
     on: bool,
     /// Per Pingora module (its log target).
-    limits: Mutex<HashMap<String, RateLimit>>,
+    limits: Mutex<HashMap<String, LogLimit>>,
 }
 
 impl<S> Filter<S> for Quiet {

@@ -190,7 +190,7 @@ pub fn rendezvous(session: u64, candidates: impl Iterator<Item = (u64, u32)>) ->
         .enumerate()
         .map(|(i, (id, weight))| {
             // Schindelhauer and Schomaker's weighted form: -w / ln(u), largest wins.
-            let u = crate::mix::unit_fraction(session ^ crate::mix::mix64(id));
+            let u = crate::pool::mix::unit_fraction(session ^ crate::pool::mix::mix64(id));
             (i, -f64::from(weight.max(1)) / u.ln())
         })
         .max_by(|a, b| a.1.total_cmp(&b.1))
@@ -399,7 +399,7 @@ mod tests {
     }
 
     fn mix64_session(i: u64) -> u64 {
-        crate::mix::mix64(i ^ 0x5555)
+        crate::pool::mix::mix64(i ^ 0x5555)
     }
 
     proptest! {

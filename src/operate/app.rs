@@ -17,19 +17,19 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use pingora::services::ServiceHandle;
 
-use crate::access_log;
-use crate::admin::{AdminApp, DrainWatch};
 use crate::config::{Config, ServerSettings};
-use crate::health::HealthService;
-use crate::keepalive::KeepAlive;
-use crate::limits::ConnectionLimits;
-use crate::metrics::Metrics;
-use crate::parent_ready::ParentReady;
-use crate::proxy::Proxy;
-use crate::reload::ReloadService;
+use crate::observe::access_log;
+use crate::observe::metrics::Metrics;
+use crate::operate::admin::{AdminApp, DrainWatch};
+use crate::operate::health::HealthService;
+use crate::operate::parent_ready::ParentReady;
+use crate::operate::reload::ReloadService;
+use crate::operate::shutdown::ExitWhenDone;
+use crate::operate::systemd::{Notifier, NotifyService, RestoreStderr};
 use crate::runtime::{Runtime, SharedRuntime};
-use crate::shutdown::ExitWhenDone;
-use crate::systemd::{Notifier, NotifyService, RestoreStderr};
+use crate::serve::keepalive::KeepAlive;
+use crate::serve::limits::ConnectionLimits;
+use crate::serve::proxy::Proxy;
 use crate::tls::SniResolver;
 
 /// fulcrum's defaults where Pingora's do not suit a load balancer (see README, "server").

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::AccessLogConfig;
-use crate::ratelimit::RateLimit;
+use crate::observe::log_limit::LogLimit;
 
 /// Lines that may wait for the writer before new ones are dropped.
 const QUEUE: usize = 65_536;
@@ -46,7 +46,7 @@ pub struct Entry<'a> {
 pub struct AccessLog {
     tx: mpsc::Sender<String>,
     dropped: AtomicU64,
-    complaints: RateLimit,
+    complaints: LogLimit,
     progress: Arc<Progress>,
 }
 
@@ -98,7 +98,7 @@ pub fn channel(target: AccessLogConfig) -> (AccessLog, AccessLogWriter) {
         AccessLog {
             tx,
             dropped: AtomicU64::new(0),
-            complaints: RateLimit::default(),
+            complaints: LogLimit::default(),
             progress: progress.clone(),
         },
         AccessLogWriter {

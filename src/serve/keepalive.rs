@@ -28,9 +28,9 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::watch;
 
 use crate::config::{ListenerLimits, DEFAULT_KEEPALIVE_TIMEOUT};
-use crate::limits::{self, ConnectionLimits};
-use crate::proxy::Proxy;
 use crate::runtime::SharedRuntime;
+use crate::serve::limits::{self, ConnectionLimits};
+use crate::serve::proxy::Proxy;
 
 /// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -12,8 +12,8 @@ use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use tokio::sync::broadcast;
 
-use crate::access_log::AccessLog;
-use crate::limits::ConnectionLimits;
+use crate::observe::access_log::AccessLog;
+use crate::serve::limits::ConnectionLimits;
 
 /// How often a draining process looks whether it is done.
 const POLL: Duration = Duration::from_millis(20);

@@ -10,9 +10,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{self, Config};
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
+use crate::operate::systemd::Notifier;
 use crate::runtime::{Runtime, SharedRuntime};
-use crate::systemd::Notifier;
 use crate::tls::SniResolver;
 
 /// The background service that reloads on SIGHUP.

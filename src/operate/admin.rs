@@ -14,7 +14,7 @@ use pingora::services::background::BackgroundService;
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use crate::runtime::SharedRuntime;
 
 /// The admin endpoints' logic.

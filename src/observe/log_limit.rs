@@ -9,16 +9,16 @@ const PER_SECOND: u32 = 5;
 
 /// One source of messages (e.g. a pool).
 #[derive(Debug)]
-pub struct RateLimit {
+pub struct LogLimit {
     born: Instant,
     window: AtomicU64,
     count: AtomicU32,
     suppressed: AtomicU64,
 }
 
-impl Default for RateLimit {
+impl Default for LogLimit {
     fn default() -> Self {
-        RateLimit {
+        LogLimit {
             born: Instant::now(),
             window: AtomicU64::new(0),
             count: AtomicU32::new(0),
@@ -27,7 +27,7 @@ impl Default for RateLimit {
     }
 }
 
-impl RateLimit {
+impl LogLimit {
     /// Whether a message may be logged now; if so, how many were held back before it.
     pub fn allow(&self) -> Option<u64> {
         let now = self.born.elapsed().as_secs();
@@ -49,7 +49,7 @@ mod tests {
 
     #[test]
     fn a_burst_is_cut_and_counted() {
-        let r = RateLimit::default();
+        let r = LogLimit::default();
         let allowed = (0..100).filter(|_| r.allow().is_some()).count();
         // the burst may straddle a second boundary
         assert!(

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::{ListenerConfig, ListenerLimits};
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 
 /// Idle connections closed per connection that arrives beyond the soft cap (nginx drains 32).
 const SHED_BATCH: isize = 32;

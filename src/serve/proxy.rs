@@ -15,13 +15,13 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{ErrorSource, ErrorType};
 
-use crate::access_log::{AccessLog, Entry};
-use crate::limits::ConnectionLimits;
-use crate::metrics::ErrorKind;
+use crate::observe::access_log::{AccessLog, Entry};
+use crate::observe::metrics::ErrorKind;
 use crate::pool::sticky::{Decision, Pin, Sticky};
 use crate::pool::{hash_key, InflightGuard, Pool};
 use crate::runtime::{PoolObserver, Runtime, SharedRuntime};
-use crate::strict;
+use crate::serve::limits::ConnectionLimits;
+use crate::serve::strict;
 
 const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -267,8 +267,12 @@ fn unix_now() -> u64 {
 fn pin(pool: &Pool, sticky: &Sticky, req: &RequestHeader, ctx: &mut RequestCtx) -> Option<usize> {
     let now = unix_now();
     let (decision, session, picked) = match sticky.read(req, now) {
-        Pin::Absent => (Decision::Miss, crate::affinity::new_session(), None),
-        Pin::Invalid => (Decision::Invalid, crate::affinity::new_session(), None),
+        Pin::Absent => (Decision::Miss, crate::pool::affinity::new_session(), None),
+        Pin::Invalid => (
+            Decision::Invalid,
+            crate::pool::affinity::new_session(),
+            None,
+        ),
         Pin::Backend {
             index,
             session,
@@ -374,7 +378,7 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        crate::limits::header_arrived();
+        crate::serve::limits::header_arrived();
         let req = session.req_header();
         ctx.request_id = req
             .headers
@@ -674,7 +678,7 @@ impl ProxyHttp for Proxy {
         }
         if ctx.session == 0 {
             // A retry moved a request that had no session yet.
-            ctx.session = crate::affinity::new_session();
+            ctx.session = crate::pool::affinity::new_session();
         }
         if let (Some(pool), Some((i, _))) = (&ctx.pool, &ctx.current) {
             if let Some(cookie) = pool.affinity.as_ref().and_then(|s| {

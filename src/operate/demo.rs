@@ -13,7 +13,7 @@ use pingora::services::listening::Service;
 use crate::config;
 
 /// The demo configuration, validated like any file.
-pub const DEMO_YAML: &str = include_str!("../conf/demo.yaml");
+pub const DEMO_YAML: &str = include_str!("../../conf/demo.yaml");
 
 /// A backend that answers every request with its name.
 struct NamedBackend {
@@ -38,11 +38,11 @@ impl ServeHttp for NamedBackend {
 /// Run the demo until interrupted; returns only if it cannot start.
 pub fn run() -> Result<std::convert::Infallible, String> {
     let config = config::parse(Path::new("<demo>"), DEMO_YAML).map_err(|e| e.to_string())?;
-    let crate::app::Assembled {
+    let crate::operate::app::Assembled {
         mut server,
         bootstrap,
         ..
-    } = crate::app::build_server(Opt::default(), &config)?;
+    } = crate::operate::app::build_server(Opt::default(), &config)?;
     let pool = config
         .pools
         .first()

@@ -1,0 +1,7 @@
+//! What fulcrum tells the operator: Prometheus metrics, the access log, its own log lines and
+//! how often it repeats them. Knows no runtime or request-path types.
+
+pub mod access_log;
+pub mod log_limit;
+pub mod logging;
+pub mod metrics;

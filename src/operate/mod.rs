@@ -1,0 +1,11 @@
+//! Running the process: assembling the Pingora server, reload, upgrade hand-over, shutdown,
+//! systemd, the admin listener, the health-check service, and the demo.
+
+pub mod admin;
+pub mod app;
+pub mod demo;
+pub mod health;
+pub mod parent_ready;
+pub mod reload;
+pub mod shutdown;
+pub mod systemd;
