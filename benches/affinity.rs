@@ -1,5 +1,12 @@
 //! Cost of an affinity cookie per request: open (verify) + seal (sign), criterion.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use fulcrum::pool::affinity::{backend_id, open, rendezvous, seal, Keys};
 

@@ -2,6 +2,13 @@
 //! which 10% are out of service (ejected), for least_connections with the in-flight count
 //! a request adds and removes, and for bounded-load consistent hashing under load (criterion).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -3,6 +3,13 @@
 //! starves a slowed backend while it is slow, gives it its share back soon after it recovers,
 //! and spreads equal backends evenly; a load that backends report scales their weight.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

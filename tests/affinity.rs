@@ -1,6 +1,13 @@
 //! Affinity cookies end to end: pinning, bad cookies, failover and re-pinning across a fleet,
 //! restarts and key rotation.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -1,5 +1,12 @@
 //! The five algorithms, end to end: the real binary in front of real backends.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,13 @@
 //! `fulcrum -t`: every invalid example exits 78 and names each problem's line; every file in
 //! conf/ passes; usage errors exit 2; validation binds no port.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::path::Path;

@@ -6,6 +6,13 @@
 //! (a weight within 1..=256) keeps it valid. Only the two files are read, once; the cases
 //! themselves do no I/O of their own.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

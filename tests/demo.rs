@@ -1,5 +1,12 @@
 //! `fulcrum demo` starts its backends and the proxy on 127.0.0.1:8080 and answers.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::process::{Command, Stdio};

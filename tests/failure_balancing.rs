@@ -2,6 +2,13 @@
 //! algorithm, and so do its retries and its affinity sessions; slow start, the retry budget and
 //! passive ejection (on by default) behave under real faults of real backends.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,13 @@
 //! Failover and fulcrum's own error answers: connect failures retried on another backend,
 //! 502 when every backend refuses, 504 on an upstream timeout.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,13 @@
 //! row lose none of them. Its own test binary, so that its 20 processes and its load do not
 //! starve the timing of other suites' tests.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,13 @@
 //! Active checks, passive ejection and failover, against backends the tests stop, restart,
 //! slow down and break. Clients must see no error while any backend is up.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

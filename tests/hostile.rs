@@ -13,6 +13,13 @@
 //! `HOSTILE_TABLE=path cargo test --test hostile http1_corpus` also writes the verdict table
 //! from the case table: the README's "Hostile input" section is that output.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

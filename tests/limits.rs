@@ -4,6 +4,13 @@
 //! room near the file-descriptor limit, and an h2c listener answers short HTTP/1 requests.
 //! Every cut is counted in `fulcrum_limit_total`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::net::SocketAddr;

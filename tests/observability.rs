@@ -1,6 +1,13 @@
 //! Metrics, the admin endpoint and the access log, scraped and read like an operator would:
 //! counts add up, `promtool check metrics` passes, cardinality stays bounded.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,13 @@
 //! Zero-downtime operations: SIGHUP reload under load, graceful upgrades under load, and
 //! failed reloads and upgrades that leave the running process serving.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

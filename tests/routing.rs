@@ -1,5 +1,12 @@
 //! Routing by host and path, 404 when nothing matches, and the headers a backend sees.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use common::*;

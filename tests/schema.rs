@@ -2,6 +2,13 @@
 //! as an editor's YAML language server would use it: every conf/*.yaml validates; files with
 //! shape mistakes do not. Also `fulcrum man` and `fulcrum completions`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use common::BIN;

@@ -4,6 +4,13 @@
 //! STOPPING=1, and MAINPID= of the new process during graceful upgrades (foreground and the
 //! unit's daemon sequence).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

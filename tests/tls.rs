@@ -2,6 +2,13 @@
 //! TLS verification, and certificate problems caught by `-t`. Certificates are made by the
 //! tests (rcgen), never committed.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
 mod common;
 
 use std::convert::Infallible;

@@ -143,10 +143,19 @@ fn monotonic_usec() -> u64 {
 /// Whether `addr` is a TCP socket in the LISTEN state in /proc/net/tcp (`tcp`) or tcp6 (`tcp6`).
 /// The kernel prints addresses as 32-bit words in host byte order, ports in hex.
 pub fn is_listening(addr: &SocketAddr, tcp: &str, tcp6: &str) -> bool {
-    let word = |b: &[u8]| format!("{:08X}", u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    let word = |b: [u8; 4]| format!("{:08X}", u32::from_ne_bytes(b));
     let (table, ip) = match addr {
-        SocketAddr::V4(a) => (tcp, word(&a.ip().octets())),
-        SocketAddr::V6(a) => (tcp6, a.ip().octets().chunks(4).map(word).collect()),
+        SocketAddr::V4(a) => (tcp, word(a.ip().octets())),
+        SocketAddr::V6(a) => (
+            tcp6,
+            a.ip()
+                .octets()
+                .as_chunks::<4>()
+                .0
+                .iter()
+                .map(|c| word(*c))
+                .collect(),
+        ),
     };
     let want = format!("{ip}:{:04X}", addr.port());
     table.lines().skip(1).any(|line| {

@@ -61,9 +61,12 @@ pub fn backend_id(pool: &str, backend: &str) -> u64 {
     ctx.update(b"\0");
     ctx.update(backend.as_bytes());
     let d = ctx.finish();
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&d.as_ref()[..8]);
-    u64::from_be_bytes(id)
+    // SHA-256 gives 32 bytes; the id is the first 8.
+    let (id, _) = d
+        .as_ref()
+        .split_first_chunk::<8>()
+        .unwrap_or((&[0; 8], &[]));
+    u64::from_be_bytes(*id)
 }
 
 /// What is signed: the pool name is included, so a cookie of one pool means nothing in another.

@@ -48,10 +48,9 @@ pub fn extract<'a>(
 /// The value of cookie `name` in one Cookie header (`a=1; b=2`), if present and not empty.
 pub fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     header.split(|&b| b == b';').find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        (pair[..eq].trim_ascii() == name)
-            .then(|| pair[eq + 1..].trim_ascii())
+        let (k, v) = split_pair(pair.trim_ascii())?;
+        (k.trim_ascii() == name)
+            .then(|| v.trim_ascii())
             .filter(|v| !v.is_empty())
     })
 }
@@ -59,12 +58,16 @@ pub fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 /// The raw (not percent-decoded) value of parameter `name` in a query string.
 fn query_value<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     query.split(|&b| b == b'&').find_map(|pair| {
-        let (k, v) = match pair.iter().position(|&b| b == b'=') {
-            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
-            None => (pair, &pair[pair.len()..]),
-        };
+        let (k, v) = split_pair(pair).unwrap_or((pair, b""));
         (k == name && !v.is_empty()).then_some(v)
     })
+}
+
+/// `k=v` split at the first `=` (None without one).
+fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    let (k, rest) = pair.split_at_checked(eq)?;
+    Some((k, rest.get(1..)?))
 }
 
 #[cfg(test)]

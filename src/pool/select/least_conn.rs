@@ -102,31 +102,33 @@ impl LoadTree {
         }
         let mut excluded = Vec::new();
         let found = loop {
-            let i = t.winners[1];
-            if i == NONE || t.leaves[i as usize].out() {
+            let i = t.winner(1) as usize;
+            let Some((pass, weight)) = t
+                .leaves
+                .get(i)
+                .filter(|l| !l.out())
+                .map(|l| (l.pass, l.weight))
+            else {
                 break None;
-            }
-            let i = i as usize;
+            };
             if (c.skip)(i) {
-                t.leaves[i].excluded = true;
+                t.update(i, |l| l.excluded = true);
                 excluded.push(i);
             } else if !c.usable(i) {
-                t.leaves[i].parked = true;
+                t.update(i, |l| l.parked = true);
             } else {
                 // A backend that lost turns to its load banks no credit: its turn starts no
                 // earlier than the latest pick's (as a start time in fair queueing).
-                let start = t.leaves[i].pass.max(t.now);
+                let start = pass.max(t.now);
                 t.now = start;
-                let leaf = &mut t.leaves[i];
-                leaf.pass = start.saturating_add(PASS_SCALE / leaf.weight.max(1));
-                t.replay(i);
+                t.update(i, |l| {
+                    l.pass = start.saturating_add(PASS_SCALE / weight.max(1))
+                });
                 break Some(i);
             }
-            t.replay(i);
         };
         for i in excluded {
-            t.leaves[i].excluded = false;
-            t.replay(i);
+            t.update(i, |l| l.excluded = false);
         }
         found
     }
@@ -136,9 +138,8 @@ impl LoadTree {
         let Some(state) = self.states.get(i) else {
             return;
         };
-        let mut t = self.lock();
-        t.leaves[i].inflight = state.inflight() as u64;
-        t.replay(i);
+        let inflight = state.inflight() as u64;
+        self.lock().update(i, |l| l.inflight = inflight);
     }
 }
 
@@ -152,13 +153,13 @@ impl Tree {
     /// Whether leaf `a` beats leaf `b`: in the running, then less load per weight, then the
     /// earlier pass.
     fn beats(&self, a: u32, b: u32) -> bool {
-        if b == NONE {
+        // NONE (no leaf) loses to every leaf.
+        let Some(y) = self.leaves.get(b as usize) else {
             return true;
-        }
-        if a == NONE {
+        };
+        let Some(x) = self.leaves.get(a as usize) else {
             return false;
-        }
-        let (x, y) = (&self.leaves[a as usize], &self.leaves[b as usize]);
+        };
         if x.out() != y.out() {
             return !x.out();
         }
@@ -166,18 +167,39 @@ impl Tree {
         lx < ly || (lx == ly && x.pass < y.pass)
     }
 
+    /// The winner at `node` (1 is the root), NONE past the tree.
+    fn winner(&self, node: usize) -> u32 {
+        self.winners.get(node).copied().unwrap_or(NONE)
+    }
+
+    /// Change leaf `i` and replay its matches (nothing when there is no such leaf).
+    fn update(&mut self, i: usize, change: impl FnOnce(&mut Leaf)) {
+        if let Some(leaf) = self.leaves.get_mut(i) {
+            change(leaf);
+            self.replay(i);
+        }
+    }
+
+    /// Play the match at `node` between its two children's winners.
+    fn play(&mut self, node: usize) {
+        let (l, r) = (self.winner(2 * node), self.winner(2 * node + 1));
+        let w = if self.beats(r, l) { r } else { l };
+        if let Some(slot) = self.winners.get_mut(node) {
+            *slot = w;
+        }
+    }
+
     /// Replay the matches on the path from leaf `i` to the root.
     fn replay(&mut self, i: usize) {
         let mut node = (self.width + i) / 2;
         while node >= 1 {
-            let (l, r) = (self.winners[2 * node], self.winners[2 * node + 1]);
-            self.winners[node] = if self.beats(r, l) { r } else { l };
+            self.play(node);
             node /= 2;
         }
     }
 
     fn rebuild(&mut self) {
-        for (i, w) in self.winners[self.width..].iter_mut().enumerate() {
+        for (i, w) in self.winners.iter_mut().skip(self.width).enumerate() {
             *w = if i < self.leaves.len() {
                 i as u32
             } else {
@@ -185,8 +207,7 @@ impl Tree {
             };
         }
         for node in (1..self.width).rev() {
-            let (l, r) = (self.winners[2 * node], self.winners[2 * node + 1]);
-            self.winners[node] = if self.beats(r, l) { r } else { l };
+            self.play(node);
         }
     }
 

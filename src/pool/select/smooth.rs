@@ -40,7 +40,7 @@ impl SmoothWeighted {
     /// round-robin order follows it, as nginx's does.
     pub fn new(backends: &[(usize, u32)], order: Order) -> SmoothWeighted {
         let weights: Vec<u64> = backends.iter().map(|b| u64::from(b.1.max(1))).collect();
-        let uniform = weights.windows(2).all(|w| w[0] == w[1]);
+        let uniform = weights.iter().all(|w| Some(w) == weights.first());
         let cycle: Box<[u32]> = if uniform {
             backends.iter().map(|b| b.0 as u32).collect()
         } else {
@@ -141,13 +141,16 @@ pub fn smooth_cycle(weights: &[u64]) -> Vec<u32> {
     let mut cycle = Vec::with_capacity(total.max(0) as usize);
     for _ in 0..total {
         let mut best = 0;
-        for i in 0..weights.len() {
-            current[i] += weights[i];
-            if current[i] > current[best] {
-                best = i;
+        let mut best_current = i64::MIN;
+        for (i, (c, w)) in current.iter_mut().zip(&weights).enumerate() {
+            *c += w;
+            if *c > best_current {
+                (best, best_current) = (i, *c);
             }
         }
-        current[best] -= total;
+        if let Some(c) = current.get_mut(best) {
+            *c -= total;
+        }
         cycle.push(best as u32);
     }
     cycle
