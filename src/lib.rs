@@ -4,10 +4,15 @@
 
 pub mod cli;
 pub mod config;
-pub mod observe;
-pub mod operate;
+pub(crate) mod observe;
+pub(crate) mod operate;
 pub mod pool;
-pub mod route;
-pub mod runtime;
-pub mod serve;
-pub mod tls;
+pub(crate) mod route;
+pub(crate) mod runtime;
+pub(crate) mod serve;
+pub(crate) mod tls;
+
+/// What the binary calls: logging setup, the demo, and running a validated configuration.
+pub use observe::logging::init as init_logging;
+pub use operate::app::run;
+pub use operate::demo::run as run_demo;

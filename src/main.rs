@@ -37,9 +37,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    fulcrum::observe::logging::init();
+    fulcrum::init_logging();
     if let Some(Command::Demo) = cli.command {
-        return match fulcrum::operate::demo::run() {
+        return match fulcrum::run_demo() {
             Err(e) => {
                 eprintln!("fulcrum demo: {e}");
                 ExitCode::FAILURE
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    match fulcrum::operate::app::run(cli.pingora_opt(), &config) {
+    match fulcrum::run(cli.pingora_opt(), &config) {
         Err(e) => {
             eprintln!("fulcrum: {e}");
             ExitCode::FAILURE

@@ -56,14 +56,6 @@ impl Notifier {
         Notifier { socket, watchdog }
     }
 
-    /// A notifier that sends to `path` (tests, and `from_env`).
-    pub fn to_socket(path: &str) -> std::io::Result<Notifier> {
-        Ok(Notifier {
-            socket: Some(socket_addr(path)?),
-            watchdog: None,
-        })
-    }
-
     /// Whether there is anything to tell systemd.
     pub fn is_active(&self) -> bool {
         self.socket.is_some()
