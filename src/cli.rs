@@ -10,6 +10,7 @@ use pingora::server::configuration::Opt;
 const EXAMPLES: &str = "\
 Examples:
   fulcrum -c /etc/fulcrum/fulcrum.yaml -t     validate, like `nginx -t` (exit 78 if invalid)
+  fulcrum -c new.yaml -t --diff fulcrum.yaml  validate, then say what a reload to new.yaml changes
   fulcrum -c /etc/fulcrum/fulcrum.yaml        run in the foreground (systemd: Type=notify)
   fulcrum -c /etc/fulcrum/fulcrum.yaml -d -u  graceful upgrade: take over the running process's sockets
   kill -HUP PID                               reload pools and routes in place
@@ -22,6 +23,10 @@ Examples:
   fulcrum -c /etc/fulcrum/fulcrum.yaml -t
       Validate the configuration, like `nginx -t`: every problem is printed as
       FILE:LINE:COL: KEY.PATH: message, and the exit status is 78 if there is any.
+  fulcrum -c new.yaml -t --diff /etc/fulcrum/fulcrum.yaml
+      Validate new.yaml, then print what a reload from the old file to it changes: listeners,
+      routes, pools and backends added, removed and changed, the share of hash keys that move
+      to another backend, and which affinity sessions re-pin. Exit status as -t.
   fulcrum -c /etc/fulcrum/fulcrum.yaml
       Run in the foreground. Under systemd (NOTIFY_SOCKET set) fulcrum says READY=1 once
       every listener listens, and pings the watchdog when WatchdogSec= is set.
@@ -66,6 +71,9 @@ pub struct Cli {
     /// Validate the configuration and exit (binds no port), like `nginx -t`.
     #[arg(short = 't', long = "test")]
     pub test: bool,
+    /// With -t: print what a reload from OLD (a file) to this configuration changes.
+    #[arg(long = "diff", value_name = "OLD", requires = "test")]
+    pub diff: Option<PathBuf>,
     /// Run in the background (pid file from server.pid_file).
     #[arg(short = 'd', long = "daemon")]
     pub daemon: bool,

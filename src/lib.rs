@@ -16,3 +16,4 @@ pub(crate) mod tls;
 pub use observe::logging::init as init_logging;
 pub use operate::app::run;
 pub use operate::demo::run as run_demo;
+pub use operate::diff::describe as describe_changes;

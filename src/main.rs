@@ -24,6 +24,31 @@ fn disable_transparent_huge_pages() {
     }
 }
 
+/// `--diff OLD`: what a reload from OLD to `new` changes, on stdout.
+fn print_diff(old: &std::path::Path, new: &config::Config) -> ExitCode {
+    let old_config = match config::load(old) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!(
+                "fulcrum: cannot compare with {}: it is invalid",
+                old.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let changes = fulcrum::describe_changes(&old_config, new);
+    if changes.is_empty() {
+        println!("no changes from {}", old.display());
+    } else {
+        println!("changes from {}:", old.display());
+        for c in changes {
+            println!("  {c}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
@@ -67,6 +92,9 @@ fn main() -> ExitCode {
             "fulcrum: configuration file {} is valid",
             cli.conf.display()
         );
+        if let Some(old) = &cli.diff {
+            return print_diff(old, &config);
+        }
         return ExitCode::SUCCESS;
     }
     match fulcrum::run(cli.pingora_opt(), &config) {

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod demo;
+pub mod diff;
 pub mod health;
 pub mod parent_ready;
 pub mod reload;
