@@ -479,3 +479,59 @@ async fn an_access_log_that_cannot_be_written_says_so_once() {
         f.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_logs_what_it_serves_and_nothing_of_pingoras_internal_steps() {
+    let (a, b, c, admin) = three_backends_and_an_admin_port().await;
+    let f = Fulcrum::start(&two_pools(&a, &b, &c, admin, "")).await;
+    wait_for(Duration::from_secs(5), "the ready line", || {
+        f.log().contains("ready: accepting on every listener")
+    })
+    .await;
+    let log = f.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains("passed its first health check"))
+        .collect();
+    // The summary, the listener, the admin listener, ready: nothing else.
+    assert_eq!(lines.len(), 4, "{log}");
+    assert!(
+        lines[0].contains(&format!(
+            "INFO fulcrum {} serving {} (sha256 ",
+            env!("CARGO_PKG_VERSION"),
+            f.conf_path().display()
+        )) && lines[0].ends_with("listeners 1, routes 2, pools 2, backends 3"),
+        "{log}"
+    );
+    assert!(
+        lines[1].ends_with(&format!("INFO listener main on 127.0.0.1:{}", f.port)),
+        "{log}"
+    );
+    assert!(
+        lines[2].ends_with(&format!("INFO admin on 127.0.0.1:{admin}")),
+        "{log}"
+    );
+    assert!(
+        lines[3].ends_with("INFO ready: accepting on every listener"),
+        "{log}"
+    );
+
+    // Stopping: the signal, the grace period and the exit, not each service's.
+    let mut f = f;
+    f.signal("TERM");
+    wait_for(Duration::from_secs(5), "the exit", || {
+        f.child.try_wait().unwrap().is_some()
+    })
+    .await;
+    let log = f.log();
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(
+        !log.contains("Starting service") && !log.contains("exited."),
+        "{log}"
+    );
+    let kept = log
+        .lines()
+        .filter(|l| !l.contains("passed its first health check"))
+        .count();
+    assert!(kept <= 8, "{log}");
+}

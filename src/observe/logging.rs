@@ -32,6 +32,16 @@ const ROUTINE: [&str; 5] = [
     "failed to send error response to downstream",
 ];
 
+/// Pingora's INFO lines an operator wants (signals, the upgrade hand-over, the grace period);
+/// its other INFO lines are internal steps (each service starting), shown with `RUST_LOG`.
+const KEPT_INFO: [&str; 5] = [
+    "received",
+    "sockets sent",
+    "No socks to send",
+    "grace period",
+    "Daemon",
+];
+
 pub fn init() {
     let from_env = EnvFilter::try_from_default_env().ok();
     let quiet = from_env.is_none();
@@ -66,11 +76,14 @@ impl<S> Filter<S> for Quiet {
     fn event_enabled(&self, event: &Event<'_>, _cx: &Context<'_, S>) -> bool {
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        if !self.on || *meta.level() > Level::WARN || !meta.target().starts_with("pingora") {
+        if !self.on || *meta.level() > Level::INFO || !meta.target().starts_with("pingora") {
             return true;
         }
         let mut message = Message(String::new());
         event.record(&mut message);
+        if *meta.level() == Level::INFO {
+            return KEPT_INFO.iter().any(|k| message.0.contains(k));
+        }
         if ROUTINE.iter().any(|r| message.0.contains(r)) {
             return false;
         }

@@ -23,6 +23,7 @@ use crate::observe::metrics::Metrics;
 use crate::operate::admin::{AdminApp, DrainWatch};
 use crate::operate::health::HealthService;
 use crate::operate::parent_ready::ParentReady;
+use crate::operate::ready_line::ReadyLine;
 use crate::operate::reload::ReloadService;
 use crate::operate::shutdown::ExitWhenDone;
 use crate::operate::systemd::{Notifier, NotifyService, RestoreStderr};
@@ -205,6 +206,20 @@ fn l4_buffer() -> L4BufferSettings {
     L4BufferSettings::default().read(0)
 }
 
+/// The first line a starting process logs: what it serves, from which file.
+fn start_summary(config: &Config) -> String {
+    let backends: usize = config.pools.iter().map(|p| p.backends.len()).sum();
+    let short_hash = config.hash.get(..12).unwrap_or(&config.hash);
+    format!(
+        "fulcrum {} serving {} (sha256 {short_hash}): listeners {}, routes {}, pools {}, backends {backends}",
+        env!("CARGO_PKG_VERSION"),
+        config.source.display(),
+        config.listeners.len(),
+        config.routes.len(),
+        config.pools.len(),
+    )
+}
+
 /// In the foreground, install fulcrum's handlers for SIGHUP and SIGUSR1 before any service
 /// starts, so that an early signal is not fatal (their default action ends the process); it is
 /// delivered once the service listens. Not before a daemon's fork: tokio's signal pipe would
@@ -255,7 +270,8 @@ pub fn run(opt: Opt, config: &Config) -> Result<std::convert::Infallible, String
     if !opt.daemon {
         install_early_signal_handlers()?;
     }
-    let notifier = Arc::new(Notifier::from_env(opt.upgrade));
+    let upgrade = opt.upgrade;
+    let notifier = Arc::new(Notifier::from_env(upgrade));
     let restore_stderr = opt.daemon && notifier.is_active() && config.server.error_log.is_none();
     let Assembled {
         mut server,
@@ -273,6 +289,8 @@ pub fn run(opt: Opt, config: &Config) -> Result<std::convert::Infallible, String
         let saved = RestoreStderr::save().map_err(|e| format!("stderr: {e}"))?;
         server.add_service(background_service("journal stderr", saved));
     }
+    let ready_line = server.add_service(background_service("ready line", ReadyLine { upgrade }));
+    ready_line.add_dependencies(&listening);
     if notifier.is_active() {
         let addresses = config.listeners.iter().map(|l| l.addr);
         let addresses = addresses.chain(config.admin.iter().map(|a| a.listen));
@@ -285,8 +303,10 @@ pub fn run(opt: Opt, config: &Config) -> Result<std::convert::Infallible, String
         let notify = server.add_service(background_service("systemd notify", notify));
         notify.add_dependencies(&listening);
     }
+    tracing::info!("{}", start_summary(config));
     for l in &config.listeners {
-        tracing::info!("listener {} on {}", l.name, l.addr);
+        let tls = if l.tls.is_some() { " (TLS)" } else { "" };
+        tracing::info!("listener {} on {}{tls}", l.name, l.addr);
     }
     if let Some(a) = &config.admin {
         tracing::info!("admin on {}", a.listen);

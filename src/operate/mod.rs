@@ -7,6 +7,7 @@ pub mod demo;
 pub mod diff;
 pub mod health;
 pub mod parent_ready;
+pub mod ready_line;
 pub mod reload;
 pub mod shutdown;
 pub mod systemd;

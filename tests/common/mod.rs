@@ -465,7 +465,7 @@ impl Fulcrum {
 
     /// Graceful upgrade without waiting for the old process to exit: start `fulcrum -u`,
     /// SIGQUIT the old process, and adopt the new one once it has taken the listening sockets
-    /// ("Bootstrap done" in its log). Returns the old process, still draining (killed on drop).
+    /// ("ready: took the listening sockets over" in its log). Returns the old process, still draining (killed on drop).
     pub async fn hand_over(&mut self) -> Draining {
         let sock = self.dir.path().join("upgrade.sock");
         let _ = std::fs::remove_file(&sock);
@@ -486,7 +486,7 @@ impl Fulcrum {
         self.signal("QUIT");
         while !std::fs::read_to_string(&log)
             .unwrap_or_default()
-            .contains("Bootstrap done")
+            .contains("ready: took the listening sockets over")
         {
             assert!(
                 start.elapsed() < Duration::from_secs(15),
