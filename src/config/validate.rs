@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use super::locate::{Location, LocationIndex};
 use super::model::*;
@@ -141,7 +141,7 @@ pub fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             message,
         }]));
     }
-    let doc: Value = match serde_yaml::from_str(text) {
+    let doc: Value = match serde_norway::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             let location = e
