@@ -24,7 +24,7 @@ use super::model::*;
 
 pub use affinity::MIN_KEY_LEN;
 pub use balancing::MAX_BALANCE_FACTOR;
-pub use pools::{MAX_RETRIES, MAX_WEIGHT};
+pub use pools::{MAX_BACKENDS, MAX_RETRIES, MAX_WEIGHT};
 
 /// One problem found in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]

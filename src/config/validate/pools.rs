@@ -14,6 +14,8 @@ use crate::config::raw::*;
 
 /// Largest backend weight (as HAProxy's 256): keeps the smooth round-robin table small.
 pub const MAX_WEIGHT: i64 = 256;
+/// Most backends in a pool: the bound the hashing ring is built for.
+pub use crate::pool::select::ketama::MAX_BACKENDS;
 /// Largest `retries` (Pingora stops at 16 attempts in all).
 pub const MAX_RETRIES: u32 = 10;
 /// Largest `max_h2_streams`.
@@ -125,6 +127,15 @@ fn check_backends(ck: &mut Checker, pool: &str, items: Vec<Value>) -> Vec<Backen
     let path = format!("{pool}.backends");
     if items.is_empty() && !ck.unreadable(&path) {
         ck.error(&path, "a pool needs at least one backend");
+    }
+    if items.len() > MAX_BACKENDS {
+        ck.error(
+            &path,
+            format!(
+                "{} backends: a pool takes at most {MAX_BACKENDS}",
+                items.len()
+            ),
+        );
     }
     let mut backends = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
@@ -289,6 +300,28 @@ mod tests {
                 "8:9: pools.p.backends[2]: a map, got `10.0.0.3:80`",
                 "9:5: pools.p.wieght: unknown key `wieght`, expected one of `algorithm`, `hash_key`, `backends`, `retries`, `timeouts`, `health_check`, `passive_health`, `slow_start`, `balance_factor`, `ewma_decay`, `feedback`, `retry_budget`, `affinity`, `protocol`, `tls`, `max_h2_streams`",
             ]
+        );
+    }
+
+    #[test]
+    fn a_pool_takes_at_most_max_backends() {
+        let backends = |n: usize| -> String {
+            (0..n)
+                .map(|i| {
+                    format!(
+                        "      - {{address: 10.{}.{}.{}:80}}\n",
+                        i >> 16,
+                        (i >> 8) & 255,
+                        i & 255
+                    )
+                })
+                .collect()
+        };
+        let text = |n| format!("{FRONT}pools:\n  p:\n    backends:\n{}", backends(n));
+        assert_eq!(problems(&text(super::MAX_BACKENDS)), Vec::<String>::new());
+        assert_eq!(
+            problems(&text(super::MAX_BACKENDS + 1)),
+            ["5:5: pools.p.backends: 10001 backends: a pool takes at most 10000"]
         );
     }
 
