@@ -1,5 +1,5 @@
 //! TLS material: the certificate/key pairs of TLS listeners and the CA bundle a pool verifies
-//! its backends with, each loaded and checked here.
+//! its backends with, each loaded and checked here, once, and carried in the model.
 
 use super::Checker;
 use crate::config::model::*;
@@ -26,15 +26,17 @@ pub(super) fn check_listener_tls(
         let ppath = format!("{path}.certificates[{j}]");
         let cert = ck.base.join(&pair.cert);
         let key = ck.base.join(&pair.key);
-        if let Err((part, msg)) = crate::tls::load_pair(&cert, &key, now) {
-            let which = match part {
-                crate::tls::Part::Cert => "cert",
-                crate::tls::Part::Key => "key",
-            };
-            ck.error(format!("{ppath}.{which}"), msg);
-            ok = false;
+        match crate::tls::load_pair(&cert, &key, now) {
+            Ok(loaded) => certificates.push(CertPair { cert, key, loaded }),
+            Err((part, msg)) => {
+                let which = match part {
+                    crate::tls::Part::Cert => "cert",
+                    crate::tls::Part::Key => "key",
+                };
+                ck.error(format!("{ppath}.{which}"), msg);
+                ok = false;
+            }
         }
-        certificates.push(CertPair { cert, key });
     }
     ok.then_some(ListenerTls {
         certificates,
@@ -45,15 +47,20 @@ pub(super) fn check_listener_tls(
 /// `tls:` of a pool: SNI, verification, and the CA bundle (loaded and checked now).
 pub(super) fn check_upstream_tls(ck: &mut Checker, path: &str, raw: RawUpstreamTls) -> UpstreamTls {
     let ca_file = raw.ca_file.map(|f| ck.base.join(f));
-    if let Some(f) = &ca_file {
-        if let Err(e) = crate::tls::load_ca(f) {
-            ck.error(format!("{path}.ca_file"), e);
-        }
-    }
+    let ca = ca_file
+        .as_deref()
+        .and_then(|f| match crate::tls::load_ca(f) {
+            Ok(ca) => Some(ca),
+            Err(e) => {
+                ck.error(format!("{path}.ca_file"), e);
+                None
+            }
+        });
     UpstreamTls {
         sni: raw.sni.unwrap_or_default(),
         verify: raw.verify.unwrap_or(true),
         ca_file,
+        ca,
     }
 }
 
@@ -82,6 +89,20 @@ mod tests {
             problems_in(&conf, &text("c.pem", "k.pem")),
             Vec::<String>::new()
         );
+        // Loaded once, here: serving needs the files no more.
+        let c = crate::config::validate::validate(&conf, &text("c.pem", "k.pem")).unwrap();
+        let tls = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(tls.loaded()[0].names, ["localhost"]);
+        let ca = c.pools[0]
+            .upstream_tls
+            .as_ref()
+            .unwrap()
+            .ca
+            .as_ref()
+            .unwrap();
+        assert_eq!(ca.0.len(), 1);
+        let again = crate::config::validate::validate(&conf, &text("c.pem", "k.pem")).unwrap();
+        assert_eq!(again.listeners, c.listeners);
         let p = problems_in(&conf, &text("c.pem", "c.pem"));
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(
@@ -99,5 +120,9 @@ mod tests {
             p[1].starts_with("8:11: pools.p.tls.ca_file: cannot read"),
             "{p:?}"
         );
+        std::fs::remove_file(dir.path().join("c.pem")).unwrap();
+        std::fs::remove_file(dir.path().join("k.pem")).unwrap();
+        assert!(crate::tls::SniResolver::new(&tls.loaded()).is_some());
+        assert_eq!(ca.0.len(), 1);
     }
 }
