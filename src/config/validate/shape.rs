@@ -63,6 +63,8 @@ impl Checker<'_> {
                 let taken = path_of(&path_of(path, &segs), &[Seg::Key(field.to_string())]);
                 (!self.unreadable(&taken)).then(|| format!("`{field}` is required"))
                 // The map that lacks it is taken out below (the element, if it is the element).
+            } else if message.ends_with(", expected field identifier") {
+                Some("every key must be a string".to_string())
             } else if let Some((_, expected)) = message.rsplit_once(", expected ") {
                 let key = match segs.iter().rev().find_map(|s| match s {
                     Seg::Key(k) => Some(k.as_str()),
@@ -249,4 +251,42 @@ pub(super) fn whole(key: &str) -> Option<Whole> {
         _ => return None,
     };
     Some(Whole { min, max })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+
+    #[test]
+    fn nested_shape_errors_are_each_reported_once() {
+        let p = problems(&format!(
+            "{FRONT}pools:\n  p:\n    backends: 5\n    health_check: {{1: x, tcp: {{}}}}\n    timeouts: {{connect: [1s]}}\n    affinity: {{cookie: [a]}}\n    passive_health: {{ejection_time: {{a: b}}, max_ejection_time: 1s}}\n"
+        ));
+        assert_eq!(
+            p,
+            [
+                "5:5: pools.p.backends: a list, got 5",
+                "6:5: pools.p.health_check: every key must be a string",
+                "7:16: pools.p.timeouts.connect: a duration such as `500ms`, `2s`, `1m` or `1h`, got a list",
+                // taken out, `cookie` is not reported missing as well
+                "8:16: pools.p.affinity.cookie: a string, got a list",
+                // nor is `max_ejection_time` compared with a default `ejection_time`
+                "9:22: pools.p.passive_health.ejection_time: a duration such as `500ms`, `2s`, `1m` or `1h`, got a map",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_key_is_located_at_its_map() {
+        let p = problems(
+            "listeners: [{name: main, listen: 127.0.0.1:8080, tls: {certificates: [{cert: a}]}}, {name: x}]\nroutes: [{pool: p}]\npools: {p: {backends: [{address: 127.0.0.1:9}]}}\n",
+        );
+        assert_eq!(
+            p,
+            [
+                "1:71: listeners[0].tls.certificates[0]: `key` is required",
+                "1:85: listeners[1]: `listen` is required",
+            ]
+        );
+    }
 }
