@@ -177,7 +177,7 @@ pub(super) fn check_feedback(ck: &mut Checker, path: &str, raw: RawFeedback) -> 
     }
 }
 
-pub(super) fn check_hash_key(ck: &mut Checker, path: &str, value: &Value) -> Option<HashKey> {
+fn check_hash_key(ck: &mut Checker, path: &str, value: &Value) -> Option<HashKey> {
     const EXPECTED: &str =
         "expected client_ip, path, uri, {header: NAME}, {cookie: NAME} or {query: NAME}";
     match value {

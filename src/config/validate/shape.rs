@@ -13,8 +13,9 @@ use serde_path_to_error::Segment;
 use super::parse::join;
 use super::Checker;
 
-/// Most keys taken out of one element before giving up on it (each round reads it again).
-const MAX_ROUNDS: usize = 1000;
+/// Most keys taken out of one element before giving up on it: each round reads the element
+/// again (a pool's backends included), and a hundred problems in one map are plenty to show.
+const MAX_ROUNDS: usize = 100;
 
 /// One step of a key path below an element.
 enum Seg {
@@ -66,13 +67,15 @@ impl Checker<'_> {
             } else if message.ends_with(", expected field identifier") {
                 Some("every key must be a string".to_string())
             } else if let Some((_, expected)) = message.rsplit_once(", expected ") {
-                let key = match segs.iter().rev().find_map(|s| match s {
-                    Seg::Key(k) => Some(k.as_str()),
-                    Seg::Index(_) => None,
-                }) {
-                    Some(k) => k,
-                    None => path.rsplit(['.', '[']).next().unwrap_or(path),
-                };
+                // The key whose value is wrong ("": the element itself, worded by its type).
+                let key = segs
+                    .iter()
+                    .rev()
+                    .find_map(|s| match s {
+                        Seg::Key(k) => Some(k.as_str()),
+                        Seg::Index(_) => None,
+                    })
+                    .unwrap_or("");
                 let item = matches!(segs.last(), Some(Seg::Index(_)));
                 let got = node(&value, &segs).map_or_else(|| "something else".into(), describe);
                 Some(format!("{}, got {got}", expectation(key, item, expected)))
@@ -274,6 +277,14 @@ mod tests {
                 "9:22: pools.p.passive_health.ejection_time: a duration such as `500ms`, `2s`, `1m` or `1h`, got a map",
             ]
         );
+    }
+
+    #[test]
+    fn an_element_of_the_wrong_type_is_worded_by_its_type_not_its_name() {
+        let p = problems(&format!(
+            "{FRONT}pools: {{p: {{backends: [{{address: 127.0.0.1:9}}]}}, retries: 5}}\n"
+        ));
+        assert_eq!(p, ["3:50: pools.retries: a map, got 5"]);
     }
 
     #[test]
