@@ -1,6 +1,8 @@
 //! TLS material: loading and checking certificate/key pairs (missing file, key that does not
 //! match, expired), the SNI resolver that picks a certificate per handshake (exact names,
-//! wildcards, a default), and CA bundles for verifying upstreams.
+//! wildcards, a default), and CA bundles for verifying upstreams. It takes paths and loaded
+//! material, never configuration types: the configuration loads through it once, while
+//! validating, and carries what it loaded.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,8 +15,6 @@ use pingora::tls::{
 };
 use pingora::utils::tls::{parse_x509, WrappedX509};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-
-use crate::config::ListenerTls;
 
 /// Which file of a pair a problem is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,15 @@ pub struct LoadedCert {
     /// DNS names from the leaf's subjectAltName (or its CN), lower-case; may start with `*.`.
     pub names: Vec<String>,
 }
+
+/// The same certificate chain for the same names (the key goes with the chain).
+impl PartialEq for LoadedCert {
+    fn eq(&self, other: &Self) -> bool {
+        self.key.cert == other.key.cert && self.names == other.names
+    }
+}
+
+impl Eq for LoadedCert {}
 
 impl std::fmt::Debug for LoadedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -182,12 +191,6 @@ impl SniResolver {
         })
     }
 
-    /// A resolver with every certificate of a TLS listener, loaded and checked.
-    pub fn for_listener(tls: &ListenerTls) -> Result<SniResolver, String> {
-        let certs = load_listener_certificates(tls)?;
-        SniResolver::new(&certs).ok_or_else(|| "no certificate".to_string())
-    }
-
     /// Serve `certs` from the next handshake on.
     pub fn replace(&self, certs: &[LoadedCert]) {
         if let Some(t) = CertTable::new(certs) {
@@ -202,17 +205,32 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Load and check every certificate/key pair of a TLS listener.
-pub fn load_listener_certificates(tls: &ListenerTls) -> Result<Vec<LoadedCert>, String> {
-    let now = unix_now();
-    tls.certificates
-        .iter()
-        .map(|p| load_pair(&p.cert, &p.key, now).map_err(|(_, e)| e))
-        .collect()
+/// A CA bundle for verifying upstream certificates, in Pingora's form.
+#[derive(Clone)]
+pub struct CaBundle(pub Arc<[WrappedX509]>);
+
+/// The same certificates, in the same order.
+impl PartialEq for CaBundle {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(other.0.iter())
+                .all(|(a, b)| a.borrow_raw_cert() == b.borrow_raw_cert())
+    }
 }
 
-/// A CA bundle (PEM) for verifying upstream certificates, in Pingora's form.
-pub fn load_ca(path: &Path) -> Result<Arc<[WrappedX509]>, String> {
+impl Eq for CaBundle {}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CaBundle({} certificates)", self.0.len())
+    }
+}
+
+/// Load and check a CA bundle (PEM).
+pub fn load_ca(path: &Path) -> Result<CaBundle, String> {
     let certs = certificates(path)?;
     let mut out = Vec::with_capacity(certs.len());
     for c in certs {
@@ -220,7 +238,7 @@ pub fn load_ca(path: &Path) -> Result<Arc<[WrappedX509]>, String> {
             .map_err(|e| format!("{}: not an X.509 certificate: {e}", path.display()))?;
         out.push(WrappedX509::new(c.as_ref().to_vec(), parse_x509));
     }
-    Ok(out.into())
+    Ok(CaBundle(out.into()))
 }
 
 /// Seconds since the Unix epoch.

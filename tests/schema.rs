@@ -29,7 +29,7 @@ fn validator() -> jsonschema::Validator {
 }
 
 fn errors(v: &jsonschema::Validator, yaml: &str) -> Vec<String> {
-    let doc: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+    let doc: serde_json::Value = serde_norway::from_str(yaml).unwrap();
     v.iter_errors(&doc)
         .map(|e| format!("{}: {e}", e.instance_path()))
         .collect()

@@ -23,7 +23,7 @@ pub struct LocationIndex {
 
 impl LocationIndex {
     /// Index `text`; a document that does not parse yields an empty index (the syntax error is
-    /// reported by serde_yaml with its own location).
+    /// reported by the YAML parser with its own location).
     pub fn build(text: &str) -> Self {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);

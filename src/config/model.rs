@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::tls::{CaBundle, LoadedCert};
+
 /// A whole, valid configuration file.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -108,10 +110,19 @@ pub struct ListenerTls {
     pub http2: bool,
 }
 
+impl ListenerTls {
+    /// The certificates as validation loaded them (what `-t` checked is what is served).
+    pub fn loaded(&self) -> Vec<LoadedCert> {
+        self.certificates.iter().map(|p| p.loaded.clone()).collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertPair {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The chain and key read from `cert` and `key`, checked, while validating.
+    pub loaded: LoadedCert,
 }
 
 /// How fulcrum talks to a pool's backends.
@@ -131,6 +142,8 @@ pub struct UpstreamTls {
     pub sni: String,
     pub verify: bool,
     pub ca_file: Option<PathBuf>,
+    /// The bundle read from `ca_file` while validating (None: the system's roots).
+    pub ca: Option<CaBundle>,
 }
 
 pub const DEFAULT_MAX_H2_STREAMS: usize = 100;

@@ -3,7 +3,7 @@
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 /// `server:` — the subset of Pingora's ServerConf that fulcrum passes through.
 #[derive(Debug, Default, Deserialize, JsonSchema)]

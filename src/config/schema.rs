@@ -74,8 +74,9 @@ pub fn hash_key(_: &mut SchemaGenerator) -> Schema {
 pub fn backends(generator: &mut SchemaGenerator) -> Schema {
     let backend = generator.subschema_for::<RawBackend>();
     json_schema!({
-        "description": "The pool's backends: {address: IP:PORT, weight: 1..256 (default 1), name: NAME (default: the address)}.",
+        "description": "The pool's backends (at most 10,000): {address: IP:PORT, weight: 1..256 (default 1), name: NAME (default: the address)}.",
         "type": "array",
+        "maxItems": super::validate::MAX_BACKENDS,
         "items": backend,
     })
 }

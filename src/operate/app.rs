@@ -139,11 +139,11 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
             continue;
         };
         let resolver = Arc::new(
-            SniResolver::for_listener(tls)
-                .map_err(|e| format!("listener {}: {e}", listener.name))?,
+            SniResolver::new(&tls.loaded())
+                .ok_or_else(|| format!("listener {}: no certificate", listener.name))?,
         );
-        // The paths are not used: certificates come from the resolver, loaded and checked above
-        // (Pingora's rustls listener would panic on a bad file; ours are validated first).
+        // The paths are not used: certificates come from the resolver, with what validation
+        // loaded and checked (Pingora's rustls listener would panic on a bad file).
         let mut settings = TlsSettings::intermediate("", "")
             .map_err(|e| format!("listener {}: {e}", listener.name))?;
         settings.set_cert_resolver(resolver.clone());

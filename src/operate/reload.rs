@@ -51,8 +51,8 @@ impl ReloadService {
         self
     }
 
-    /// Reload the certificates of every TLS listener whose address did not change (the files
-    /// were checked by the validation that just passed).
+    /// Reload the certificates of every TLS listener whose address did not change (loaded and
+    /// checked by the validation that just passed).
     fn reload_certificates(&self, running: &Config, new: &Config) {
         for (name, resolver) in &self.certificates {
             let find = |c: &Config| c.listeners.iter().find(|l| &l.name == name).cloned();
@@ -66,16 +66,12 @@ impl ReloadService {
             else {
                 continue;
             };
-            match crate::tls::load_listener_certificates(tls) {
-                Ok(certs) => {
-                    resolver.replace(&certs);
-                    tracing::info!(
-                        "reload: listener {name}: {} certificate(s) loaded",
-                        certs.len()
-                    );
-                }
-                Err(e) => tracing::error!("reload: listener {name}: certificates kept: {e}"),
-            }
+            let certs = tls.loaded();
+            resolver.replace(&certs);
+            tracing::info!(
+                "reload: listener {name}: {} certificate(s) loaded",
+                certs.len()
+            );
         }
     }
 

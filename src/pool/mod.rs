@@ -199,21 +199,12 @@ impl Pool {
             retry_budget: RetryBudget::new(&config.retry_budget),
             protocol: config.protocol,
             upstream_tls: config.upstream_tls.clone(),
+            // Loaded by validation: building the runtime reads no file.
             upstream_ca: config
                 .upstream_tls
                 .as_ref()
-                .and_then(|t| t.ca_file.as_ref())
-                .and_then(|f| match crate::tls::load_ca(f) {
-                    Ok(ca) => Some(ca),
-                    Err(e) => {
-                        // Validated moments ago; a file changed since is reported, not fatal.
-                        tracing::error!(
-                            "pool {}: {e}; verifying with the system's roots",
-                            config.name
-                        );
-                        None
-                    }
-                }),
+                .and_then(|t| t.ca.as_ref())
+                .map(|ca| ca.0.clone()),
             max_h2_streams: config.max_h2_streams,
             backends,
             selector,
