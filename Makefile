@@ -6,8 +6,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN_DEBUG := $(CARGO_TARGET_DIR)/debug/fulcrum
 BIN_RELEASE := $(CARGO_TARGET_DIR)/release/fulcrum
 
-.PHONY: all setup test-tools bench-tools soak-tools build release demo test lint check-conf check-unit bench bench-select \
-	soak cargo-deb deb package-test
+.PHONY: all setup test-tools bench-tools soak-tools build release demo test lint audit check-conf check-unit bench bench-select \
+	soak cargo-deb cargo-deny deb package-test
 
 all: build
 
@@ -53,9 +53,24 @@ deb: release cargo-deb
 package-test: build cargo-deb test-tools
 	tests/package.sh
 
-lint: setup
+# cargo-deny, pinned like cargo-deb (deny.toml is written for this version's format).
+CARGO_DENY_VERSION := 0.20.2
+cargo-deny:
+	@cargo deny --version 2>/dev/null | grep -qx "cargo-deny $(CARGO_DENY_VERSION)" || { \
+	  echo "installing cargo-deny $(CARGO_DENY_VERSION)"; \
+	  cargo install cargo-deny --version $(CARGO_DENY_VERSION) --locked; }
+
+# Formatting, clippy (with the [lints] table of Cargo.toml and clippy.toml), and the dependency
+# graph: licences, duplicate versions, sources (deny.toml). Advisories: `make audit`.
+lint: setup cargo-deny
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	cargo deny --offline check licenses bans sources
+
+# The RustSec advisories (fetches the database from GitHub: not in CI, whose machine reaches
+# only package registries).
+audit: cargo-deny
+	cargo deny check advisories
 
 check-conf: build
 	@for f in conf/*.yaml; do $(BIN_DEBUG) -c $$f -t || exit 1; done

@@ -69,7 +69,14 @@ pub fn load_pair(cert: &Path, key: &Path, now: i64) -> Result<LoadedCert, (Part,
         .map_err(|e| (Part::Key, format!("{}: not PEM: {e}", key.display())))?
         .ok_or_else(|| (Part::Key, format!("{} holds no private key", key.display())))?;
 
-    let (_, leaf) = X509Certificate::from_der(chain[0].as_ref()).map_err(|e| {
+    // `certificates` refuses a file without one, so the chain has a first (leaf) certificate.
+    let first = chain.first().ok_or_else(|| {
+        (
+            Part::Cert,
+            format!("{} holds no PEM certificate", cert.display()),
+        )
+    })?;
+    let (_, leaf) = X509Certificate::from_der(first.as_ref()).map_err(|e| {
         (
             Part::Cert,
             format!("{}: not an X.509 certificate: {e}", cert.display()),

@@ -268,8 +268,12 @@ impl CodeCounters {
             self.vec
                 .with_label_values(&[l.as_str(), p, b, &code_label()])
         };
-        match COMMON_CODES.iter().position(|&c| c == code) {
-            Some(i) => self.common[i].get_or_init(lookup).inc(),
+        match COMMON_CODES
+            .iter()
+            .position(|&c| c == code)
+            .and_then(|i| self.common.get(i))
+        {
+            Some(counter) => counter.get_or_init(lookup).inc(),
             None => lookup().inc(),
         }
     }
@@ -323,7 +327,9 @@ impl PoolMetrics {
             Decision::Repinned => 2,
             Decision::Invalid => 3,
         };
-        self.affinity[i].inc();
+        if let Some(counter) = self.affinity.get(i) {
+            counter.inc();
+        }
     }
 
     pub fn upstream_error(&self, backend: usize, kind: ErrorKind) {

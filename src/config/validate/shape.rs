@@ -87,13 +87,15 @@ impl Checker<'_> {
             }
             // Take out the key in error (for an item of a list: the whole list), read again.
             let k = segs.iter().rposition(|s| matches!(s, Seg::Key(_)))?;
-            let Seg::Key(key) = &segs[k] else {
+            let (parent, rest) = segs.split_at(k);
+            let Some(Seg::Key(key)) = rest.first() else {
                 return None;
             };
-            node_mut(&mut value, &segs[..k])
+            node_mut(&mut value, parent)
                 .and_then(Value::as_mapping_mut)
                 .and_then(|m| m.remove(key.as_str()))?;
-            self.unreadable.insert(path_of(path, &segs[..=k]));
+            self.unreadable
+                .insert(path_of(path, segs.get(..=k).unwrap_or(&segs)));
         }
         None
     }
