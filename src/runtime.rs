@@ -54,7 +54,11 @@ impl Runtime {
         let observers = pools
             .iter()
             .map(|p| PoolObserver {
-                metrics: metrics.pool(&p.name, p.backends(), &names),
+                metrics: metrics.pool(
+                    &p.name,
+                    p.backends().iter().map(|b| b.name.as_str()),
+                    &names,
+                ),
                 error_log: LogLimit::default(),
             })
             .collect();
@@ -63,7 +67,7 @@ impl Runtime {
             pools,
             observers,
             unrouted: PoolObserver {
-                metrics: metrics.pool("", &[], &names),
+                metrics: metrics.pool("", [], &names),
                 error_log: LogLimit::default(),
             },
             listeners: config

@@ -776,7 +776,7 @@ impl ProxyHttp for Proxy {
             .metrics
             .request(ctx.listener, backend, status, elapsed.as_secs_f64());
         if let Some(d) = ctx.affinity {
-            observer.metrics.affinity(d);
+            observer.metrics.affinity(d.as_str());
         }
         let pool_name = ctx.pool.as_ref().map_or("", |p| p.name.as_str());
         let backend_name = ctx
