@@ -218,9 +218,12 @@ impl Metrics {
         listeners: &[String],
     ) -> PoolMetrics {
         let backend_names: Vec<String> = backends.into_iter().map(str::to_string).collect();
+        // One column per listener, then one for requests no listener serves (label "").
         let per_listener = |backend: &str| -> Vec<CodeCounters> {
             listeners
                 .iter()
+                .map(String::as_str)
+                .chain([""])
                 .map(|l| CodeCounters::new(&self.requests, [l, pool, backend]))
                 .collect()
         };
@@ -279,22 +282,30 @@ pub struct PoolMetrics {
     retry_budget_exhausted: IntCounter,
     no_backend: IntCounter,
     affinity: [IntCounter; 4],
-    /// [backend][listener]
+    /// [backend][listener], the last listener column for requests no listener serves.
     requests: Vec<Vec<CodeCounters>>,
-    /// [listener]: requests that reached no backend.
+    /// [listener] as above: requests that reached no backend.
     requests_without_backend: Vec<CodeCounters>,
     upstream_errors: IntCounterVec,
     backend_names: Vec<String>,
 }
 
 impl PoolMetrics {
-    /// One finished request.
-    pub fn request(&self, listener: usize, backend: Option<usize>, code: u16, seconds: f64) {
+    /// One finished request, on `listener` (None: no listener serves its address).
+    pub fn request(
+        &self,
+        listener: Option<usize>,
+        backend: Option<usize>,
+        code: u16,
+        seconds: f64,
+    ) {
         let row = match backend.and_then(|b| self.requests.get(b)) {
             Some(row) => row,
             None => &self.requests_without_backend,
         };
-        if let Some(c) = row.get(listener) {
+        // The last column is the one of no listener.
+        let column = listener.filter(|&l| l + 1 < row.len());
+        if let Some(c) = column.map_or_else(|| row.last(), |l| row.get(l)) {
             c.inc(code);
         }
         self.duration.observe(seconds);
@@ -326,5 +337,36 @@ impl PoolMetrics {
                 .with_label_values(&[&self.name, name, kind.as_str()])
                 .inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_of_no_listener_are_not_put_on_another() {
+        let m = Metrics::new().unwrap();
+        let p = m.pool("p", ["b"], &["public".to_string()]);
+        p.request(Some(0), Some(0), 200, 0.1);
+        p.request(None, Some(0), 200, 0.1);
+        p.request(None, None, 503, 0.1);
+        let text = m.render();
+        // The value of the series with exactly these label values (listener, backend, code).
+        let count = |listener: &str, backend: &str, code: &str| {
+            let want = [
+                format!("listener=\"{listener}\""),
+                format!("backend=\"{backend}\""),
+                format!("code=\"{code}\""),
+            ];
+            text.lines()
+                .filter(|l| l.starts_with("fulcrum_requests_total{"))
+                .find(|l| want.iter().all(|w| l.contains(w.as_str())))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_string)
+        };
+        assert_eq!(count("public", "b", "200").as_deref(), Some("1"));
+        assert_eq!(count("", "b", "200").as_deref(), Some("1"), "not on public");
+        assert_eq!(count("", "", "503").as_deref(), Some("1"));
     }
 }

@@ -15,11 +15,12 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{ErrorSource, ErrorType};
 
+use crate::config::ListenerLimits;
 use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::metrics::ErrorKind;
 use crate::pool::sticky::{self, Decision};
 use crate::pool::{hash_key, InflightGuard, Pool};
-use crate::runtime::{PoolObserver, Runtime, SharedRuntime};
+use crate::runtime::{ListenerInfo, PoolObserver, Runtime, SharedRuntime};
 use crate::serve::forwarding::{self, request_host, Origin};
 use crate::serve::limits::ConnectionLimits;
 use crate::serve::own_response::{own_body, own_response, redirect, status_for};
@@ -95,8 +96,8 @@ pub struct RequestCtx {
     pool: Option<Arc<Pool>>,
     /// Index of `pool` in the runtime (for its observer).
     pool_index: Option<usize>,
-    /// Index of the listener the request came in on.
-    listener: usize,
+    /// Index of the listener the request came in on (None: no listener serves its address).
+    listener: Option<usize>,
     request_id: HeaderValue,
     /// The backend of the current attempt; dropping it releases the in-flight count.
     current: Option<(usize, InflightGuard)>,
@@ -164,6 +165,11 @@ impl RequestCtx {
         }
     }
 
+    /// The listener the request came in on.
+    fn listener(&self) -> Option<&ListenerInfo> {
+        self.listener.and_then(|i| self.runtime.listeners.get(i))
+    }
+
     /// The metric handles and log limit of the request's pool (None before routing).
     fn observer(&self) -> Option<&PoolObserver> {
         self.pool_index.and_then(|i| self.runtime.observers.get(i))
@@ -216,7 +222,7 @@ impl ProxyHttp for Proxy {
             runtime: self.runtime.load_full(),
             pool: None,
             pool_index: None,
-            listener: 0,
+            listener: None,
             request_id: HeaderValue::from_static("-"),
             current: None,
             tried: Vec::new(),
@@ -245,13 +251,14 @@ impl ProxyHttp for Proxy {
         crate::serve::limits::header_arrived();
         let req = session.req_header();
         ctx.request_id = forwarding::request_id(req);
-        ctx.listener = ctx
-            .runtime
-            .listener_of(session.server_addr().and_then(|a| a.as_inet()));
-        let Some(listener) = ctx.runtime.listeners.get(ctx.listener) else {
-            return Ok(());
-        };
-        let limits = &listener.limits;
+        let local = session.server_addr().and_then(|a| a.as_inet());
+        ctx.listener = ctx.runtime.listener_of(local);
+        if ctx.listener.is_none() {
+            ctx.runtime.stray(local);
+        }
+        let listener = ctx.listener();
+        let name = listener.map_or("", |l| l.name.as_str());
+        let limits = listener.map_or(&ListenerLimits::DEFAULT, |l| &l.limits);
         let over = if req.headers.len() > limits.max_headers {
             Some("max_headers")
         } else if header_bytes(req) > limits.max_header_bytes {
@@ -260,7 +267,7 @@ impl ProxyHttp for Proxy {
             None
         };
         if let Some(limit) = over {
-            self.limits.cut(&listener.name, limit);
+            self.limits.cut(name, limit);
             return Error::e_explain(
                 ErrorType::HTTPStatus(431),
                 format!("request header over the listener's {limit}"),
@@ -292,7 +299,7 @@ impl ProxyHttp for Proxy {
                 req.set_raw_path(&origin)?;
             }
         }
-        let listener = ctx.runtime.listeners.get(ctx.listener);
+        let listener = ctx.listener();
         // Pingora keeps an idle client connection forever ("0"); bound it. `None` (closing)
         // is left alone.
         if session.get_keepalive() == Some(0) {
@@ -491,11 +498,7 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let tls = ctx
-            .runtime
-            .listeners
-            .get(ctx.listener)
-            .is_some_and(|l| l.tls);
+        let tls = ctx.listener().is_some_and(|l| l.tls);
         let backend = ctx
             .pool
             .as_ref()
@@ -532,11 +535,7 @@ impl ProxyHttp for Proxy {
         }
         if let (Some(pool), Some((i, _))) = (&ctx.pool, &ctx.current) {
             if let Some(cookie) = pool.affinity.as_ref().and_then(|s| {
-                let tls = ctx
-                    .runtime
-                    .listeners
-                    .get(ctx.listener)
-                    .is_some_and(|l| l.tls);
+                let tls = ctx.listener().is_some_and(|l| l.tls);
                 s.set_cookie(*i, ctx.session, sticky::unix_now(), tls)
             }) {
                 response.append_header(http::header::SET_COOKIE, cookie)?;
@@ -593,9 +592,8 @@ impl ProxyHttp for Proxy {
             *e.esource() == ErrorSource::Downstream && *e.etype() == ErrorType::ReadTimedout
         });
         if client_too_slow {
-            if let Some(l) = ctx.runtime.listeners.get(ctx.listener) {
-                self.limits.cut(&l.name, "body_timeout");
-            }
+            let name = ctx.listener().map_or("", |l| l.name.as_str());
+            self.limits.cut(name, "body_timeout");
         }
         if let (None, Some(upstream), Some(pool), Some((i, _))) =
             (e, ctx.upstream_status, &ctx.pool, &ctx.current)
@@ -653,10 +651,7 @@ impl ProxyHttp for Proxy {
             let req = session.req_header();
             log.send(&Entry {
                 time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                listener: rt
-                    .listeners
-                    .get(ctx.listener)
-                    .map_or("", |l| l.name.as_str()),
+                listener: ctx.listener().map_or("", |l| l.name.as_str()),
                 client: session
                     .client_addr()
                     .and_then(|a| a.as_inet())
