@@ -37,7 +37,7 @@ pub enum AccessLogConfig {
 }
 
 /// `server:`: the Pingora ServerConf settings fulcrum passes through (None = fulcrum's default).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerSettings {
     pub threads: Option<usize>,
     pub work_stealing: Option<bool>,
