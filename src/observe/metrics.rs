@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use pingora_prometheus::prometheus::core::Collector;
 use pingora_prometheus::prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, Result as PromResult, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Result as PromResult, TextEncoder,
 };
 
 /// Buckets for a proxy: from 0.5 ms to 30 s.
@@ -187,11 +187,10 @@ impl Metrics {
         self.registry.register(collector)
     }
 
-    /// The Prometheus text exposition of everything.
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+    /// The Prometheus text exposition of everything, or why it cannot be written (then none
+    /// of it: a scrape cut short would look like series that vanished).
+    pub fn render(&self) -> PromResult<String> {
+        TextEncoder::new().encode_to_string(&self.registry.gather())
     }
 
     /// Create `listener`'s series for `limit` at 0.
@@ -351,7 +350,7 @@ mod tests {
         p.request(Some(0), Some(0), 200, 0.1);
         p.request(None, Some(0), 200, 0.1);
         p.request(None, None, 503, 0.1);
-        let text = m.render();
+        let text = m.render().unwrap();
         // The value of the series with exactly these label values (listener, backend, code).
         let count = |listener: &str, backend: &str, code: &str| {
             let want = [
