@@ -75,7 +75,10 @@ impl Ketama {
         let mut index = Vec::with_capacity((1 << INDEX_BITS) + 1);
         let mut pos = 0;
         for prefix in 0..=(1u64 << INDEX_BITS) {
-            while pos < ring.len() && u64::from(ring[pos].hash >> (32 - INDEX_BITS)) < prefix {
+            while ring
+                .get(pos)
+                .is_some_and(|p| u64::from(p.hash >> (32 - INDEX_BITS)) < prefix)
+            {
                 pos += 1;
             }
             index.push(pos as u32);

@@ -96,36 +96,38 @@ impl LoadTree {
     /// The least loaded backend (per effective weight) that `c` allows, advancing its pass.
     /// Returns a pool index, None when no backend is usable.
     pub fn pick(&self, c: &Candidates) -> Option<usize> {
-        let mut t = self.lock();
+        let mut guard = self.lock();
+        let t = &mut *guard;
         if t.refreshed.elapsed() >= REFRESH {
             t.refresh(&self.states, self.slow_start);
         }
         let mut excluded = Vec::new();
         let found = loop {
-            let i = t.winners[1];
-            if i == NONE || t.leaves[i as usize].out() {
+            // The root's winner; NONE (no leaf) when the tree is empty.
+            let i = t.winners.get(1).map_or(usize::MAX, |&w| w as usize);
+            let Some(leaf) = t.leaves.get_mut(i).filter(|l| !l.out()) else {
                 break None;
-            }
-            let i = i as usize;
+            };
             if (c.skip)(i) {
-                t.leaves[i].excluded = true;
+                leaf.excluded = true;
                 excluded.push(i);
             } else if !c.usable(i) {
-                t.leaves[i].parked = true;
+                leaf.parked = true;
             } else {
                 // A backend that lost turns to its load banks no credit: its turn starts no
                 // earlier than the latest pick's (as a start time in fair queueing).
-                let start = t.leaves[i].pass.max(t.now);
-                t.now = start;
-                let leaf = &mut t.leaves[i];
+                let start = leaf.pass.max(t.now);
                 leaf.pass = start.saturating_add(PASS_SCALE / leaf.weight.max(1));
+                t.now = start;
                 t.replay(i);
                 break Some(i);
             }
             t.replay(i);
         };
         for i in excluded {
-            t.leaves[i].excluded = false;
+            if let Some(leaf) = t.leaves.get_mut(i) {
+                leaf.excluded = false;
+            }
             t.replay(i);
         }
         found
@@ -137,8 +139,10 @@ impl LoadTree {
             return;
         };
         let mut t = self.lock();
-        t.leaves[i].inflight = state.inflight() as u64;
-        t.replay(i);
+        if let Some(leaf) = t.leaves.get_mut(i) {
+            leaf.inflight = state.inflight() as u64;
+            t.replay(i);
+        }
     }
 }
 
@@ -152,13 +156,13 @@ impl Tree {
     /// Whether leaf `a` beats leaf `b`: in the running, then less load per weight, then the
     /// earlier pass.
     fn beats(&self, a: u32, b: u32) -> bool {
-        if b == NONE {
+        // NONE (no leaf) loses to any leaf.
+        let Some(y) = self.leaves.get(b as usize) else {
             return true;
-        }
-        if a == NONE {
+        };
+        let Some(x) = self.leaves.get(a as usize) else {
             return false;
-        }
-        let (x, y) = (&self.leaves[a as usize], &self.leaves[b as usize]);
+        };
         if x.out() != y.out() {
             return !x.out();
         }
@@ -170,9 +174,18 @@ impl Tree {
     fn replay(&mut self, i: usize) {
         let mut node = (self.width + i) / 2;
         while node >= 1 {
-            let (l, r) = (self.winners[2 * node], self.winners[2 * node + 1]);
-            self.winners[node] = if self.beats(r, l) { r } else { l };
+            self.rematch(node);
             node /= 2;
+        }
+    }
+
+    /// Play the match at inner `node` between the winners of its two children.
+    fn rematch(&mut self, node: usize) {
+        let child = |k: usize| self.winners.get(k).copied().unwrap_or(NONE);
+        let (l, r) = (child(2 * node), child(2 * node + 1));
+        let winner = if self.beats(r, l) { r } else { l };
+        if let Some(w) = self.winners.get_mut(node) {
+            *w = winner;
         }
     }
 
@@ -185,8 +198,7 @@ impl Tree {
             };
         }
         for node in (1..self.width).rev() {
-            let (l, r) = (self.winners[2 * node], self.winners[2 * node + 1]);
-            self.winners[node] = if self.beats(r, l) { r } else { l };
+            self.rematch(node);
         }
     }
 

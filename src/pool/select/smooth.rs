@@ -140,14 +140,18 @@ pub fn smooth_cycle(weights: &[u64]) -> Vec<u32> {
     let mut current = vec![0i64; weights.len()];
     let mut cycle = Vec::with_capacity(total.max(0) as usize);
     for _ in 0..total {
-        let mut best = 0;
-        for i in 0..weights.len() {
-            current[i] += weights[i];
-            if current[i] > current[best] {
-                best = i;
+        // The first of the largest current weights.
+        let mut best: Option<(usize, i64)> = None;
+        for (i, (c, w)) in current.iter_mut().zip(&weights).enumerate() {
+            *c += w;
+            if best.is_none_or(|(_, b)| *c > b) {
+                best = Some((i, *c));
             }
         }
-        current[best] -= total;
+        let Some((best, _)) = best else { break };
+        if let Some(c) = current.get_mut(best) {
+            *c -= total;
+        }
         cycle.push(best as u32);
     }
     cycle
