@@ -2,6 +2,7 @@
 //! `Config`. The request path loads it once per request; a reload swaps in a new one.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -33,6 +34,8 @@ pub struct Runtime {
     /// SHA-256 of the configuration file, hex; and when it was loaded.
     pub config_hash: String,
     pub loaded_at: SystemTime,
+    /// Whether a connection no listener serves was reported (once per snapshot).
+    stray_reported: AtomicBool,
 }
 
 impl Runtime {
@@ -54,7 +57,11 @@ impl Runtime {
         let observers = pools
             .iter()
             .map(|p| PoolObserver {
-                metrics: metrics.pool(&p.name, p.backends(), &names),
+                metrics: metrics.pool(
+                    &p.name,
+                    p.backends().iter().map(|b| b.name.as_str()),
+                    &names,
+                ),
                 error_log: LogLimit::default(),
             })
             .collect();
@@ -63,7 +70,7 @@ impl Runtime {
             pools,
             observers,
             unrouted: PoolObserver {
-                metrics: metrics.pool("", &[], &names),
+                metrics: metrics.pool("", [], &names),
                 error_log: LogLimit::default(),
             },
             listeners: config
@@ -81,19 +88,27 @@ impl Runtime {
                 .collect(),
             config_hash: config.hash.clone(),
             loaded_at: SystemTime::now(),
+            stray_reported: AtomicBool::new(false),
         }
     }
 
-    /// The listener (index) a connection arrived on, from its local address.
-    pub fn listener_of(&self, local: Option<&SocketAddr>) -> usize {
-        let Some(local) = local else { return 0 };
-        self.listeners
-            .iter()
-            .position(|l| {
-                let a = l.addr;
-                a.port() == local.port() && (a.ip().is_unspecified() || a.ip() == local.ip())
-            })
-            .unwrap_or(0)
+    /// The listener (index) a connection arrived on, from its local address (None: unknown,
+    /// or no listener serves it; the caller says so with `stray` and labels nothing with
+    /// another listener's name).
+    pub fn listener_of(&self, local: Option<&SocketAddr>) -> Option<usize> {
+        let local = local?;
+        self.listeners.iter().position(|l| serves(l.addr, local))
+    }
+
+    /// Report, once per snapshot, a connection to `local` that no listener serves: its
+    /// requests are counted with an empty `listener` label and get the default limits.
+    pub fn stray(&self, local: Option<&SocketAddr>) {
+        if !self.stray_reported.swap(true, Ordering::Relaxed) {
+            let at = local.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+            tracing::warn!(
+                "a connection to {at} matches no listener: its requests are counted with listener=\"\" and get the default limits (said once per configuration)"
+            );
+        }
     }
 }
 
@@ -111,6 +126,11 @@ pub struct ListenerInfo {
     pub limits: crate::config::ListenerLimits,
 }
 
+/// Whether a listener bound to `listen` serves a connection to `local`.
+pub fn serves(listen: SocketAddr, local: &SocketAddr) -> bool {
+    listen.port() == local.port() && (listen.ip().is_unspecified() || listen.ip() == local.ip())
+}
+
 /// The port https redirects go to: the first TLS listener's, else 443.
 fn https_port(config: &Config) -> u16 {
     config
@@ -122,3 +142,22 @@ fn https_port(config: &Config) -> u16 {
 
 /// The current snapshot, shared by the proxy and whatever replaces it.
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_address_no_listener_serves_has_no_listener() {
+        let yaml = "listeners:\n  - {name: a, listen: 127.0.0.1:8080}\n  - {name: b, listen: 0.0.0.0:9090}\nroutes: [{pool: p}]\npools:\n  p:\n    backends: [{address: 127.0.0.1:9000}]\n";
+        let config = crate::config::parse(std::path::Path::new("t.yaml"), yaml).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let rt = Runtime::build(&config, &metrics);
+        let at = |s: &str| rt.listener_of(Some(&s.parse().unwrap()));
+        assert_eq!(at("127.0.0.1:8080"), Some(0));
+        assert_eq!(at("10.1.2.3:9090"), Some(1), "b listens on every address");
+        assert_eq!(at("10.1.2.3:8080"), None, "not listener 0");
+        assert_eq!(at("127.0.0.1:7070"), None);
+        assert_eq!(rt.listener_of(None), None);
+    }
+}

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::AccessLogConfig;
-use crate::observe::log_limit::LogLimit;
+use crate::observe::log_limit::{LogLimit, Outage};
 
 /// Lines that may wait for the writer before new ones are dropped.
 const QUEUE: usize = 65_536;
@@ -130,19 +130,16 @@ impl AccessLogWriter {
     }
 }
 
-/// Log a change between writing and failing to write (`lines` lines were at stake); returns
-/// whether writing fails now.
-fn report_write(result: std::io::Result<()>, failing: bool, lines: u64) -> bool {
-    match (result, failing) {
-        (Err(e), false) => {
+/// Log a change between writing and failing to write (`lines` lines were at stake).
+fn report_write(result: std::io::Result<()>, failing: &Outage, lines: u64) {
+    match result {
+        Err(e) if failing.set(true) => {
             tracing::error!("access log: cannot write ({e}): lines are lost until it can again");
-            true
         }
-        (Ok(()), true) => {
+        Ok(()) if failing.set(false) => {
             tracing::info!("access log: writing again ({lines} lines just written)");
-            false
         }
-        (result, _) => result.is_err(),
+        _ => {}
     }
 }
 
@@ -162,7 +159,7 @@ impl BackgroundService for AccessLogWriter {
             };
         let mut out = self.open();
         // Whether writing fails now (a full disk, a removed mount): said once each way.
-        let mut failing = false;
+        let failing = Outage::default();
         loop {
             tokio::select! {
                 line = rx.recv() => {
@@ -175,7 +172,7 @@ impl BackgroundService for AccessLogWriter {
                         lines += 1;
                     }
                     result = result.and(out.flush());
-                    failing = report_write(result, failing, lines);
+                    report_write(result, &failing, lines);
                     self.progress.written.fetch_add(lines, Ordering::Release);
                 }
                 Some(()) = async { match reopen.as_mut() { Some(s) => s.recv().await, None => None } } => {

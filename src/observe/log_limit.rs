@@ -1,8 +1,20 @@
 //! Rate-limited logging: at most a few messages per second per source, and a count of what was
-//! held back, so that a storm of failing requests does not flood the journal.
+//! held back, so that a storm of failing requests does not flood the journal; and `Outage`, for
+//! something that fails or works, told once each way.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
+
+/// Something that fails or works, said once each way: its first failure and its recovery.
+#[derive(Debug, Default)]
+pub struct Outage(AtomicBool);
+
+impl Outage {
+    /// Record whether it `failed` now; true when that changed (the caller says so then).
+    pub fn set(&self, failed: bool) -> bool {
+        self.0.swap(failed, Ordering::Relaxed) != failed
+    }
+}
 
 /// Messages allowed per one-second window.
 const PER_SECOND: u32 = 5;
@@ -46,6 +58,16 @@ impl LogLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_is_told_once_each_way() {
+        let o = Outage::default();
+        assert!(!o.set(false), "working from the start: nothing to say");
+        assert!(o.set(true));
+        assert!(!o.set(true));
+        assert!(o.set(false));
+        assert!(!o.set(false));
+    }
 
     #[test]
     fn a_burst_is_cut_and_counted() {

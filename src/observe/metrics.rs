@@ -1,20 +1,16 @@
 //! Prometheus metrics: one `Metrics` value owns its registry (no statics) and is passed by Arc.
 //! Per-pool and per-backend handles are resolved when a pool is built, so that the request
-//! path increments counters without label lookups; gauges of backend state are read from the
-//! current runtime snapshot at scrape time.
+//! path increments counters without label lookups. Knows no pool or runtime type: backends come
+//! as names, affinity results as labels, and the gauges of backend state are a collector that
+//! the operate layer registers (operate/backend_metrics.rs).
 
 use std::sync::{Arc, OnceLock};
 
-use pingora_prometheus::prometheus::core::{Collector, Desc};
-use pingora_prometheus::prometheus::proto::MetricFamily;
+use pingora_prometheus::prometheus::core::Collector;
 use pingora_prometheus::prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, Result as PromResult, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Result as PromResult, TextEncoder,
 };
-
-use crate::pool::sticky::Decision;
-use crate::pool::BackendState;
-use crate::runtime::SharedRuntime;
 
 /// Buckets for a proxy: from 0.5 ms to 30 s.
 const DURATION_BUCKETS: [f64; 15] = [
@@ -26,6 +22,10 @@ const COMMON_CODES: [u16; 20] = [
     200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 405, 408, 413, 429, 499, 500, 502, 503,
     504,
 ];
+
+/// The results of `fulcrum_affinity_total{result}` (a fixed set; their series exist from the
+/// pool's start).
+pub const AFFINITY_RESULTS: [&str; 4] = ["hit", "miss", "repinned", "invalid"];
 
 /// What an upstream error was, for `fulcrum_upstream_errors_total{kind}` (a fixed set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,17 +182,15 @@ impl Metrics {
         }))
     }
 
-    /// Export the backends of whatever runtime snapshot is current at scrape time.
-    pub fn watch(&self, runtime: SharedRuntime) -> PromResult<()> {
-        self.registry
-            .register(Box::new(BackendCollector::new(runtime)))
+    /// Export what `collector` reads at scrape time (the backends' state).
+    pub fn register(&self, collector: Box<dyn Collector>) -> PromResult<()> {
+        self.registry.register(collector)
     }
 
-    /// The Prometheus text exposition of everything.
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+    /// The Prometheus text exposition of everything, or why it cannot be written (then none
+    /// of it: a scrape cut short would look like series that vanished).
+    pub fn render(&self) -> PromResult<String> {
+        TextEncoder::new().encode_to_string(&self.registry.gather())
     }
 
     /// Create `listener`'s series for `limit` at 0.
@@ -210,16 +208,21 @@ impl Metrics {
         self.reloads.with_label_values(&[result]).inc();
     }
 
-    /// Handles for one pool (`pool` empty: requests no route matched).
-    pub fn pool(
+    /// Handles for one pool (`pool` empty: requests no route matched) and its `backends`, by
+    /// name in pool order.
+    pub fn pool<'a>(
         &self,
         pool: &str,
-        backends: &[Arc<BackendState>],
+        backends: impl IntoIterator<Item = &'a str>,
         listeners: &[String],
     ) -> PoolMetrics {
+        let backend_names: Vec<String> = backends.into_iter().map(str::to_string).collect();
+        // One column per listener, then one for requests no listener serves (label "").
         let per_listener = |backend: &str| -> Vec<CodeCounters> {
             listeners
                 .iter()
+                .map(String::as_str)
+                .chain([""])
                 .map(|l| CodeCounters::new(&self.requests, [l, pool, backend]))
                 .collect()
         };
@@ -229,17 +232,11 @@ impl Metrics {
             retries: self.retries.with_label_values(&[pool]),
             retry_budget_exhausted: self.retry_budget_exhausted.with_label_values(&[pool]),
             no_backend: self.no_backend.with_label_values(&[pool]),
-            affinity: [
-                Decision::Hit,
-                Decision::Miss,
-                Decision::Repinned,
-                Decision::Invalid,
-            ]
-            .map(|d| self.affinity.with_label_values(&[pool, d.as_str()])),
-            requests: backends.iter().map(|b| per_listener(&b.name)).collect(),
+            affinity: AFFINITY_RESULTS.map(|r| self.affinity.with_label_values(&[pool, r])),
+            requests: backend_names.iter().map(|b| per_listener(b)).collect(),
             requests_without_backend: per_listener(""),
             upstream_errors: self.upstream_errors.clone(),
-            backend_names: backends.iter().map(|b| b.name.clone()).collect(),
+            backend_names,
         }
     }
 }
@@ -268,12 +265,9 @@ impl CodeCounters {
             self.vec
                 .with_label_values(&[l.as_str(), p, b, &code_label()])
         };
-        match COMMON_CODES
-            .iter()
-            .position(|&c| c == code)
-            .and_then(|i| self.common.get(i))
-        {
-            Some(counter) => counter.get_or_init(lookup).inc(),
+        let common = COMMON_CODES.iter().position(|&c| c == code);
+        match common.and_then(|i| self.common.get(i)) {
+            Some(c) => c.get_or_init(lookup).inc(),
             None => lookup().inc(),
         }
     }
@@ -287,22 +281,30 @@ pub struct PoolMetrics {
     retry_budget_exhausted: IntCounter,
     no_backend: IntCounter,
     affinity: [IntCounter; 4],
-    /// [backend][listener]
+    /// [backend][listener], the last listener column for requests no listener serves.
     requests: Vec<Vec<CodeCounters>>,
-    /// [listener]: requests that reached no backend.
+    /// [listener] as above: requests that reached no backend.
     requests_without_backend: Vec<CodeCounters>,
     upstream_errors: IntCounterVec,
     backend_names: Vec<String>,
 }
 
 impl PoolMetrics {
-    /// One finished request.
-    pub fn request(&self, listener: usize, backend: Option<usize>, code: u16, seconds: f64) {
+    /// One finished request, on `listener` (None: no listener serves its address).
+    pub fn request(
+        &self,
+        listener: Option<usize>,
+        backend: Option<usize>,
+        code: u16,
+        seconds: f64,
+    ) {
         let row = match backend.and_then(|b| self.requests.get(b)) {
             Some(row) => row,
             None => &self.requests_without_backend,
         };
-        if let Some(c) = row.get(listener) {
+        // The last column is the one of no listener.
+        let column = listener.filter(|&l| l + 1 < row.len());
+        if let Some(c) = column.map_or_else(|| row.last(), |l| row.get(l)) {
             c.inc(code);
         }
         self.duration.observe(seconds);
@@ -320,15 +322,11 @@ impl PoolMetrics {
         self.retry_budget_exhausted.inc();
     }
 
-    pub fn affinity(&self, d: Decision) {
-        let i = match d {
-            Decision::Hit => 0,
-            Decision::Miss => 1,
-            Decision::Repinned => 2,
-            Decision::Invalid => 3,
-        };
-        if let Some(counter) = self.affinity.get(i) {
-            counter.inc();
+    /// An affinity decision, by its label (one of `AFFINITY_RESULTS`; others are not counted).
+    pub fn affinity(&self, result: &str) {
+        let i = AFFINITY_RESULTS.iter().position(|r| *r == result);
+        if let Some(c) = i.and_then(|i| self.affinity.get(i)) {
+            c.inc();
         }
     }
 
@@ -341,76 +339,33 @@ impl PoolMetrics {
     }
 }
 
-/// `fulcrum_backend_up`, `fulcrum_backend_inflight` and `fulcrum_health_transitions_total`,
-/// read from the current snapshot at scrape time (removed backends disappear with it).
-struct BackendCollector {
-    runtime: SharedRuntime,
-    descs: Vec<Desc>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn backend_families() -> PromResult<(IntGaugeVec, IntGaugeVec, IntCounterVec)> {
-    let up = IntGaugeVec::new(
-        Opts::new(
-            "fulcrum_backend_up",
-            "1 when the backend may take traffic (healthy, admitted, not ejected), else 0.",
-        ),
-        &["pool", "backend"],
-    )?;
-    let inflight = IntGaugeVec::new(
-        Opts::new(
-            "fulcrum_backend_inflight",
-            "Requests in flight to the backend.",
-        ),
-        &["pool", "backend"],
-    )?;
-    let transitions = counter_vec(
-        "fulcrum_health_transitions_total",
-        "Health transitions of the backend, by the state it went to (up, down).",
-        &["pool", "backend", "to"],
-    )?;
-    Ok((up, inflight, transitions))
-}
-
-impl BackendCollector {
-    fn new(runtime: SharedRuntime) -> Self {
-        let descs = match backend_families() {
-            Ok((up, inflight, transitions)) => [up.desc(), inflight.desc(), transitions.desc()]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect(),
-            Err(_) => Vec::new(),
+    #[test]
+    fn requests_of_no_listener_are_not_put_on_another() {
+        let m = Metrics::new().unwrap();
+        let p = m.pool("p", ["b"], &["public".to_string()]);
+        p.request(Some(0), Some(0), 200, 0.1);
+        p.request(None, Some(0), 200, 0.1);
+        p.request(None, None, 503, 0.1);
+        let text = m.render().unwrap();
+        // The value of the series with exactly these label values (listener, backend, code).
+        let count = |listener: &str, backend: &str, code: &str| {
+            let want = [
+                format!("listener=\"{listener}\""),
+                format!("backend=\"{backend}\""),
+                format!("code=\"{code}\""),
+            ];
+            text.lines()
+                .filter(|l| l.starts_with("fulcrum_requests_total{"))
+                .find(|l| want.iter().all(|w| l.contains(w.as_str())))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_string)
         };
-        BackendCollector { runtime, descs }
-    }
-}
-
-impl Collector for BackendCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let Ok((up, inflight, transitions)) = backend_families() else {
-            return Vec::new();
-        };
-        let snapshot = self.runtime.load_full();
-        for pool in &snapshot.pools {
-            for (i, b) in pool.backends().iter().enumerate() {
-                let labels = [pool.name.as_str(), b.name.as_str()];
-                up.with_label_values(&labels)
-                    .set(i64::from(pool.is_ready(i)));
-                inflight.with_label_values(&labels).set(b.inflight() as i64);
-                for (to, n) in [("up", &b.went_up), ("down", &b.went_down)] {
-                    transitions
-                        .with_label_values(&[labels[0], labels[1], to])
-                        .inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
-                }
-            }
-        }
-        let mut out = up.collect();
-        out.extend(inflight.collect());
-        out.extend(transitions.collect());
-        out
+        assert_eq!(count("public", "b", "200").as_deref(), Some("1"));
+        assert_eq!(count("", "b", "200").as_deref(), Some("1"), "not on public");
+        assert_eq!(count("", "", "503").as_deref(), Some("1"));
     }
 }

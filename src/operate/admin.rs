@@ -14,6 +14,7 @@ use pingora::services::background::BackgroundService;
 use serde_json::json;
 use tokio::sync::broadcast;
 
+use crate::observe::log_limit::Outage;
 use crate::observe::metrics::Metrics;
 use crate::runtime::SharedRuntime;
 
@@ -22,6 +23,8 @@ pub struct AdminApp {
     metrics: Arc<Metrics>,
     runtime: SharedRuntime,
     draining: Arc<AtomicBool>,
+    /// Whether /metrics cannot be rendered now (said once each way).
+    metrics_failing: Outage,
 }
 
 impl AdminApp {
@@ -30,6 +33,33 @@ impl AdminApp {
             metrics,
             runtime,
             draining,
+            metrics_failing: Outage::default(),
+        }
+    }
+
+    /// The /metrics answer: the exposition, or 500 when it cannot be rendered (logged when
+    /// that begins and when it ends, not on every scrape).
+    fn metrics_reply(&self) -> Response<Vec<u8>> {
+        match self.metrics.render() {
+            Ok(text) => {
+                if self.metrics_failing.set(false) {
+                    tracing::info!("admin: /metrics renders again");
+                }
+                reply(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text.into_bytes(),
+                )
+            }
+            Err(e) => {
+                if self.metrics_failing.set(true) {
+                    tracing::error!(
+                        "admin: /metrics cannot be rendered ({e}): scrapes get 500 until it can"
+                    );
+                }
+                let body = format!("metrics cannot be rendered: {e}\n").into_bytes();
+                reply(500, "text/plain", body)
+            }
         }
     }
 
@@ -107,11 +137,7 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let get = req.method == http::Method::GET || req.method == http::Method::HEAD;
         match (get, req.uri.path()) {
-            (true, "/metrics") => reply(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.render().into_bytes(),
-            ),
+            (true, "/metrics") => self.metrics_reply(),
             (true, "/healthz") if self.draining.load(Ordering::Relaxed) => {
                 reply(503, "text/plain", b"draining\n".to_vec())
             }
@@ -165,5 +191,58 @@ impl BackgroundService for DrainWatch {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arc_swap::ArcSwap;
+    use pingora_prometheus::prometheus::core::{Collector, Desc};
+    use pingora_prometheus::prometheus::proto::{Metric, MetricFamily, MetricType};
+
+    use crate::runtime::Runtime;
+
+    /// A collector whose family has a sample but no name: it cannot be encoded.
+    struct Nameless(Vec<Desc>);
+
+    impl Collector for Nameless {
+        fn desc(&self) -> Vec<&Desc> {
+            self.0.iter().collect()
+        }
+
+        fn collect(&self) -> Vec<MetricFamily> {
+            let mut family = MetricFamily::default();
+            family.set_field_type(MetricType::GAUGE);
+            family.mut_metric().push(Metric::default());
+            vec![family]
+        }
+    }
+
+    #[test]
+    fn metrics_that_cannot_be_rendered_answer_500_not_an_empty_200() {
+        let yaml = "listeners: [{name: a, listen: 127.0.0.1:8080}]\nroutes: [{pool: p}]\npools:\n  p:\n    backends: [{address: 127.0.0.1:9000}]\n";
+        let config = crate::config::parse(std::path::Path::new("t.yaml"), yaml).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::build(&config, &metrics)));
+        let admin = AdminApp::new(metrics.clone(), runtime, Arc::default());
+        let ok = admin.metrics_reply();
+        assert_eq!(ok.status(), 200);
+        assert!(String::from_utf8_lossy(ok.body()).contains("fulcrum_build_info"));
+
+        let desc = Desc::new(
+            "fulcrum_nameless".into(),
+            "test".into(),
+            vec![],
+            Default::default(),
+        )
+        .unwrap();
+        metrics.register(Box::new(Nameless(vec![desc]))).unwrap();
+        for _ in 0..2 {
+            let failed = admin.metrics_reply();
+            assert_eq!(failed.status(), 500);
+            assert!(String::from_utf8_lossy(failed.body()).contains("cannot be rendered"));
+        }
+        assert!(!admin.metrics_failing.set(true), "still failing: said once");
     }
 }

@@ -21,6 +21,7 @@ use crate::config::{Config, ServerSettings};
 use crate::observe::access_log;
 use crate::observe::metrics::Metrics;
 use crate::operate::admin::{AdminApp, DrainWatch};
+use crate::operate::backend_metrics::BackendCollector;
 use crate::operate::health::HealthService;
 use crate::operate::parent_ready::ParentReady;
 use crate::operate::ready_line::ReadyLine;
@@ -84,7 +85,7 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
     }
     let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, &metrics)));
     metrics
-        .watch(runtime.clone())
+        .register(Box::new(BackendCollector::new(runtime.clone())))
         .map_err(|e| format!("metrics: {e}"))?;
 
     let access_log = config.access_log.clone().map(|target| {

@@ -1,166 +1,95 @@
-//! Active health checks: Pingora's Http/TcpHealthCheck wrapped in a `Probe` that bounds each
-//! check by the pool's timeout and gates new backends until they pass, and one background
-//! service that checks the pools of the *current* runtime snapshot and ends passive ejections.
+//! The health service: one background service that runs each pool's active checks (the pool's
+//! `Probe`, pool/probe.rs) on the pool's interval, for the pools of the *current* runtime
+//! snapshot, and ends passive ejections that are due. It owns the schedule.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
-use pingora::{Error, ErrorType, Result};
-use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
-use pingora_load_balancing::Backend;
 
-use crate::config::{CheckKind, HealthCheckConfig};
-use crate::pool::BackendState;
+use crate::pool::Pool;
 use crate::runtime::SharedRuntime;
 
 /// The longest the service sleeps: how late an ended ejection may be logged.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
-/// The check of one pool: Pingora's probes (one per backend for HTTP, so that each sends its
-/// own address as Host unless the config names one), bounded by `timeout`.
-pub struct Probe {
-    pool: String,
-    config: HealthCheckConfig,
-    http: HashMap<SocketAddr, HttpHealthCheck>,
-    tcp: Option<Box<TcpHealthCheck>>,
-    /// The pool's backends, sorted by address.
-    states: Arc<[Arc<BackendState>]>,
+/// When one pool's next round of checks is due, and whether one is running.
+struct Slot {
+    next: Mutex<Instant>,
+    running: AtomicBool,
 }
 
-impl Probe {
-    pub fn new(pool: &str, config: &HealthCheckConfig, states: Arc<[Arc<BackendState>]>) -> Self {
-        let mut http = HashMap::new();
-        let mut tcp = None;
-        match &config.kind {
-            CheckKind::Http {
-                path,
-                expect_status,
-                host,
-            } => {
-                for s in states.iter() {
-                    let host = host.clone().unwrap_or_else(|| s.addr.to_string());
-                    let mut check = HttpHealthCheck::new(&host, false);
-                    // The validator checked that the path parses as a URI.
-                    check.req.set_uri(
-                        path.parse::<http::Uri>()
-                            .unwrap_or_else(|_| http::Uri::from_static("/")),
-                    );
-                    check.peer_template.options.connection_timeout = Some(config.timeout);
-                    check.peer_template.options.read_timeout = Some(config.timeout);
-                    check.peer_template.options.write_timeout = Some(config.timeout);
-                    let expected = expect_status.clone();
-                    check.validator = Some(Box::new(move |resp| {
-                        let status = resp.status.as_u16();
-                        if expected.contains(&status) {
-                            Ok(())
-                        } else {
-                            Error::e_explain(
-                                ErrorType::CustomCode("unexpected status", status),
-                                format!("health check answered {status}"),
-                            )
-                        }
-                    }));
-                    http.insert(s.addr, check);
-                }
-            }
-            CheckKind::Tcp => {
-                let mut check = TcpHealthCheck::new();
-                check.peer_template.options.connection_timeout = Some(config.timeout);
-                tcp = Some(check);
-            }
-        }
-        Probe {
-            pool: pool.to_string(),
-            config: config.clone(),
-            http,
-            tcp,
-            states,
+/// The schedule of one pool, by name. A reload builds every pool anew: the new one gets a fresh
+/// slot, due at once (so backends it adds are checked, and admitted, without waiting).
+struct Schedule {
+    pool: Weak<Pool>,
+    slot: Arc<Slot>,
+}
+
+impl Schedule {
+    fn new(pool: &Arc<Pool>) -> Self {
+        Schedule {
+            pool: Arc::downgrade(pool),
+            slot: Arc::new(Slot {
+                next: Mutex::new(Instant::now()),
+                running: AtomicBool::new(false),
+            }),
         }
     }
 
-    fn state(&self, target: &Backend) -> Option<&Arc<BackendState>> {
-        let addr = target.addr.as_inet()?;
-        let i = self.states.binary_search_by_key(addr, |s| s.addr).ok()?;
-        self.states.get(i)
-    }
-
-    async fn probe(&self, target: &Backend) -> Result<()> {
-        let addr = target.addr.as_inet().copied();
-        if let Some(check) = addr.and_then(|a| self.http.get(&a)) {
-            check.check(target).await
-        } else if let Some(check) = &self.tcp {
-            check.check(target).await
-        } else {
-            Error::e_explain(ErrorType::InternalError, "no probe for this backend")
+    /// When `pool`'s next round is due (None: it has no checks, or a round is running).
+    fn due(&self, pool: &Pool) -> Option<Instant> {
+        if pool.health_check.is_none() || self.slot.running.load(Ordering::Relaxed) {
+            return None;
         }
+        self.slot.next.lock().map(|t| *t).ok()
     }
 }
 
-#[async_trait]
-impl HealthCheck for Probe {
-    async fn check(&self, target: &Backend) -> Result<()> {
-        let result = match tokio::time::timeout(self.config.timeout, self.probe(target)).await {
-            Ok(r) => r,
-            Err(_) => Error::e_explain(
-                ErrorType::ConnectTimedout,
-                format!("no answer within {:?}", self.config.timeout),
-            ),
-        };
-        if result.is_ok() {
-            if let Some(state) = self.state(target) {
-                if state.check_passed() {
-                    state.record_admitted();
-                    tracing::info!(
-                        "pool {} backend {} ({}) is up: passed its first health check",
-                        self.pool,
-                        state.name,
-                        state.addr
-                    );
-                }
-            }
+/// Every pool's schedule, by pool name.
+#[derive(Default)]
+struct Schedules(HashMap<String, Schedule>);
+
+impl Schedules {
+    /// The schedule of `pool` (a fresh one when the pool under that name was rebuilt).
+    fn of(&mut self, pool: &Arc<Pool>) -> &Schedule {
+        let s = self
+            .0
+            .entry(pool.name.clone())
+            .or_insert_with(|| Schedule::new(pool));
+        if !std::ptr::eq(s.pool.as_ptr(), Arc::as_ptr(pool)) {
+            *s = Schedule::new(pool);
         }
-        result
+        s
     }
 
-    async fn health_status_change(&self, target: &Backend, healthy: bool) {
-        // Pingora logs the flip itself (with `backend_summary` and the error); mirror it.
-        if let Some(state) = self.state(target) {
-            let reason = if healthy {
-                format!("passed {} health checks", self.config.healthy_threshold)
-            } else {
-                format!("failed {} health checks", self.config.unhealthy_threshold)
-            };
-            if state.set_healthy(healthy, reason) {
-                tracing::info!(
-                    "pool {} backend {} ({}) returns to service: its health checks pass again (ejection ended)",
-                    self.pool,
-                    state.name,
-                    state.addr
-                );
-            }
-        }
+    /// Forget the pools that are gone.
+    fn keep_only(&mut self, pools: &[Arc<Pool>]) {
+        self.0
+            .retain(|name, _| pools.iter().any(|p| &p.name == name));
     }
+}
 
-    fn backend_summary(&self, target: &Backend) -> String {
-        match self.state(target) {
-            Some(s) => format!("pool {} backend {} ({})", self.pool, s.name, s.addr),
-            None => format!("pool {} backend {:?}", self.pool, target.addr),
-        }
+/// One round of `pool`'s checks unless one is running; the next is due an interval after this
+/// one began.
+async fn round(pool: Arc<Pool>, slot: Arc<Slot>) {
+    let Some(interval) = pool.health_check.as_ref().map(|h| h.interval) else {
+        return;
+    };
+    if slot.running.swap(true, Ordering::Relaxed) {
+        return;
     }
-
-    fn health_threshold(&self, success: bool) -> usize {
-        if success {
-            self.config.healthy_threshold as usize
-        } else {
-            self.config.unhealthy_threshold as usize
-        }
+    let started = Instant::now();
+    pool.check_round().await;
+    if let Ok(mut next) = slot.next.lock() {
+        *next = started + interval;
     }
+    slot.running.store(false, Ordering::Relaxed);
 }
 
 /// The background service that drives every pool's checks from the current snapshot.
@@ -181,20 +110,27 @@ impl BackgroundService for HealthService {
         mut shutdown: ShutdownWatch,
         ready: ServiceReadyNotifier,
     ) {
+        let mut schedules = Schedules::default();
         // The first round of every pool, concurrently; the proxy accepts once it is done.
         let first = self.runtime.load_full();
-        futures::future::join_all(first.pools.iter().map(|p| p.check_round())).await;
+        let rounds: Vec<_> = first
+            .pools
+            .iter()
+            .map(|p| round(p.clone(), schedules.of(p).slot.clone()))
+            .collect();
+        futures::future::join_all(rounds).await;
         ready.notify_ready();
         loop {
             let snapshot = self.runtime.load_full();
+            schedules.keep_only(&snapshot.pools);
             let now = Instant::now();
             let mut wake = now + MAX_SLEEP;
             for pool in &snapshot.pools {
                 pool.end_due_ejections();
-                match pool.next_check_at() {
+                let schedule = schedules.of(pool);
+                match schedule.due(pool) {
                     Some(due) if due <= now => {
-                        let pool = pool.clone();
-                        tokio::spawn(async move { pool.check_round().await });
+                        tokio::spawn(round(pool.clone(), schedule.slot.clone()));
                     }
                     Some(due) => wake = wake.min(due),
                     None => {}
@@ -205,5 +141,55 @@ impl BackgroundService for HealthService {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Algorithm, BackendConfig, CheckKind, HealthCheckConfig, PoolConfig};
+
+    fn pool(name: &str, checked: bool) -> Arc<Pool> {
+        let backends = vec![BackendConfig {
+            name: "b".into(),
+            // Nothing listens on port 1: a TCP check fails at once.
+            addr: "127.0.0.1:1".parse().unwrap(),
+            weight: 1,
+        }];
+        let mut c = PoolConfig::with_defaults(name, Algorithm::RoundRobin, backends);
+        c.health_check = checked.then(|| HealthCheckConfig {
+            kind: CheckKind::Tcp,
+            interval: Duration::from_secs(60),
+            timeout: Duration::from_millis(200),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+        });
+        Arc::new(Pool::build(&c))
+    }
+
+    #[tokio::test]
+    async fn a_round_sets_the_next_and_a_rebuilt_pool_is_due_at_once() {
+        let mut schedules = Schedules::default();
+        let p = pool("p", true);
+        let before = Instant::now();
+        assert!(schedules
+            .of(&p)
+            .due(&p)
+            .is_some_and(|t| t <= Instant::now()));
+        round(p.clone(), schedules.of(&p).slot.clone()).await;
+        let next = schedules.of(&p).due(&p).unwrap();
+        assert!(next >= before + Duration::from_secs(60), "one interval on");
+
+        // A reload rebuilt the pool: its first round is due now; the old one's is forgotten.
+        let rebuilt = pool("p", true);
+        assert!(schedules
+            .of(&rebuilt)
+            .due(&rebuilt)
+            .is_some_and(|t| t <= Instant::now()));
+        schedules.keep_only(&[]);
+        assert!(schedules.0.is_empty());
+
+        let unchecked = pool("q", false);
+        assert_eq!(schedules.of(&unchecked).due(&unchecked), None);
     }
 }

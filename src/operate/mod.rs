@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backend_metrics;
 pub mod demo;
 pub mod diff;
 pub mod health;

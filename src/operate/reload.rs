@@ -15,6 +15,33 @@ use crate::operate::systemd::Notifier;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::tls::SniResolver;
 
+/// Whether `a` and `b` have the same listening sockets (what a reload cannot change).
+fn same_sockets(a: &Config, b: &Config) -> bool {
+    a.listeners.len() == b.listeners.len()
+        && a.listeners.iter().zip(&b.listeners).all(|(x, y)| {
+            x.name == y.name
+                && x.addr == y.addr
+                && x.redirect_https == y.redirect_https
+                && x.h2c == y.h2c
+                && x.tls.is_some() == y.tls.is_some()
+                && x.tls.as_ref().map(|t| t.http2) == y.tls.as_ref().map(|t| t.http2)
+        })
+}
+
+/// The sections of `new` that differ from the `running` configuration's but only a graceful
+/// upgrade applies.
+fn needs_upgrade(running: &Config, new: &Config) -> Vec<&'static str> {
+    [
+        ("listeners", !same_sockets(new, running)),
+        ("admin", new.admin != running.admin),
+        ("access_log", new.access_log != running.access_log),
+        ("server", new.server != running.server),
+    ]
+    .into_iter()
+    .filter_map(|(what, changed)| changed.then_some(what))
+    .collect()
+}
+
 /// The background service that reloads on SIGHUP.
 pub struct ReloadService {
     path: PathBuf,
@@ -100,31 +127,10 @@ impl ReloadService {
         }
         self.reload_certificates(&current, &new);
         let mut applied = new;
-        let same_sockets = |a: &Config, b: &Config| {
-            a.listeners.len() == b.listeners.len()
-                && a.listeners.iter().zip(&b.listeners).all(|(x, y)| {
-                    x.name == y.name
-                        && x.addr == y.addr
-                        && x.redirect_https == y.redirect_https
-                        && x.h2c == y.h2c
-                        && x.tls.is_some() == y.tls.is_some()
-                        && x.tls.as_ref().map(|t| t.http2) == y.tls.as_ref().map(|t| t.http2)
-                })
-        };
-        for (what, changed) in [
-            ("listeners", !same_sockets(&applied, &current)),
-            ("admin", applied.admin != current.admin),
-            ("access_log", applied.access_log != current.access_log),
-            (
-                "server",
-                format!("{:?}", applied.server) != format!("{:?}", current.server),
-            ),
-        ] {
-            if changed {
-                tracing::warn!(
-                    "reload: `{what}` changed, which needs a graceful upgrade (fulcrum -u); the running `{what}` is kept, the rest is applied"
-                );
-            }
+        for what in needs_upgrade(&current, &applied) {
+            tracing::warn!(
+                "reload: `{what}` changed, which needs a graceful upgrade (fulcrum -u); the running `{what}` is kept, the rest is applied"
+            );
         }
         // Sockets stay as they are; what a listener asks of its connections (idle time,
         // limits) is read per connection from the snapshot, so it changes now.
@@ -182,5 +188,42 @@ impl BackgroundService for ReloadService {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(server: &str, listen: &str) -> Config {
+        let yaml = format!(
+            "{server}listeners:\n  - {{name: a, listen: \"{listen}\"}}\nroutes: [{{pool: p}}]\npools:\n  p:\n    backends: [{{address: 127.0.0.1:9000}}]\n"
+        );
+        config::parse(std::path::Path::new("t.yaml"), &yaml).unwrap()
+    }
+
+    #[test]
+    fn sections_only_an_upgrade_applies_are_named() {
+        let running = config(
+            "server: {threads: 2, pid_file: /tmp/a.pid}\n",
+            "127.0.0.1:8080",
+        );
+        let same = config(
+            "server: {threads: 2, pid_file: /tmp/a.pid}\n",
+            "127.0.0.1:8080",
+        );
+        assert!(needs_upgrade(&running, &same).is_empty());
+        let threads = config(
+            "server: {threads: 3, pid_file: /tmp/a.pid}\n",
+            "127.0.0.1:8080",
+        );
+        assert_eq!(needs_upgrade(&running, &threads), ["server"]);
+        let dropped = config("", "127.0.0.1:8080");
+        assert_eq!(needs_upgrade(&running, &dropped), ["server"]);
+        let moved = config(
+            "server: {threads: 2, pid_file: /tmp/a.pid}\n",
+            "127.0.0.1:8081",
+        );
+        assert_eq!(needs_upgrade(&running, &moved), ["listeners"]);
     }
 }

@@ -1,9 +1,11 @@
 //! A pool: its backends with their per-backend state, the selector that picks among them with
-//! the pool's algorithm, its retry budget, and Pingora's health-check registry for its checks.
+//! the pool's algorithm, its retry budget, and Pingora's health-check registry for its checks
+//! (the probe beside it; when rounds run is the health service's business).
 
 pub mod affinity;
 pub mod hash_key;
 pub mod mix;
+pub mod probe;
 pub mod retry_budget;
 pub mod select;
 pub mod state;
@@ -11,9 +13,9 @@ pub mod sticky;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use pingora::upstreams::peer::HttpPeer;
@@ -25,7 +27,7 @@ use crate::config::{
     Algorithm, HashKey, HealthCheckConfig, PassiveHealthConfig, PoolConfig, Timeouts,
     UpstreamProtocol, UpstreamTls,
 };
-use crate::operate::health::Probe;
+use probe::Probe;
 use retry_budget::RetryBudget;
 use select::{Bound, Candidates, Ketama, LoadTree, Order, PeakEwma, SmoothWeighted};
 pub use state::{BackendState, InflightGuard, Readiness, Transition};
@@ -75,9 +77,6 @@ pub struct Pool {
     checks: Option<Backends>,
     /// Spreads requests that lack the hash key.
     keyless: AtomicU64,
-    /// When the next round of active checks is due, and whether one is running.
-    next_check: Mutex<Instant>,
-    checking: AtomicBool,
 }
 
 /// The share of its weight a backend keeps for a reported `value` (None: not a load).
@@ -210,35 +209,15 @@ impl Pool {
             selector,
             checks,
             keyless: AtomicU64::new(0),
-            next_check: Mutex::new(Instant::now()),
-            checking: AtomicBool::new(false),
         }
     }
 
-    /// When the next round of active checks is due (None: no checks, or one is running).
-    pub fn next_check_at(&self) -> Option<Instant> {
-        if self.health_check.is_none() || self.checking.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.next_check.lock().map(|t| *t).ok()
-    }
-
-    /// Check every backend once, concurrently (each check bounded by the pool's timeout).
+    /// Check every backend once, concurrently (each check bounded by the pool's timeout);
+    /// nothing without active checks. The health service decides when.
     pub async fn check_round(&self) {
-        let Some(hc) = &self.health_check else {
-            return;
-        };
-        if self.checking.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let started = Instant::now();
         if let Some(checks) = &self.checks {
             checks.run_health_check(true).await;
         }
-        if let Ok(mut next) = self.next_check.lock() {
-            *next = started + hc.interval;
-        }
-        self.checking.store(false, Ordering::Relaxed);
     }
 
     /// Return backends whose ejection time is over to service, logging each once; forget

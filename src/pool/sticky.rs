@@ -37,6 +37,25 @@ impl Decision {
     }
 }
 
+/// What affinity makes of a request's first attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pinned {
+    pub decision: Decision,
+    /// The affinity session the request belongs to.
+    pub session: u64,
+    /// Whether the response must (re)set the cookie.
+    pub set_cookie: bool,
+    /// The backend (pool index) to send it to; None: balance normally.
+    pub backend: Option<usize>,
+}
+
+/// Seconds since the Unix epoch (cookie expiry times).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// What the request's cookie says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pin {
@@ -114,6 +133,39 @@ impl Sticky {
                 None => Pin::Unknown {
                     session: opened.session,
                 },
+            },
+        }
+    }
+
+    /// Apply affinity to a request's first attempt at `now` (unix seconds), with `ready` saying
+    /// which backends (pool indices) may take it: the pinned backend if it is ready, else the
+    /// session's deterministic successor among the ready backends, else none (balance
+    /// normally). A request without a valid cookie starts a new session.
+    pub fn pin(&self, req: &RequestHeader, now: u64, ready: impl Fn(usize) -> bool) -> Pinned {
+        let fresh = |decision| Pinned {
+            decision,
+            session: affinity::new_session(),
+            set_cookie: true,
+            backend: None,
+        };
+        match self.read(req, now) {
+            Pin::Absent => fresh(Decision::Miss),
+            Pin::Invalid => fresh(Decision::Invalid),
+            Pin::Backend {
+                index,
+                session,
+                expires,
+            } if ready(index) => Pinned {
+                decision: Decision::Hit,
+                session,
+                set_cookie: self.needs_refresh(expires, now),
+                backend: Some(index),
+            },
+            Pin::Backend { session, .. } | Pin::Unknown { session } => Pinned {
+                decision: Decision::Repinned,
+                session,
+                set_cookie: true,
+                backend: self.successor(session, (0..self.ids.len()).filter(|&i| ready(i))),
             },
         }
     }
@@ -215,6 +267,65 @@ mod tests {
         assert!(!s.needs_refresh(4600, 1000));
         assert!(s.needs_refresh(4600, 3000));
         assert!(s.set_cookie(0, 1, 0, true).unwrap().ends_with("; Secure"));
+    }
+
+    #[test]
+    fn pin_follows_a_ready_backend_and_repins_from_one_that_is_not() {
+        let s = sticky(&["0123456789abcdef0123"]);
+        let none = s.pin(&request("a=1"), 1000, |_| true);
+        assert_eq!(
+            (none.decision, none.set_cookie, none.backend),
+            (Decision::Miss, true, None)
+        );
+        let bad = s.pin(&request("sid=garbage"), 1000, |_| true);
+        assert_eq!(
+            (bad.decision, bad.set_cookie, bad.backend),
+            (Decision::Invalid, true, None)
+        );
+        assert_ne!(none.session, bad.session, "each gets a new session");
+
+        let header = s.set_cookie(2, 77, 1000, false).unwrap();
+        let cookie = request(header.split(';').next().unwrap());
+        let hit = s.pin(&cookie, 1000, |_| true);
+        assert_eq!(
+            hit,
+            Pinned {
+                decision: Decision::Hit,
+                session: 77,
+                set_cookie: false,
+                backend: Some(2),
+            }
+        );
+        assert!(
+            s.pin(&cookie, 3000, |_| true).set_cookie,
+            "half its life gone"
+        );
+
+        let moved = s.pin(&cookie, 1000, |i| i != 2);
+        assert_eq!((moved.decision, moved.session), (Decision::Repinned, 77));
+        assert!(moved.set_cookie);
+        assert_eq!(moved.backend, s.successor(77, [0, 1].into_iter()));
+        assert!(moved.backend.is_some_and(|i| i != 2));
+        let nowhere = s.pin(&cookie, 1000, |_| false);
+        assert_eq!(
+            (nowhere.decision, nowhere.backend),
+            (Decision::Repinned, None)
+        );
+    }
+
+    #[test]
+    fn every_decision_is_a_metric_label() {
+        for d in [
+            Decision::Hit,
+            Decision::Miss,
+            Decision::Repinned,
+            Decision::Invalid,
+        ] {
+            assert!(
+                crate::observe::metrics::AFFINITY_RESULTS.contains(&d.as_str()),
+                "{d:?}"
+            );
+        }
     }
 
     #[test]

@@ -72,7 +72,10 @@ impl KeepAlive {
     fn terms(&self, local: Option<SocketAddr>) -> ListenerTerms {
         let runtime = self.runtime.load();
         let listener = runtime.listener_of(local.as_ref());
-        match runtime.listeners.get(listener) {
+        if listener.is_none() {
+            runtime.stray(local.as_ref());
+        }
+        match listener.and_then(|i| runtime.listeners.get(i)) {
             Some(l) => ListenerTerms {
                 idle_secs: l.keepalive_secs,
                 h2c: l.h2c,

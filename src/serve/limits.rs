@@ -154,10 +154,9 @@ impl ConnectionLimits {
     /// The listener a connection to `local` came in on.
     fn listener_of(&self, local: Option<SocketAddr>) -> Option<usize> {
         let local = local?;
-        self.listeners.iter().position(|l| {
-            l.addr.port() == local.port()
-                && (l.addr.ip().is_unspecified() || l.addr.ip() == local.ip())
-        })
+        self.listeners
+            .iter()
+            .position(|l| crate::runtime::serves(l.addr, &local))
     }
 
     fn count(&self, listener: Option<usize>, limit: &str) {

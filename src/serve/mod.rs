@@ -1,7 +1,9 @@
 //! The request path: the connection loop, the checks on what a client sends, and the
 //! `ProxyHttp` implementation that forwards a request to a backend picked by its pool.
 
+pub mod forwarding;
 pub mod keepalive;
 pub mod limits;
+pub mod own_response;
 pub mod proxy;
 pub mod strict;

@@ -1,32 +1,30 @@
-//! The request path (Pingora `ProxyHttp`): route -> pool -> pick -> peer, forwarding headers,
-//! retries on another backend, and fulcrum's own error responses. Each phase stays small.
+//! The request path (Pingora `ProxyHttp`) and its per-request context: route -> pool -> pick ->
+//! peer, retries on another backend. Each phase stays small and delegates: forwarding headers
+//! to `forwarding`, fulcrum's own responses to `own_response`, affinity to the pool's `sticky`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::FutureExt;
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, HOST};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{ErrorSource, ErrorType};
 
+use crate::config::ListenerLimits;
 use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::metrics::ErrorKind;
-use crate::pool::sticky::{Decision, Pin, Sticky};
+use crate::pool::sticky::{self, Decision};
 use crate::pool::{hash_key, InflightGuard, Pool};
-use crate::runtime::{PoolObserver, Runtime, SharedRuntime};
+use crate::runtime::{ListenerInfo, PoolObserver, Runtime, SharedRuntime};
+use crate::serve::forwarding::{self, request_host, Origin};
 use crate::serve::limits::ConnectionLimits;
+use crate::serve::own_response::{own_body, own_response, redirect, status_for};
 use crate::serve::strict;
-
-const X_REQUEST_ID: &str = "x-request-id";
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
 /// The proxy service's logic; holds only the shared runtime snapshot.
 pub struct Proxy {
@@ -65,16 +63,8 @@ impl Proxy {
         let Some(host) = request_host(req).map(crate::route::normalize_host) else {
             return self.answer(session, ctx, 400).await;
         };
-        let port = if port == 443 {
-            String::new()
-        } else {
-            format!(":{port}")
-        };
         let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let location = format!("https://{host}{port}{target}");
-        let body = Bytes::from(format!("308 Permanent Redirect\nlocation: {location}\n"));
-        let mut resp = own_response(308, &ctx.request_id, &body)?;
-        resp.insert_header(http::header::LOCATION, location)?;
+        let (resp, body) = redirect(host, port, target, &ctx.request_id)?;
         self.close_if_draining(session);
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await?;
@@ -106,8 +96,8 @@ pub struct RequestCtx {
     pool: Option<Arc<Pool>>,
     /// Index of `pool` in the runtime (for its observer).
     pool_index: Option<usize>,
-    /// Index of the listener the request came in on.
-    listener: usize,
+    /// Index of the listener the request came in on (None: no listener serves its address).
+    listener: Option<usize>,
     request_id: HeaderValue,
     /// The backend of the current attempt; dropping it releases the in-flight count.
     current: Option<(usize, InflightGuard)>,
@@ -175,56 +165,15 @@ impl RequestCtx {
         }
     }
 
+    /// The listener the request came in on.
+    fn listener(&self) -> Option<&ListenerInfo> {
+        self.listener.and_then(|i| self.runtime.listeners.get(i))
+    }
+
     /// The metric handles and log limit of the request's pool (None before routing).
     fn observer(&self) -> Option<&PoolObserver> {
         self.pool_index.and_then(|i| self.runtime.observers.get(i))
     }
-}
-
-/// A fresh request id: 128 random bits in hex.
-fn new_request_id() -> HeaderValue {
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
-}
-
-/// X-Forwarded-For: the values the client sent, then its address. The common case (no header
-/// yet, IPv4) is formatted by hand: `Ipv4Addr`'s Display was a measurable share of a request.
-fn forwarded_for<'a>(
-    existing: impl Iterator<Item = &'a HeaderValue>,
-    ip: std::net::IpAddr,
-) -> HeaderValue {
-    let mut out: Vec<u8> = Vec::with_capacity(48);
-    for v in existing {
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b", ");
-    }
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                if octet >= 100 {
-                    out.push(b'0' + octet / 100);
-                }
-                if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
-                }
-                out.push(b'0' + octet % 10);
-            }
-        }
-        std::net::IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
-    }
-    HeaderValue::from_maybe_shared(Bytes::from(out))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-/// The request's host: the Host header, or the authority of an absolute URI / HTTP/2 request.
-fn request_host(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
 /// `strict::check` on the request, plus, for an HTTP/1 request with Transfer-Encoding, a look at
@@ -254,50 +203,6 @@ fn header_bytes(req: &RequestHeader) -> usize {
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-/// Seconds since the Unix epoch (cookie expiry times).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Apply affinity to a request's first attempt: the pinned backend if it is ready, else the
-/// session's deterministic successor among the ready backends, else None (balance normally, a
-/// new session). Records the decision and the session in `ctx`.
-fn pin(pool: &Pool, sticky: &Sticky, req: &RequestHeader, ctx: &mut RequestCtx) -> Option<usize> {
-    let now = unix_now();
-    let (decision, session, picked) = match sticky.read(req, now) {
-        Pin::Absent => (Decision::Miss, crate::pool::affinity::new_session(), None),
-        Pin::Invalid => (
-            Decision::Invalid,
-            crate::pool::affinity::new_session(),
-            None,
-        ),
-        Pin::Backend {
-            index,
-            session,
-            expires,
-        } if pool.is_ready(index) => {
-            ctx.set_cookie = sticky.needs_refresh(expires, now);
-            ctx.affinity = Some(Decision::Hit);
-            ctx.session = session;
-            return Some(index);
-        }
-        Pin::Backend { session, .. } | Pin::Unknown { session } => {
-            let ready = (0..pool.backends().len()).filter(|&i| pool.is_ready(i));
-            (
-                Decision::Repinned,
-                session,
-                sticky.successor(session, ready),
-            )
-        }
-    };
-    ctx.affinity = Some(decision);
-    ctx.session = session;
-    ctx.set_cookie = true;
-    picked
-}
-
 /// Whether the request is an HTTP/2 stream its client has already reset (`RST_STREAM`): one look,
 /// without waiting. HTTP/1 has no such signal (a closed connection shows up on the first write).
 fn client_reset_its_stream(session: &mut Session) -> bool {
@@ -306,41 +211,6 @@ fn client_reset_its_stream(session: &mut Session) -> bool {
         .watch_h2_stream_close()
         .and_then(FutureExt::now_or_never)
         .is_some()
-}
-
-/// The status fulcrum answers for an error that ended a request (0: the client is gone).
-fn status_for(e: &Error) -> u16 {
-    match e.etype() {
-        ErrorType::HTTPStatus(code) => *code,
-        _ if *e.esource() == ErrorSource::Downstream => match e.etype() {
-            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,
-            _ => 400,
-        },
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-        _ if *e.esource() == ErrorSource::Internal => 500,
-        _ => 502,
-    }
-}
-
-/// A short plain-text response written by fulcrum itself.
-fn own_response(status: u16, request_id: &HeaderValue, body: &Bytes) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(X_REQUEST_ID, request_id.clone())?;
-    if status == 503 {
-        resp.insert_header("retry-after", "1")?;
-    }
-    Ok(resp)
-}
-
-fn own_body(status: u16, request_id: &HeaderValue) -> Bytes {
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let id = request_id.to_str().unwrap_or("-");
-    Bytes::from(format!("{status} {reason}\nrequest id: {id}\n"))
 }
 
 #[async_trait]
@@ -352,7 +222,7 @@ impl ProxyHttp for Proxy {
             runtime: self.runtime.load_full(),
             pool: None,
             pool_index: None,
-            listener: 0,
+            listener: None,
             request_id: HeaderValue::from_static("-"),
             current: None,
             tried: Vec::new(),
@@ -380,19 +250,15 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         crate::serve::limits::header_arrived();
         let req = session.req_header();
-        ctx.request_id = req
-            .headers
-            .get(X_REQUEST_ID)
-            .filter(|v| !v.is_empty() && v.len() <= 200)
-            .cloned()
-            .unwrap_or_else(new_request_id);
-        ctx.listener = ctx
-            .runtime
-            .listener_of(session.server_addr().and_then(|a| a.as_inet()));
-        let Some(listener) = ctx.runtime.listeners.get(ctx.listener) else {
-            return Ok(());
-        };
-        let limits = &listener.limits;
+        ctx.request_id = forwarding::request_id(req);
+        let local = session.server_addr().and_then(|a| a.as_inet());
+        ctx.listener = ctx.runtime.listener_of(local);
+        if ctx.listener.is_none() {
+            ctx.runtime.stray(local);
+        }
+        let listener = ctx.listener();
+        let name = listener.map_or("", |l| l.name.as_str());
+        let limits = listener.map_or(&ListenerLimits::DEFAULT, |l| &l.limits);
         let over = if req.headers.len() > limits.max_headers {
             Some("max_headers")
         } else if header_bytes(req) > limits.max_header_bytes {
@@ -401,7 +267,7 @@ impl ProxyHttp for Proxy {
             None
         };
         if let Some(limit) = over {
-            self.limits.cut(&listener.name, limit);
+            self.limits.cut(name, limit);
             return Error::e_explain(
                 ErrorType::HTTPStatus(431),
                 format!("request header over the listener's {limit}"),
@@ -433,7 +299,7 @@ impl ProxyHttp for Proxy {
                 req.set_raw_path(&origin)?;
             }
         }
-        let listener = ctx.runtime.listeners.get(ctx.listener);
+        let listener = ctx.listener();
         // Pingora keeps an idle client connection forever ("0"); bound it. `None` (closing)
         // is left alone.
         if session.get_keepalive() == Some(0) {
@@ -473,7 +339,14 @@ impl ProxyHttp for Proxy {
             ));
         }
         let pinned = match (&pool.affinity, ctx.attempts) {
-            (Some(sticky), 0) => pin(&pool, sticky, session.req_header(), ctx),
+            (Some(sticky), 0) => {
+                let now = sticky::unix_now();
+                let pinned = sticky.pin(session.req_header(), now, |i| pool.is_ready(i));
+                ctx.affinity = Some(pinned.decision);
+                ctx.session = pinned.session;
+                ctx.set_cookie = pinned.set_cookie;
+                pinned.backend
+            }
             (Some(_), _) => {
                 // A retry moves the request to another backend: the cookie must follow it.
                 ctx.set_cookie = true;
@@ -625,45 +498,25 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(ip) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let xff = forwarded_for(upstream.headers.get_all(X_FORWARDED_FOR).iter(), ip);
-            upstream.insert_header(X_FORWARDED_FOR, xff)?;
-        }
-        let tls = ctx
-            .runtime
-            .listeners
-            .get(ctx.listener)
-            .is_some_and(|l| l.tls);
-        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-        upstream.insert_header(X_FORWARDED_PROTO, proto)?;
-        let req = session.req_header();
-        let host = req.headers.get(HOST).cloned().or_else(|| {
-            req.uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        if let Some(host) = host {
-            upstream.insert_header(X_FORWARDED_HOST, host)?;
-        }
-        upstream.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-        if !upstream.headers.contains_key(HOST) && !session.is_http2() {
-            // An HTTP/1.0 client may omit Host; fulcrum speaks HTTP/1.1 upstream, which needs
-            // one: the backend's address (as nginx's default `$proxy_host`).
-            let backend = ctx
-                .pool
-                .as_ref()
-                .zip(ctx.current.as_ref())
-                .and_then(|(p, (i, _))| p.backends().get(*i))
-                .map(|b| b.addr.to_string());
-            if let Some(addr) = backend {
-                upstream.insert_header(HOST, addr)?;
-            }
-        }
-        Ok(())
+        let tls = ctx.listener().is_some_and(|l| l.tls);
+        let backend = ctx
+            .pool
+            .as_ref()
+            .zip(ctx.current.as_ref())
+            .and_then(|(p, (i, _))| p.backends().get(*i))
+            .map(|b| b.addr);
+        let origin = Origin {
+            request: session.req_header(),
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            tls,
+            request_id: &ctx.request_id,
+            http2: session.is_http2(),
+            backend,
+        };
+        forwarding::apply(upstream, &origin)
     }
 
     async fn response_filter(
@@ -682,12 +535,8 @@ impl ProxyHttp for Proxy {
         }
         if let (Some(pool), Some((i, _))) = (&ctx.pool, &ctx.current) {
             if let Some(cookie) = pool.affinity.as_ref().and_then(|s| {
-                let tls = ctx
-                    .runtime
-                    .listeners
-                    .get(ctx.listener)
-                    .is_some_and(|l| l.tls);
-                s.set_cookie(*i, ctx.session, unix_now(), tls)
+                let tls = ctx.listener().is_some_and(|l| l.tls);
+                s.set_cookie(*i, ctx.session, sticky::unix_now(), tls)
             }) {
                 response.append_header(http::header::SET_COOKIE, cookie)?;
             }
@@ -743,9 +592,8 @@ impl ProxyHttp for Proxy {
             *e.esource() == ErrorSource::Downstream && *e.etype() == ErrorType::ReadTimedout
         });
         if client_too_slow {
-            if let Some(l) = ctx.runtime.listeners.get(ctx.listener) {
-                self.limits.cut(&l.name, "body_timeout");
-            }
+            let name = ctx.listener().map_or("", |l| l.name.as_str());
+            self.limits.cut(name, "body_timeout");
         }
         if let (None, Some(upstream), Some(pool), Some((i, _))) =
             (e, ctx.upstream_status, &ctx.pool, &ctx.current)
@@ -776,7 +624,7 @@ impl ProxyHttp for Proxy {
             .metrics
             .request(ctx.listener, backend, status, elapsed.as_secs_f64());
         if let Some(d) = ctx.affinity {
-            observer.metrics.affinity(d);
+            observer.metrics.affinity(d.as_str());
         }
         let pool_name = ctx.pool.as_ref().map_or("", |p| p.name.as_str());
         let backend_name = ctx
@@ -803,10 +651,7 @@ impl ProxyHttp for Proxy {
             let req = session.req_header();
             log.send(&Entry {
                 time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                listener: rt
-                    .listeners
-                    .get(ctx.listener)
-                    .map_or("", |l| l.name.as_str()),
+                listener: ctx.listener().map_or("", |l| l.name.as_str()),
                 client: session
                     .client_addr()
                     .and_then(|a| a.as_inet())
@@ -828,90 +673,5 @@ impl ProxyHttp for Proxy {
             });
         }
         ctx.current = None;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_statuses() {
-        let e = Error::explain(ErrorType::HTTPStatus(503), "x");
-        assert_eq!(status_for(&e), 503);
-        assert_eq!(status_for(&Error::new_up(ErrorType::ConnectTimedout)), 504);
-        assert_eq!(status_for(&Error::new_up(ErrorType::ReadTimedout)), 504);
-        assert_eq!(status_for(&Error::new_up(ErrorType::ConnectRefused)), 502);
-        assert_eq!(status_for(&Error::new_down(ErrorType::ConnectionClosed)), 0);
-        assert_eq!(
-            status_for(&Error::new_down(ErrorType::InvalidHTTPHeader)),
-            400
-        );
-        assert_eq!(status_for(&Error::new_in(ErrorType::InternalError)), 500);
-    }
-
-    #[test]
-    fn forwarded_for_appends_the_client() {
-        let ip4: std::net::IpAddr = "10.0.255.7".parse().unwrap();
-        assert_eq!(forwarded_for(std::iter::empty(), ip4), "10.0.255.7");
-        let sent = [
-            HeaderValue::from_static("203.0.113.9"),
-            HeaderValue::from_static("198.51.100.1"),
-        ];
-        assert_eq!(
-            forwarded_for(sent.iter(), "0.1.100.99".parse().unwrap()),
-            "203.0.113.9, 198.51.100.1, 0.1.100.99"
-        );
-        assert_eq!(
-            forwarded_for(std::iter::empty(), "::1".parse().unwrap()),
-            "::1"
-        );
-    }
-
-    #[test]
-    fn request_ids_are_unique_hex() {
-        let a = new_request_id();
-        let b = new_request_id();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 32);
-    }
-
-    /// X-Forwarded-For from whatever the client sent before.
-    mod forwarded_for_props {
-        use super::*;
-        use proptest::prelude::*;
-
-        /// Header values as a client may send them: visible ASCII, tabs, obs-text, commas.
-        fn prior() -> impl Strategy<Value = HeaderValue> {
-            proptest::collection::vec(
-                prop_oneof![
-                    3 => prop::sample::select(b"0123456789.:abcdef, \t[]".to_vec()),
-                    1 => any::<u8>(),
-                ],
-                0..40,
-            )
-            .prop_filter_map("not a header value", |b| HeaderValue::from_bytes(&b).ok())
-        }
-
-        proptest! {
-            /// Never a panic; always the prior values in order, then the client's address, which
-            /// it ends with (never the `unknown` fallback).
-            #[test]
-            fn forwarded_for_keeps_priors_and_ends_with_the_client(
-                priors in proptest::collection::vec(prior(), 0..5),
-                ip in any::<std::net::IpAddr>(),
-            ) {
-                let got = forwarded_for(priors.iter(), ip);
-                let client = ip.to_string();
-                prop_assert!(got.as_bytes().ends_with(client.as_bytes()), "{:?}", got);
-                let mut want = Vec::new();
-                for p in &priors {
-                    want.extend_from_slice(p.as_bytes());
-                    want.extend_from_slice(b", ");
-                }
-                want.extend_from_slice(client.as_bytes());
-                prop_assert_eq!(got.as_bytes(), &want[..]);
-            }
-        }
     }
 }

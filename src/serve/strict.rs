@@ -526,11 +526,11 @@ mod tests {
                 && labels_ok
                 && h.iter()
                     .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
-            let ipv6 = h.len() >= 2
-                && h[0] == b'['
-                && h[h.len() - 1] == b']'
-                && std::str::from_utf8(&h[1..h.len() - 1])
-                    .is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+            let ipv6 = h
+                .strip_prefix(b"[")
+                .and_then(|h| h.strip_suffix(b"]"))
+                .and_then(|inner| std::str::from_utf8(inner).ok())
+                .is_some_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
             reg_name || ipv6
         };
         (0..=a.len()).any(|i| host_ok(&a[..i]) && port_ok(&a[i..]))

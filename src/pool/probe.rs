@@ -1,0 +1,156 @@
+//! The active check of one pool: Pingora's Http/TcpHealthCheck wrapped in a `Probe` that bounds
+//! each check by the pool's timeout and gates new backends until they pass. When checks run is
+//! the health service's business (operate/health.rs).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::{Error, ErrorType, Result};
+use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::Backend;
+
+use crate::config::{CheckKind, HealthCheckConfig};
+use crate::pool::BackendState;
+
+/// The check of one pool: Pingora's probes (one per backend for HTTP, so that each sends its
+/// own address as Host unless the config names one), bounded by `timeout`.
+pub struct Probe {
+    pool: String,
+    config: HealthCheckConfig,
+    http: HashMap<SocketAddr, HttpHealthCheck>,
+    tcp: Option<Box<TcpHealthCheck>>,
+    /// The pool's backends, sorted by address.
+    states: Arc<[Arc<BackendState>]>,
+}
+
+impl Probe {
+    pub fn new(pool: &str, config: &HealthCheckConfig, states: Arc<[Arc<BackendState>]>) -> Self {
+        let mut http = HashMap::new();
+        let mut tcp = None;
+        match &config.kind {
+            CheckKind::Http {
+                path,
+                expect_status,
+                host,
+            } => {
+                for s in states.iter() {
+                    let host = host.clone().unwrap_or_else(|| s.addr.to_string());
+                    let mut check = HttpHealthCheck::new(&host, false);
+                    // The validator checked that the path parses as a URI.
+                    check.req.set_uri(
+                        path.parse::<http::Uri>()
+                            .unwrap_or_else(|_| http::Uri::from_static("/")),
+                    );
+                    check.peer_template.options.connection_timeout = Some(config.timeout);
+                    check.peer_template.options.read_timeout = Some(config.timeout);
+                    check.peer_template.options.write_timeout = Some(config.timeout);
+                    let expected = expect_status.clone();
+                    check.validator = Some(Box::new(move |resp| {
+                        let status = resp.status.as_u16();
+                        if expected.contains(&status) {
+                            Ok(())
+                        } else {
+                            Error::e_explain(
+                                ErrorType::CustomCode("unexpected status", status),
+                                format!("health check answered {status}"),
+                            )
+                        }
+                    }));
+                    http.insert(s.addr, check);
+                }
+            }
+            CheckKind::Tcp => {
+                let mut check = TcpHealthCheck::new();
+                check.peer_template.options.connection_timeout = Some(config.timeout);
+                tcp = Some(check);
+            }
+        }
+        Probe {
+            pool: pool.to_string(),
+            config: config.clone(),
+            http,
+            tcp,
+            states,
+        }
+    }
+
+    fn state(&self, target: &Backend) -> Option<&Arc<BackendState>> {
+        let addr = target.addr.as_inet()?;
+        let i = self.states.binary_search_by_key(addr, |s| s.addr).ok()?;
+        self.states.get(i)
+    }
+
+    async fn probe(&self, target: &Backend) -> Result<()> {
+        let addr = target.addr.as_inet().copied();
+        if let Some(check) = addr.and_then(|a| self.http.get(&a)) {
+            check.check(target).await
+        } else if let Some(check) = &self.tcp {
+            check.check(target).await
+        } else {
+            Error::e_explain(ErrorType::InternalError, "no probe for this backend")
+        }
+    }
+}
+
+#[async_trait]
+impl HealthCheck for Probe {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        let result = match tokio::time::timeout(self.config.timeout, self.probe(target)).await {
+            Ok(r) => r,
+            Err(_) => Error::e_explain(
+                ErrorType::ConnectTimedout,
+                format!("no answer within {:?}", self.config.timeout),
+            ),
+        };
+        if result.is_ok() {
+            if let Some(state) = self.state(target) {
+                if state.check_passed() {
+                    state.record_admitted();
+                    tracing::info!(
+                        "pool {} backend {} ({}) is up: passed its first health check",
+                        self.pool,
+                        state.name,
+                        state.addr
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        // Pingora logs the flip itself (with `backend_summary` and the error); mirror it.
+        if let Some(state) = self.state(target) {
+            let reason = if healthy {
+                format!("passed {} health checks", self.config.healthy_threshold)
+            } else {
+                format!("failed {} health checks", self.config.unhealthy_threshold)
+            };
+            if state.set_healthy(healthy, reason) {
+                tracing::info!(
+                    "pool {} backend {} ({}) returns to service: its health checks pass again (ejection ended)",
+                    self.pool,
+                    state.name,
+                    state.addr
+                );
+            }
+        }
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        match self.state(target) {
+            Some(s) => format!("pool {} backend {} ({})", self.pool, s.name, s.addr),
+            None => format!("pool {} backend {:?}", self.pool, target.addr),
+        }
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.config.healthy_threshold as usize
+        } else {
+            self.config.unhealthy_threshold as usize
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! What the backend is told about a request's origin: X-Forwarded-For (appended),
+//! X-Forwarded-Proto, X-Forwarded-Host, X-Request-Id (kept if the client sent one, else new),
+//! and a Host for HTTP/1 requests that came without one.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use pingora::http::RequestHeader;
+use pingora::Result;
+
+pub const X_REQUEST_ID: &str = "x-request-id";
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// The longest client-sent X-Request-Id that is kept.
+const MAX_REQUEST_ID: usize = 200;
+
+/// The request's id: the client's X-Request-Id when it sent a usable one, else a new one.
+pub fn request_id(req: &RequestHeader) -> HeaderValue {
+    req.headers
+        .get(X_REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
+        .cloned()
+        .unwrap_or_else(new_request_id)
+}
+
+/// A fresh request id: 128 random bits in hex.
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The request's host: the Host header, or the authority of an absolute URI / HTTP/2 request.
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// The host the client asked for, as sent (for X-Forwarded-Host).
+fn client_host(req: &RequestHeader) -> Option<HeaderValue> {
+    req.headers.get(HOST).cloned().or_else(|| {
+        req.uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+/// Where a request came from, as the backend is told.
+pub struct Origin<'a> {
+    /// The client's request, as it arrived.
+    pub request: &'a RequestHeader,
+    pub client_ip: Option<IpAddr>,
+    /// Whether it came over TLS.
+    pub tls: bool,
+    pub request_id: &'a HeaderValue,
+    /// Whether it came over HTTP/2 (which always carries an authority).
+    pub http2: bool,
+    /// The backend the request goes to.
+    pub backend: Option<SocketAddr>,
+}
+
+/// Set the forwarding headers of `upstream` (the request as it goes to the backend).
+pub fn apply(upstream: &mut RequestHeader, origin: &Origin) -> Result<()> {
+    if let Some(ip) = origin.client_ip {
+        let xff = forwarded_for(upstream.headers.get_all(X_FORWARDED_FOR).iter(), ip);
+        upstream.insert_header(X_FORWARDED_FOR, xff)?;
+    }
+    let proto = HeaderValue::from_static(if origin.tls { "https" } else { "http" });
+    upstream.insert_header(X_FORWARDED_PROTO, proto)?;
+    if let Some(host) = client_host(origin.request) {
+        upstream.insert_header(X_FORWARDED_HOST, host)?;
+    }
+    upstream.insert_header(X_REQUEST_ID, origin.request_id.clone())?;
+    if !upstream.headers.contains_key(HOST) && !origin.http2 {
+        // An HTTP/1.0 client may omit Host; fulcrum speaks HTTP/1.1 upstream, which needs
+        // one: the backend's address (as nginx's default `$proxy_host`).
+        if let Some(addr) = origin.backend {
+            upstream.insert_header(HOST, addr.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// X-Forwarded-For: the values the client sent, then its address. The common case (no header
+/// yet, IPv4) is formatted by hand: `Ipv4Addr`'s Display was a measurable share of a request.
+fn forwarded_for<'a>(existing: impl Iterator<Item = &'a HeaderValue>, ip: IpAddr) -> HeaderValue {
+    let mut out: Vec<u8> = Vec::with_capacity(48);
+    for v in existing {
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_appends_the_client() {
+        let ip4: IpAddr = "10.0.255.7".parse().unwrap();
+        assert_eq!(forwarded_for(std::iter::empty(), ip4), "10.0.255.7");
+        let sent = [
+            HeaderValue::from_static("203.0.113.9"),
+            HeaderValue::from_static("198.51.100.1"),
+        ];
+        assert_eq!(
+            forwarded_for(sent.iter(), "0.1.100.99".parse().unwrap()),
+            "203.0.113.9, 198.51.100.1, 0.1.100.99"
+        );
+        assert_eq!(
+            forwarded_for(std::iter::empty(), "::1".parse().unwrap()),
+            "::1"
+        );
+    }
+
+    #[test]
+    fn request_ids_are_unique_hex() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+    }
+
+    #[test]
+    fn a_usable_client_request_id_is_kept() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(request_id(&req).len(), 32, "none sent: a new one");
+        req.insert_header(X_REQUEST_ID, "abc").unwrap();
+        assert_eq!(request_id(&req), "abc");
+        req.insert_header(X_REQUEST_ID, "x".repeat(MAX_REQUEST_ID + 1))
+            .unwrap();
+        assert_eq!(request_id(&req).len(), 32, "too long: replaced");
+    }
+
+    #[test]
+    fn the_backend_learns_the_origin() {
+        let mut req = RequestHeader::build("GET", b"/a", None).unwrap();
+        req.insert_header(HOST, "example.com").unwrap();
+        let mut upstream = req.clone();
+        upstream
+            .insert_header(X_FORWARDED_FOR, "203.0.113.9")
+            .unwrap();
+        let id = HeaderValue::from_static("id-1");
+        let origin = Origin {
+            request: &req,
+            client_ip: Some("10.0.0.1".parse().unwrap()),
+            tls: true,
+            request_id: &id,
+            http2: false,
+            backend: Some("127.0.0.1:9000".parse().unwrap()),
+        };
+        apply(&mut upstream, &origin).unwrap();
+        let h = &upstream.headers;
+        assert_eq!(h[X_FORWARDED_FOR], "203.0.113.9, 10.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_HOST], "example.com");
+        assert_eq!(h[X_REQUEST_ID], "id-1");
+        assert_eq!(h[HOST], "example.com", "Host is passed through");
+
+        // HTTP/1.0 without Host: the backend's address; X-Forwarded-Host stays unset.
+        let bare = RequestHeader::build("GET", b"/a", None).unwrap();
+        let mut upstream = bare.clone();
+        let origin = Origin {
+            request: &bare,
+            tls: false,
+            client_ip: None,
+            ..origin
+        };
+        apply(&mut upstream, &origin).unwrap();
+        let h = &upstream.headers;
+        assert_eq!(h[HOST], "127.0.0.1:9000");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert!(!h.contains_key(X_FORWARDED_HOST));
+        assert!(!h.contains_key(X_FORWARDED_FOR));
+    }
+
+    /// X-Forwarded-For from whatever the client sent before.
+    mod forwarded_for_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Header values as a client may send them: visible ASCII, tabs, obs-text, commas.
+        fn prior() -> impl Strategy<Value = HeaderValue> {
+            proptest::collection::vec(
+                prop_oneof![
+                    3 => prop::sample::select(b"0123456789.:abcdef, \t[]".to_vec()),
+                    1 => any::<u8>(),
+                ],
+                0..40,
+            )
+            .prop_filter_map("not a header value", |b| HeaderValue::from_bytes(&b).ok())
+        }
+
+        proptest! {
+            /// Never a panic; always the prior values in order, then the client's address, which
+            /// it ends with (never the `unknown` fallback).
+            #[test]
+            fn forwarded_for_keeps_priors_and_ends_with_the_client(
+                priors in proptest::collection::vec(prior(), 0..5),
+                ip in any::<IpAddr>(),
+            ) {
+                let got = forwarded_for(priors.iter(), ip);
+                let client = ip.to_string();
+                prop_assert!(got.as_bytes().ends_with(client.as_bytes()), "{:?}", got);
+                let mut want = Vec::new();
+                for p in &priors {
+                    want.extend_from_slice(p.as_bytes());
+                    want.extend_from_slice(b", ");
+                }
+                want.extend_from_slice(client.as_bytes());
+                prop_assert_eq!(got.as_bytes(), &want[..]);
+            }
+        }
+    }
+}
