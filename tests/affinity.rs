@@ -236,7 +236,7 @@ async fn a_down_backends_cookies_are_repinned_the_same_way_by_every_instance() {
     let mut followed = Vec::new();
     for f in [&f1, &f2] {
         wait_for(Duration::from_secs(5), "b marked down", || {
-            f.log().contains("becomes unhealthy")
+            f.log().contains(" is down: ")
         })
         .await;
         let (backend, set) = visit(&c, &f.url("/"), Some(&pinned_b)).await;

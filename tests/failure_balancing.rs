@@ -492,7 +492,7 @@ async fn sessions_of_a_dead_backend_spread_and_instances_agree() {
     bs[1].set_health(500);
     for f in [&f1, &f2] {
         wait_for(Duration::from_secs(5), "b marked down", || {
-            f.log().contains("becomes unhealthy")
+            f.log().contains(" is down: ")
         })
         .await;
     }

@@ -79,7 +79,7 @@ async fn a_killed_backend_is_detected_and_returns_with_no_client_error() {
     let killed = Instant::now();
     // Marked down within unhealthy_threshold x interval + timeout (2 x 200 + 100 ms), plus margin.
     let down = wait_for(Duration::from_secs(5), "b marked down", || {
-        f.log().contains("backend b (") && f.log().contains("becomes unhealthy")
+        f.log().contains("backend b (") && f.log().contains(" is down: ")
     })
     .await;
     assert!(down < Duration::from_millis(900), "detected after {down:?}");

@@ -88,7 +88,7 @@ async fn scrape(admin: u16) -> String {
 
 fn two_pools(a: &Backend, b: &Backend, c: &Backend, admin: u16, extra: &str) -> String {
     format!(
-        "admin: {{listen: 127.0.0.1:{admin}}}\n{extra}routes:\n  - match: {{path_prefix: /api/}}\n    pool: api\n  - match: {{host: web.test}}\n    pool: web\npools:\n  web:\n    backends: [{{address: \"{}\", name: a}}, {{address: \"{}\", name: b}}]\n    health_check: {{http: {{path: /healthz}}, interval: 200ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1}}\n  api:\n    backends: [{{address: \"{}\", name: c}}]\n",
+        "admin: {{listen: 127.0.0.1:{admin}}}\n{extra}routes:\n  - match: {{path_prefix: /api/}}\n    pool: api\n  - match: {{host: web.test}}\n    pool: web\npools:\n  web:\n    backends: [{{address: \"{}\", name: a}}, {{address: \"{}\", name: b}}]\n    health_check: {{http: {{path: /healthz}}, interval: 200ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 1}}\n  api:\n    backends: [{{address: \"{}\", name: c}}]\n",
         a.addr, b.addr, c.addr
     )
 }
@@ -490,10 +490,7 @@ async fn a_start_logs_what_it_serves_and_nothing_of_pingoras_internal_steps() {
     })
     .await;
     let log = f.log();
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| !l.contains("passed its first health check"))
-        .collect();
+    let lines: Vec<&str> = log.lines().collect();
     // The summary, the listener, the admin listener, ready: nothing else.
     assert_eq!(lines.len(), 4, "{log}");
     assert!(
@@ -530,9 +527,52 @@ async fn a_start_logs_what_it_serves_and_nothing_of_pingoras_internal_steps() {
         !log.contains("Starting service") && !log.contains("exited."),
         "{log}"
     );
-    let kept = log
-        .lines()
-        .filter(|l| !l.contains("passed its first health check"))
-        .count();
-    assert!(kept <= 8, "{log}");
+    assert!(log.lines().count() <= 8, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_check_is_one_short_line_with_pool_backend_and_reason() {
+    let ok = Backend::start("ok").await;
+    let sick = Backend::start("sick").await;
+    sick.set_health(503);
+    let dead = closed_addr();
+    let f = Fulcrum::start(&format!(
+        "routes:\n  - match: {{path_prefix: /}}\n    pool: web\npools:\n  web:\n    health_check: {{http: {{path: /healthz}}, interval: 100ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1}}\n    backends: [{{address: \"{}\", name: ok}}, {{address: \"{}\", name: sick}}, {{address: \"{dead}\", name: dead}}]\n",
+        ok.addr, sick.addr
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "both down lines", || {
+        f.log().matches(" is down: ").count() >= 2
+    })
+    .await;
+    let log = f.log();
+    let down: Vec<&str> = log.lines().filter(|l| l.contains(" is down: ")).collect();
+    assert_eq!(down.len(), 2, "{log}");
+    assert!(
+        down.iter().any(|l| l.ends_with(&format!(
+            "WARN pool web backend dead ({dead}) is down: failed 1 health check: connection refused"
+        ))),
+        "{log}"
+    );
+    assert!(
+        down.iter().any(|l| l.ends_with(&format!(
+            "WARN pool web backend sick ({}) is down: failed 1 health check: answered 503",
+            sick.addr
+        ))),
+        "{log}"
+    );
+    assert!(down.iter().all(|l| l.len() < 160), "{log}");
+    assert!(!log.contains("BasicPeer"), "Pingora's peer dump: {log}");
+    assert!(
+        !log.contains("backend ok"),
+        "a backend that passes is not news: {log}"
+    );
+
+    // Back up: one line, with what it passed.
+    sick.set_health(200);
+    wait_for(Duration::from_secs(5), "the up line", || {
+        f.log().contains("pool web backend sick")
+            && f.log().contains("is up: passed 1 health check")
+    })
+    .await;
 }

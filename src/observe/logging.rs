@@ -18,8 +18,12 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::observe::log_limit::LogLimit;
 
-/// Pingora messages that describe what clients and networks routinely do.
-const ROUTINE: [&str; 5] = [
+/// Pingora messages that describe what clients and networks routinely do, or that fulcrum
+/// says better itself.
+const ROUTINE: [&str; 6] = [
+    // A health check flipped a backend: the probe logs it with pool, backend and a short reason
+    // (Pingora's line dumps the whole peer, ~900 characters).
+    "becomes unhealthy",
     // A client closed or reset its connection while sending a request header.
     "Fail to proxy: Downstream",
     // A TLS handshake failed (scanners, old clients, wrong names).

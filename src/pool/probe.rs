@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pingora::{Error, ErrorType, Result};
@@ -23,6 +23,23 @@ pub struct Probe {
     tcp: Option<Box<TcpHealthCheck>>,
     /// The pool's backends, sorted by address.
     states: Arc<[Arc<BackendState>]>,
+    /// Each backend's last failed check, in a few words, for the line that says it is down.
+    failures: Mutex<HashMap<SocketAddr, String>>,
+}
+
+/// Why a check failed, in a few words: "connection refused", "answered 503", ...
+fn failure_reason(e: &Error) -> String {
+    let context = e.context.as_ref().map(|c| c.as_str().to_string());
+    match e.etype() {
+        ErrorType::ConnectRefused => "connection refused".into(),
+        ErrorType::ConnectTimedout => context.unwrap_or_else(|| "connect timed out".into()),
+        ErrorType::ReadTimedout => "no answer in time".into(),
+        ErrorType::CustomCode(_, status) => format!("answered {status}"),
+        other => match context {
+            Some(c) => format!("{}: {c}", other.as_str()),
+            None => other.as_str().to_string(),
+        },
+    }
 }
 
 impl Probe {
@@ -73,6 +90,7 @@ impl Probe {
             http,
             tcp,
             states,
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -104,16 +122,28 @@ impl HealthCheck for Probe {
                 format!("no answer within {:?}", self.config.timeout),
             ),
         };
-        if result.is_ok() {
-            if let Some(state) = self.state(target) {
-                if state.check_passed() {
-                    state.record_admitted();
-                    tracing::info!(
-                        "pool {} backend {} ({}) is up: passed its first health check",
-                        self.pool,
-                        state.name,
-                        state.addr
-                    );
+        match &result {
+            Ok(()) => {
+                if let Some(state) = self.state(target) {
+                    if state.check_passed() {
+                        state.record_admitted();
+                        // Backends of the file a process started with are summed up by the
+                        // ready line; one that joined later (reload) is worth a line.
+                        if state.joined() {
+                            tracing::info!(
+                                "pool {} backend {} ({}) is up: passed its first health check",
+                                self.pool,
+                                state.name,
+                                state.addr
+                            );
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(addr) = target.addr.as_inet() {
+                    let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                    failures.insert(*addr, failure_reason(e));
                 }
             }
         }
@@ -123,14 +153,38 @@ impl HealthCheck for Probe {
     async fn health_status_change(&self, target: &Backend, healthy: bool) {
         // Pingora logs the flip itself (with `backend_summary` and the error); mirror it.
         if let Some(state) = self.state(target) {
-            let reason = if healthy {
-                format!("passed {} health checks", self.config.healthy_threshold)
+            let (verb, n) = if healthy {
+                ("passed", self.config.healthy_threshold)
             } else {
-                format!("failed {} health checks", self.config.unhealthy_threshold)
+                ("failed", self.config.unhealthy_threshold)
             };
-            if state.set_healthy(healthy, reason) {
+            let reason = format!("{verb} {n} health check{}", if n == 1 { "" } else { "s" });
+            let ended_ejection = state.set_healthy(healthy, reason.clone());
+            if healthy && ended_ejection {
                 tracing::info!(
-                    "pool {} backend {} ({}) returns to service: its health checks pass again (ejection ended)",
+                    "pool {} backend {} ({}) returns to service: {reason} (ejection ended)",
+                    self.pool,
+                    state.name,
+                    state.addr
+                );
+            } else if healthy {
+                tracing::info!(
+                    "pool {} backend {} ({}) is up: {reason}",
+                    self.pool,
+                    state.name,
+                    state.addr
+                );
+            } else {
+                let why = target
+                    .addr
+                    .as_inet()
+                    .and_then(|a| {
+                        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                        failures.get(a).cloned()
+                    })
+                    .unwrap_or_else(|| "no answer".into());
+                tracing::warn!(
+                    "pool {} backend {} ({}) is down: {reason}: {why}",
                     self.pool,
                     state.name,
                     state.addr

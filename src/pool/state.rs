@@ -273,6 +273,11 @@ impl BackendState {
         }
     }
 
+    /// Whether the backend joined a running pool (a reload added it).
+    pub fn joined(&self) -> bool {
+        self.joined
+    }
+
     /// The generation a request starting now belongs to (see `request_failed`).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
