@@ -199,6 +199,7 @@ fn check_document(ck: &mut Checker, file: &Path, doc: Value) -> Option<Config> {
     let mut listeners = None;
     let mut routes = None;
     let mut pools = None;
+    let mut resolvers = Vec::new();
     for (key, value) in top {
         let Some(key) = key.as_str().map(str::to_string) else {
             ck.error("", "top-level keys must be strings");
@@ -211,9 +212,12 @@ fn check_document(ck: &mut Checker, file: &Path, doc: Value) -> Option<Config> {
             "listeners" => listeners = Some(value),
             "routes" => routes = Some(value),
             "pools" => pools = Some(value),
+            "resolvers" => {
+                resolvers = super::discovery::check_resolvers(value, &mut |p, m| ck.error(p, m))
+            }
             other => ck.error(
                 other,
-                format!("unknown key `{other}`, expected one of `server`, `admin`, `access_log`, `listeners`, `routes`, `pools`"),
+                format!("unknown key `{other}`, expected one of `server`, `admin`, `access_log`, `listeners`, `routes`, `pools`, `resolvers`"),
             ),
         }
     }
@@ -241,6 +245,7 @@ fn check_document(ck: &mut Checker, file: &Path, doc: Value) -> Option<Config> {
         hash: String::new(),
         admin: admin?,
         access_log: access_log?,
+        resolvers,
     })
 }
 
@@ -715,12 +720,13 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         }
         (_, None) => None,
     };
-    if raw.backends.is_empty() {
+    if raw.backends.is_empty() && raw.discover.as_ref().is_none_or(|d| d.srv.is_none()) {
         ck.error(
             format!("{path}.backends"),
-            "a pool needs at least one backend",
+            "a pool needs at least one backend (or `discover: {srv: NAME}`)",
         );
     }
+    let mut named = Vec::new();
     let mut backends = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut addrs: HashMap<SocketAddr, usize> = HashMap::new();
@@ -741,9 +747,13 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
             }
         };
         let addr = match parse_socket_addr(&b.address) {
-            Ok(a) => a,
-            Err(msg) => {
-                ck.error(format!("{bpath}.address"), msg);
+            Ok(a) if b.required.is_none() => a,
+            Ok(_) => {
+                ck.error(format!("{bpath}.required"), "`required` applies to a backend given by name (NAME:PORT), not to an IP address");
+                continue;
+            }
+            Err(_) => {
+                super::discovery::check_named_backend(&bpath, b, weight, &mut named, &mut |p, m| ck.error(p, m));
                 continue;
             }
         };
@@ -860,6 +870,8 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
             "must be between 1 and 10000",
         );
     }
+    let discovery =
+        super::discovery::check_discover(&path, raw.discover, named, &mut |p, m| ck.error(p, m));
     let retries = raw.retries.unwrap_or(DEFAULT_RETRIES);
     if retries > MAX_RETRIES {
         ck.error(
@@ -885,6 +897,7 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         protocol,
         upstream_tls,
         max_h2_streams,
+        discovery,
     })
 }
 
