@@ -33,6 +33,8 @@ pub struct Runtime {
     /// SHA-256 of the configuration file, hex; and when it was loaded.
     pub config_hash: String,
     pub loaded_at: SystemTime,
+    /// What DNS discovery last found (None: nothing is discovered); set by the discovery fleet.
+    pub discovery: Option<Arc<crate::observe::dns_report::DnsReports>>,
 }
 
 impl Runtime {
@@ -81,6 +83,7 @@ impl Runtime {
                 .collect(),
             config_hash: config.hash.clone(),
             loaded_at: SystemTime::now(),
+            discovery: previous.and_then(|r| r.discovery.clone()),
         }
     }
 

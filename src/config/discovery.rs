@@ -231,10 +231,11 @@ pub fn check_resolvers(value: Value, error: &mut dyn FnMut(String, String)) -> V
             Value::String(s) => s.trim().to_string(),
             _ => String::new(),
         };
-        let parsed = text
-            .parse::<SocketAddr>()
-            .ok()
-            .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+        let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+            text.parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
         match parsed {
             Some(a) => out.push(a),
             None => error(
@@ -257,7 +258,10 @@ mod tests {
             Ok(("app.internal".into(), 8080))
         );
         assert_eq!(parse_name("localhost:80"), Ok(("localhost".into(), 80)));
-        assert_eq!(parse_name("web.svc.cluster.local.:80").unwrap().0, "web.svc.cluster.local");
+        assert_eq!(
+            parse_name("web.svc.cluster.local.:80").unwrap().0,
+            "web.svc.cluster.local"
+        );
         for bad in [
             "app.internal",
             "app.internal:0",
@@ -281,8 +285,14 @@ mod tests {
             max_ttl: DEFAULT_MAX_TTL,
         };
         assert_eq!(d.refresh_after(Duration::ZERO), Duration::from_secs(1));
-        assert_eq!(d.refresh_after(Duration::from_secs(30)), Duration::from_secs(30));
-        assert_eq!(d.refresh_after(Duration::from_secs(86400)), Duration::from_secs(300));
+        assert_eq!(
+            d.refresh_after(Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            d.refresh_after(Duration::from_secs(86400)),
+            Duration::from_secs(300)
+        );
         let retries: Vec<u64> = (1..=8).map(|n| d.retry_after(n).as_secs()).collect();
         assert_eq!(retries, [1, 2, 4, 8, 16, 30, 30, 30]);
     }

@@ -753,7 +753,13 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
                 continue;
             }
             Err(_) => {
-                super::discovery::check_named_backend(&bpath, b, weight, &mut named, &mut |p, m| ck.error(p, m));
+                super::discovery::check_named_backend(
+                    &bpath,
+                    b,
+                    weight,
+                    &mut named,
+                    &mut |p, m| ck.error(p, m),
+                );
                 continue;
             }
         };

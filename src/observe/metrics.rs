@@ -188,6 +188,11 @@ impl Metrics {
             .register(Box::new(BackendCollector::new(runtime)))
     }
 
+    /// Register a collector that lives elsewhere (discovery's counters).
+    pub fn register(&self, collector: Box<dyn Collector>) -> PromResult<()> {
+        self.registry.register(collector)
+    }
+
     /// The Prometheus text exposition of everything.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

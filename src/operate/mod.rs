@@ -4,6 +4,8 @@
 pub mod admin;
 pub mod app;
 pub mod demo;
+pub mod discovery;
+pub mod dns;
 pub mod health;
 pub mod parent_ready;
 pub mod reload;

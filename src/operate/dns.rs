@@ -1,0 +1,181 @@
+//! DNS lookups for discovery (hickory-resolver): a name's A and AAAA records, an SRV record's
+//! targets, ports and weights, with the TTL that says when to ask again. Never on the request
+//! path: only the discovery service and start-up call it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfig, NameServerConfigGroup, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::{ResolveError, TokioResolver};
+
+use crate::config::discovery::{Source, MAX_SRV_WEIGHT};
+
+/// What one question found: addresses with their weights, and how long the records live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Sorted by address, without duplicates.
+    pub addrs: Vec<(SocketAddr, u32)>,
+    pub ttl: Duration,
+}
+
+/// Why a question found nothing usable (the last good answer is then kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The name exists but has no such records, or does not exist (NXDOMAIN).
+    Empty(String),
+    /// No answer: timeout, refused, server failure, unreachable server.
+    Error(String),
+}
+
+impl Failure {
+    /// The `result` label of `fulcrum_dns_resolutions_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Failure::Empty(_) => "empty",
+            Failure::Error(_) => "failure",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Empty(m) | Failure::Error(m) => m,
+        }
+    }
+}
+
+fn failure(e: ResolveError) -> Failure {
+    if e.is_no_records_found() || e.is_nx_domain() {
+        Failure::Empty(e.to_string())
+    } else {
+        Failure::Error(e.to_string())
+    }
+}
+
+/// A resolver: the configured servers (`resolvers:`), else the system's (/etc/resolv.conf).
+/// Build it inside the runtime that will use it (it spawns its connections there).
+pub struct Dns {
+    resolver: TokioResolver,
+}
+
+impl Dns {
+    pub fn new(servers: &[SocketAddr]) -> Result<Dns, String> {
+        let mut builder = if servers.is_empty() {
+            TokioResolver::builder_tokio()
+                .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?
+        } else {
+            let mut group = NameServerConfigGroup::new();
+            for addr in servers {
+                // UDP first; TCP when an answer is truncated (a large SRV set).
+                group.push(NameServerConfig::new(*addr, Protocol::Udp));
+                group.push(NameServerConfig::new(*addr, Protocol::Tcp));
+            }
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, Vec::new(), group),
+                TokioConnectionProvider::default(),
+            )
+        };
+        let opts: &mut ResolverOpts = builder.options_mut();
+        // Both families: a name may have A and AAAA records, each address is a backend.
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        // No cache: discovery asks again exactly when it wants a fresh answer (a cached one
+        // would outlive `max_ttl` when the record's TTL is longer).
+        opts.cache_size = 0;
+        opts.timeout = Duration::from_secs(2);
+        opts.attempts = 1;
+        Ok(Dns {
+            resolver: builder.build(),
+        })
+    }
+
+    /// Ask `source` once.
+    pub async fn resolve(&self, source: &Source, weight: u32) -> Result<Answer, Failure> {
+        match source {
+            Source::Name { host, port } => {
+                let (ips, ttl) = self.ips(host).await?;
+                let addrs = ips
+                    .into_iter()
+                    .map(|ip| (SocketAddr::new(ip, *port), weight))
+                    .collect();
+                Ok(tidy(addrs, ttl))
+            }
+            Source::Srv { name } => self.srv(name).await,
+        }
+    }
+
+    /// The addresses of `host` and how long they live.
+    async fn ips(&self, host: &str) -> Result<(Vec<std::net::IpAddr>, Duration), Failure> {
+        // The system's search domains and ndots apply (Kubernetes' short names work); a name
+        // that ends with a dot is complete.
+        let lookup = self.resolver.lookup_ip(host).await.map_err(failure)?;
+        let ttl = lookup
+            .valid_until()
+            .saturating_duration_since(Instant::now());
+        let ips: Vec<_> = lookup.iter().collect();
+        if ips.is_empty() {
+            return Err(Failure::Empty(format!("{host}: no A or AAAA records")));
+        }
+        Ok((ips, ttl))
+    }
+
+    /// SRV `name`: the records of the most preferred priority (lowest number; the others are
+    /// fallbacks that DNS-SRV clients use only when all of it is gone, and so does a pool: a
+    /// later answer without them brings them in), each target resolved. Weight 0 counts as 1.
+    async fn srv(&self, name: &str) -> Result<Answer, Failure> {
+        let lookup = self
+            .resolver
+            .srv_lookup(format!("{name}."))
+            .await
+            .map_err(failure)?;
+        let mut ttl = lookup
+            .as_lookup()
+            .valid_until()
+            .saturating_duration_since(Instant::now());
+        let Some(best) = lookup.iter().map(|r| r.priority()).min() else {
+            return Err(Failure::Empty(format!("{name}: no SRV records")));
+        };
+        let records: Vec<(String, u16, u32)> = lookup
+            .iter()
+            .filter(|r| r.priority() == best && r.port() != 0)
+            .map(|r| {
+                let weight = u32::from(r.weight()).clamp(1, MAX_SRV_WEIGHT);
+                (r.target().to_ascii(), r.port(), weight)
+            })
+            .collect();
+        let lookups = records.iter().map(|(target, _, _)| self.ips(target));
+        let found = futures::future::join_all(lookups).await;
+        let mut addrs = Vec::new();
+        let mut errors = Vec::new();
+        for ((_, port, weight), result) in records.iter().zip(found) {
+            match result {
+                Ok((ips, t)) => {
+                    ttl = ttl.min(t);
+                    addrs.extend(
+                        ips.into_iter()
+                            .map(|ip| (SocketAddr::new(ip, *port), *weight)),
+                    );
+                }
+                Err(e) => errors.push(e.message().to_string()),
+            }
+        }
+        if addrs.is_empty() {
+            let why = if errors.is_empty() {
+                "no usable SRV records".to_string()
+            } else {
+                errors.join("; ")
+            };
+            return Err(Failure::Empty(format!("{name}: {why}")));
+        }
+        Ok(tidy(addrs, ttl))
+    }
+}
+
+/// Sorted, one entry per address (the first weight wins).
+fn tidy(mut addrs: Vec<(SocketAddr, u32)>, ttl: Duration) -> Answer {
+    addrs.sort_by_key(|(a, _)| *a);
+    addrs.dedup_by_key(|(a, _)| *a);
+    Answer { addrs, ttl }
+}

@@ -1,0 +1,373 @@
+//! Fleets that change by themselves: backends given by DNS name (A/AAAA) and by SRV record,
+//! against a real DNS server the test runs and changes while traffic flows. Traffic follows
+//! the records by share with no failed request; a DNS server that goes away leaves the last
+//! set serving; a name unresolvable at start joins once it resolves; a reload keeps the set.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::dns::{DnsServer, Srv};
+use common::*;
+
+/// The fast active check of the other suites.
+const CHECK: &str =
+    "{http: {path: /healthz}, interval: 200ms, timeout: 150ms, healthy_threshold: 1, unhealthy_threshold: 2}";
+
+/// Requests sent one after another until stopped: each one's status and backend, in order.
+struct Traffic {
+    seen: Arc<Mutex<Vec<(u16, String)>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(url: String) -> Traffic {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let c = client();
+            // Bounded: at most 200k requests, far more than any test waits for.
+            for _ in 0..200_000 {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let got = match c.get(&url).send().await {
+                    Ok(r) => (r.status().as_u16(), backend_of(&r)),
+                    Err(e) => (0, format!("error: {e}")),
+                };
+                s.lock().unwrap().push(got);
+            }
+        });
+        Traffic { seen, stop, task }
+    }
+
+    fn len(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// The results from index `from` on.
+    fn since(&self, from: usize) -> Vec<(u16, String)> {
+        self.seen.lock().unwrap()[from..].to_vec()
+    }
+
+    /// Wait until `n` more requests than `from` were answered; their backends' tally.
+    async fn window(&self, n: usize) -> std::collections::BTreeMap<String, usize> {
+        let from = self.len();
+        wait_for(Duration::from_secs(20), &format!("{n} requests"), || {
+            self.len() >= from + n
+        })
+        .await;
+        let got = self.since(from);
+        let names: Vec<String> = got[..n].iter().map(|(_, b)| b.clone()).collect();
+        tally(&names)
+    }
+
+    /// Wait until the last `n` answers satisfy `cond` (e.g. a backend seen / no longer seen).
+    async fn until(&self, what: &str, n: usize, cond: impl Fn(&[(u16, String)]) -> bool) {
+        let from = self.len();
+        wait_for(Duration::from_secs(15), what, || {
+            let got = self.since(from);
+            got.len() >= n && cond(&got[got.len() - n..])
+        })
+        .await;
+    }
+
+    /// Stop and return every result.
+    async fn finish(self) -> Vec<(u16, String)> {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Every request was answered 200 by a backend.
+fn assert_all_ok(results: &[(u16, String)]) {
+    let failed: Vec<_> = results.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, first: {:?}",
+        failed.len(),
+        results.len(),
+        failed.first()
+    );
+}
+
+/// `count` is `share` of `total`, give or take 3 points.
+fn assert_share(tally: &std::collections::BTreeMap<String, usize>, name: &str, share: f64) {
+    let total: usize = tally.values().sum();
+    let got = tally.get(name).copied().unwrap_or(0) as f64 / total as f64;
+    assert!(
+        (got - share).abs() <= 0.03,
+        "{name}: share {got:.3}, expected {share:.3}: {tally:?}"
+    );
+}
+
+/// Backends on 127.0.0.2.., all on one port: the addresses of one name.
+async fn same_port_backends(names: &[&str]) -> (u16, Vec<Backend>) {
+    // Bounded: a few tries to find a port free on every address.
+    for _ in 0..20 {
+        let first = Backend::start_on(
+            names[0],
+            SocketAddr::from(([127, 0, 0, 2], 0)),
+            Behaviour::Normal,
+        )
+        .await;
+        let port = first.addr.port();
+        let mut all = vec![first];
+        for (i, n) in names.iter().enumerate().skip(1) {
+            let addr = SocketAddr::from(([127, 0, 0, 2 + i as u8], port));
+            if std::net::TcpListener::bind(addr).is_err() {
+                break;
+            }
+            all.push(Backend::start_on(n, addr, Behaviour::Normal).await);
+        }
+        if all.len() == names.len() {
+            return (port, all);
+        }
+    }
+    panic!("no port free on 127.0.0.2..");
+}
+
+fn ip(b: &Backend) -> IpAddr {
+    b.addr.ip()
+}
+
+fn body(dns: &DnsServer, admin: &Admin, pool: &str) -> String {
+    format!(
+        "resolvers: [\"{}\"]\n{}routes: [{{pool: web}}]\npools:\n  web:\n{pool}",
+        dns.addr,
+        admin.yaml()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_records_join_and_leave_while_traffic_flows() {
+    let (port, b) = same_port_backends(&["b1", "b2", "b3"]).await;
+    let dns = DnsServer::start(0).await;
+    dns.set_host("app.test", &[ip(&b[0]), ip(&b[1])]);
+    let admin = Admin::new();
+    let pool = format!(
+        "    backends: [{{address: \"app.test:{port}\"}}]\n    health_check: {CHECK}\n    discover: {{min_ttl: 100ms, max_ttl: 1s}}\n"
+    );
+    let f = Fulcrum::start(&body(&dns, &admin, &pool)).await;
+    let t = Traffic::start(f.url("/"));
+
+    // Both addresses of the name share the traffic.
+    t.until("b1 and b2 serve", 20, |w| {
+        w.iter().any(|(_, n)| n == "b1") && w.iter().any(|(_, n)| n == "b2")
+    })
+    .await;
+    let shares = t.window(300).await;
+    assert_share(&shares, "b1", 0.5);
+    assert_share(&shares, "b2", 0.5);
+
+    // A third record: the new address is checked, then takes a third.
+    dns.set_host("app.test", &[ip(&b[0]), ip(&b[1]), ip(&b[2])]);
+    t.until("b3 joins", 30, |w| w.iter().any(|(_, n)| n == "b3"))
+        .await;
+    let shares = t.window(300).await;
+    for n in ["b1", "b2", "b3"] {
+        assert_share(&shares, n, 1.0 / 3.0);
+    }
+    let name = format!("app.test:{port}/{}", b[2].addr);
+    let entry = admin.backend("web", &name).await;
+    assert_eq!(entry["address"], b[2].addr.to_string(), "{entry}");
+
+    // A reload keeps what was discovered (no request fails, b3 stays).
+    let reloads = admin
+        .metric("fulcrum_config_reloads_total", &[("result", "success")])
+        .await;
+    f.rewrite(&body(&dns, &admin, &pool.replace("1s}", "2s}")));
+    f.signal("HUP");
+    wait_for_async(Duration::from_secs(10), "the reload", || async {
+        admin
+            .metric("fulcrum_config_reloads_total", &[("result", "success")])
+            .await
+            > reloads
+    })
+    .await;
+    let shares = t.window(150).await;
+    assert!(shares.get("b3").copied().unwrap_or(0) >= 40, "{shares:?}");
+
+    // A record removed: its address gets no new requests, the others share.
+    dns.set_host("app.test", &[ip(&b[1]), ip(&b[2])]);
+    t.until("b1 leaves", 50, |w| w.iter().all(|(_, n)| n != "b1"))
+        .await;
+    let shares = t.window(300).await;
+    assert_eq!(shares.get("b1"), None, "{shares:?}");
+    assert_share(&shares, "b2", 0.5);
+    assert_share(&shares, "b3", 0.5);
+
+    let all = t.finish().await;
+    assert_all_ok(&all);
+    let status = admin.status().await;
+    let d = &status["pools"]["web"]["discovery"];
+    assert_eq!(d["result"], "success", "{d}");
+    assert_eq!(d["records"], 2, "{d}");
+    assert!(
+        admin
+            .metric(
+                "fulcrum_dns_resolutions_total",
+                &[("pool", "web"), ("result", "success")]
+            )
+            .await
+            >= 3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_weights_steer_traffic_and_a_lost_dns_server_keeps_the_set() {
+    let x = Backend::start("x").await;
+    let y = Backend::start("y").await;
+    let dns = DnsServer::start(0).await;
+    let srv = |wx: u16, wy: u16| {
+        [
+            Srv {
+                priority: 10,
+                weight: wx,
+                port: x.addr.port(),
+                target: "node.test".into(),
+            },
+            Srv {
+                priority: 10,
+                weight: wy,
+                port: y.addr.port(),
+                target: "node.test".into(),
+            },
+        ]
+    };
+    dns.set_host("node.test", &[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    dns.set_srv("_http._tcp.app.test", &srv(1, 3));
+    let admin = Admin::new();
+    let pool = "    discover: {srv: _http._tcp.app.test, min_ttl: 100ms, max_ttl: 1s}\n";
+    let f = Fulcrum::start(&body(&dns, &admin, pool)).await;
+    let t = Traffic::start(f.url("/"));
+
+    // Weights 1:3, by the records.
+    t.until("x and y serve", 20, |w| {
+        w.iter().any(|(_, n)| n == "x") && w.iter().any(|(_, n)| n == "y")
+    })
+    .await;
+    let shares = t.window(400).await;
+    assert_share(&shares, "x", 0.25);
+    assert_share(&shares, "y", 0.75);
+
+    // Re-weighted to 3:1 (weight 0 counts as 1: 0 and 2 give 1:2).
+    dns.set_srv("_http._tcp.app.test", &srv(3, 1));
+    let status_name = format!("_http._tcp.app.test/{}", x.addr);
+    wait_for_async(Duration::from_secs(10), "x weighs 3", || async {
+        admin.backend("web", &status_name).await["weight"] == 3
+    })
+    .await;
+    let shares = t.window(400).await;
+    assert_share(&shares, "x", 0.75);
+    assert_share(&shares, "y", 0.25);
+    dns.set_srv("_http._tcp.app.test", &srv(0, 2));
+    wait_for_async(Duration::from_secs(10), "x weighs 1", || async {
+        admin.backend("web", &status_name).await["weight"] == 1
+    })
+    .await;
+    let shares = t.window(300).await;
+    assert_share(&shares, "x", 1.0 / 3.0);
+
+    // The DNS server goes away: resolutions fail, the pool keeps both backends.
+    dns.stop();
+    wait_for_async(Duration::from_secs(15), "a failed resolution", || async {
+        admin
+            .metric(
+                "fulcrum_dns_resolutions_total",
+                &[("pool", "web"), ("result", "failure")],
+            )
+            .await
+            >= 2.0
+    })
+    .await;
+    let status = admin.status().await;
+    let d = &status["pools"]["web"]["discovery"];
+    assert_eq!(d["result"], "failure", "{d}");
+    assert_eq!(d["sources"][0]["in_use"], 2, "{d}");
+    assert_eq!(
+        status["pools"]["web"]["backends"].as_array().unwrap().len(),
+        2
+    );
+    let shares = t.window(300).await;
+    assert_share(&shares, "x", 1.0 / 3.0);
+    assert_share(&shares, "y", 2.0 / 3.0);
+
+    let all = t.finish().await;
+    assert_all_ok(&all);
+    // The loss was logged once, not once per failed resolution.
+    let log = f.log();
+    assert_eq!(
+        log.matches("keeping the last 2 addresses").count(),
+        1,
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_unresolvable_at_start_joins_when_it_resolves() {
+    let b = Backend::start("late").await;
+    let dns = DnsServer::start(0).await;
+    let admin = Admin::new();
+    let pool = format!(
+        "    backends: [{{address: \"late.test:{}\"}}]\n    discover: {{min_ttl: 100ms, max_ttl: 1s}}\n",
+        b.addr.port()
+    );
+    let yaml = body(&dns, &admin, &pool);
+
+    // `fulcrum -t` warns, and passes.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("check.yaml");
+    let listen = format!(
+        "listeners: [{{name: main, listen: 127.0.0.1:{}}}]\n",
+        free_port()
+    );
+    std::fs::write(&conf, format!("{listen}{yaml}")).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["-t", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("late.test") && stderr.contains("does not resolve"),
+        "{stderr}"
+    );
+
+    // Unless it is required: then -t fails (as start-up would).
+    let required = yaml.replace(
+        &format!("\"late.test:{}\"}}", b.addr.port()),
+        &format!("\"late.test:{}\", required: true}}", b.addr.port()),
+    );
+    std::fs::write(&conf, format!("{listen}{required}")).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["-t", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("required"), "{stderr}");
+
+    // It starts with an empty pool (503), then the name appears and takes the traffic.
+    let f = Fulcrum::start(&yaml).await;
+    let c = client();
+    let (status, _) = get(&c, &f.url("/")).await;
+    assert_eq!(status, 503);
+    let d = admin.status().await["pools"]["web"]["discovery"].clone();
+    assert_eq!(d["result"], "empty", "{d}");
+    dns.set_host("late.test", &[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    wait_for_async(Duration::from_secs(10), "late.test serves", || async {
+        get(&c, &f.url("/")).await == (200, "late".to_string())
+    })
+    .await;
+    let name = format!("late.test:{}/{}", b.addr.port(), b.addr);
+    assert_eq!(admin.backend("web", &name).await["state"], "ready");
+}
