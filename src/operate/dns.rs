@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, NameServerConfigGroup, ResolverConfig, ResolverOpts,
+    LookupIpStrategy, NameServerConfig, NameServerConfigGroup, ResolveHosts, ResolverConfig,
+    ResolverOpts,
 };
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
@@ -79,6 +80,10 @@ impl Dns {
             )
         };
         let opts: &mut ResolverOpts = builder.options_mut();
+        // `resolvers:` set: only they answer; else the system's way, /etc/hosts first.
+        if !servers.is_empty() {
+            opts.use_hosts_file = ResolveHosts::Never;
+        }
         // Both families: a name may have A and AAAA records, each address is a backend.
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         // No cache: discovery asks again exactly when it wants a fresh answer (a cached one
