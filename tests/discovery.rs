@@ -68,13 +68,21 @@ impl Traffic {
     }
 
     /// Wait until the last `n` answers satisfy `cond` (e.g. a backend seen / no longer seen).
-    async fn until(&self, what: &str, n: usize, cond: impl Fn(&[(u16, String)]) -> bool) {
+    /// Returns how long it took (printed: the time DNS changes take to reach traffic).
+    async fn until(
+        &self,
+        what: &str,
+        n: usize,
+        cond: impl Fn(&[(u16, String)]) -> bool,
+    ) -> Duration {
         let from = self.len();
-        wait_for(Duration::from_secs(15), what, || {
+        let took = wait_for(Duration::from_secs(15), what, || {
             let got = self.since(from);
             got.len() >= n && cond(&got[got.len() - n..])
         })
         .await;
+        eprintln!("{what}: {took:?}");
+        took
     }
 
     /// Stop and return every result.
@@ -316,7 +324,7 @@ async fn a_name_unresolvable_at_start_joins_when_it_resolves() {
     let dns = DnsServer::start(0).await;
     let admin = Admin::new();
     let pool = format!(
-        "    backends: [{{address: \"late.test:{}\"}}]\n    discover: {{min_ttl: 100ms, max_ttl: 1s}}\n",
+        "    backends: [{{address: \"late.test:{}\"}}]\n    discover: {{min_ttl: 100ms, max_ttl: 1s}}\n    slow_start: 30s\n",
         b.addr.port()
     );
     let yaml = body(&dns, &admin, &pool);
@@ -369,5 +377,128 @@ async fn a_name_unresolvable_at_start_joins_when_it_resolves() {
     })
     .await;
     let name = format!("late.test:{}/{}", b.addr.port(), b.addr);
-    assert_eq!(admin.backend("web", &name).await["state"], "ready");
+    let entry = admin.backend("web", &name).await;
+    assert_eq!(entry["state"], "ready", "{entry}");
+    assert!(
+        entry["slow_start_until"].is_string(),
+        "it joined: slow start ramps it: {entry}"
+    );
+}
+
+/// GET with an optional affinity cookie and header: (backend, the cookie value set, if any).
+async fn visit(
+    c: &reqwest::Client,
+    url: &str,
+    cookie: Option<&str>,
+    key: Option<&str>,
+) -> (String, Option<String>) {
+    let mut req = c.get(url);
+    if let Some(v) = cookie {
+        req = req.header("cookie", format!("fsid={v}"));
+    }
+    if let Some(k) = key {
+        req = req.header("x-key", k);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let set = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .and_then(|kv| kv.strip_prefix("fsid="))
+        .map(str::to_string);
+    (backend_of(&resp), set)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_agree_and_a_vanished_address_finishes_its_requests_and_re_pins() {
+    let (port, b) = same_port_backends(&["b1", "b2", "b3"]).await;
+    let dns = DnsServer::start(0).await;
+    dns.set_host("app.test", &[ip(&b[0]), ip(&b[1]), ip(&b[2])]);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("affinity.keys");
+    std::fs::write(&keys, "a-shared-key-of-at-least-32-bytes-long\n").unwrap();
+    let (a1, a2) = (Admin::new(), Admin::new());
+    let yaml = |admin: &Admin| {
+        format!(
+            "resolvers: [\"{}\"]\n{}routes: [{{match: {{path_prefix: /h/}}, pool: ring}}, {{pool: web}}]\npools:\n  web:\n    backends: [{{address: \"app.test:{port}\"}}]\n    discover: {{min_ttl: 100ms, max_ttl: 1s}}\n    affinity: {{cookie: fsid, keys_file: \"{}\"}}\n  ring:\n    algorithm: consistent_hash\n    hash_key: {{header: X-Key}}\n    backends: [{{address: \"app.test:{port}\"}}]\n    discover: {{min_ttl: 100ms, max_ttl: 1s}}\n",
+            dns.addr,
+            admin.yaml(),
+            keys.display()
+        )
+    };
+    let f1 = Fulcrum::start(&yaml(&a1)).await;
+    let f2 = Fulcrum::start(&yaml(&a2)).await;
+    let c = client();
+
+    // The same ring on both: every key goes to the same backend.
+    for k in 0..40 {
+        let key = format!("user-{k}");
+        let one = visit(&c, &f1.url("/h/"), None, Some(&key)).await.0;
+        let two = visit(&c, &f2.url("/h/"), None, Some(&key)).await.0;
+        assert_eq!(one, two, "{key}");
+    }
+
+    // A cookie set by one instance pins at the other.
+    let (pinned, cookie) = visit(&c, &f1.url("/"), None, None).await;
+    let cookie = cookie.expect("a cookie");
+    for f in [&f1, &f2] {
+        for _ in 0..5 {
+            assert_eq!(visit(&c, &f.url("/"), Some(&cookie), None).await.0, pinned);
+        }
+    }
+
+    // A slow request in flight on the pinned backend when its record goes.
+    let gone = b.iter().position(|x| x.name == pinned).unwrap();
+    b[gone].set_mode(Mode::Delay(Duration::from_millis(1500)));
+    let before = b[gone].hits();
+    let slow = {
+        let (url, cookie) = (f1.url("/"), cookie.clone());
+        tokio::spawn(async move { visit(&client(), &url, Some(&cookie), None).await.0 })
+    };
+    wait_for(Duration::from_secs(5), "the slow request", || {
+        b[gone].hits() > before
+    })
+    .await;
+    let rest: Vec<IpAddr> = b.iter().filter(|x| x.name != pinned).map(ip).collect();
+    dns.set_host("app.test", &rest);
+    let gone_name = format!("app.test:{port}/{}", b[gone].addr);
+    for admin in [&a1, &a2] {
+        wait_for_async(Duration::from_secs(10), "the address leaves", || async {
+            let s = admin.status().await;
+            let names: Vec<String> = s["pools"]["web"]["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["name"].as_str().unwrap_or("").to_string())
+                .collect();
+            names.len() == 2 && !names.contains(&gone_name)
+        })
+        .await;
+    }
+    assert_eq!(
+        slow.await.unwrap(),
+        pinned,
+        "the request in flight finished"
+    );
+    b[gone].set_mode(Mode::Normal);
+
+    // Its sessions re-pin, to the same successor on both instances.
+    let mut successors = Vec::new();
+    for f in [&f1, &f2] {
+        let (to, set) = visit(&c, &f.url("/"), Some(&cookie), None).await;
+        assert_ne!(to, pinned);
+        let set = set.expect("a replaced cookie");
+        assert_eq!(visit(&c, &f.url("/"), Some(&set), None).await.0, to);
+        successors.push(to);
+    }
+    assert_eq!(successors[0], successors[1]);
+    // And the rings agree again without it.
+    for k in 0..40 {
+        let key = format!("user-{k}");
+        let one = visit(&c, &f1.url("/h/"), None, Some(&key)).await.0;
+        assert_ne!(one, pinned);
+        assert_eq!(one, visit(&c, &f2.url("/h/"), None, Some(&key)).await.0);
+    }
 }

@@ -26,8 +26,10 @@ use crate::runtime::{Runtime, SharedRuntime};
 /// A source of a pool.
 type Key = (String, Source);
 
-/// How long start-up (and `fulcrum -t`) waits for every source's first answer.
-const START_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long start-up (and `fulcrum -t`) waits for every source's first answer: more than one
+/// query's timeout (2s), and short enough that a graceful upgrade's new process is ready well
+/// within the 5s the old one waits for it. A source still unanswered starts empty.
+const START_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What is known of one source.
 struct Tracked {
