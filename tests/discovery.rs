@@ -115,6 +115,32 @@ fn assert_share(tally: &std::collections::BTreeMap<String, usize>, name: &str, s
     );
 }
 
+/// `promtool check metrics` passes on `text`.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (make test installs Debian's prometheus package)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("fulcrum_dns_resolutions_total{pool=\"web\",result=\"failure\"}"));
+}
+
 /// Backends on 127.0.0.2.., all on one port: the addresses of one name.
 async fn same_port_backends(names: &[&str]) -> (u16, Vec<Backend>) {
     // Bounded: a few tries to find a port free on every address.
@@ -309,6 +335,7 @@ async fn srv_weights_steer_traffic_and_a_lost_dns_server_keeps_the_set() {
 
     let all = t.finish().await;
     assert_all_ok(&all);
+    promtool_accepts(&admin.metrics().await);
     // The loss was logged once, not once per failed resolution.
     let log = f.log();
     assert_eq!(
