@@ -345,6 +345,16 @@ async fn srv_weights_steer_traffic_and_a_lost_dns_server_keeps_the_set() {
     );
 }
 
+/// A process killed when the test ends, whatever happens.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_unresolvable_at_start_joins_when_it_resolves() {
     let b = Backend::start("late").await;
@@ -376,7 +386,7 @@ async fn a_name_unresolvable_at_start_joins_when_it_resolves() {
         "{stderr}"
     );
 
-    // Unless it is required: then -t fails (as start-up would).
+    // Unless it is required: then -t fails, and so does start-up.
     let required = yaml.replace(
         &format!("\"late.test:{}\"}}", b.addr.port()),
         &format!("\"late.test:{}\", required: true}}", b.addr.port()),
@@ -390,6 +400,24 @@ async fn a_name_unresolvable_at_start_joins_when_it_resolves() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("required"), "{stderr}");
+    let server = Fulcrum::server_block(dir.path());
+    std::fs::write(&conf, format!("{server}{listen}{required}")).unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(BIN)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut code = None;
+    wait_for(Duration::from_secs(10), "start-up to fail", || {
+        code = child.0.try_wait().unwrap().map(|s| s.code());
+        code.is_some()
+    })
+    .await;
+    assert_eq!(code, Some(Some(1)));
 
     // It starts with an empty pool (503), then the name appears and takes the traffic.
     let f = Fulcrum::start(&yaml).await;
@@ -406,6 +434,20 @@ async fn a_name_unresolvable_at_start_joins_when_it_resolves() {
     let name = format!("late.test:{}/{}", b.addr.port(), b.addr);
     let entry = admin.backend("web", &name).await;
     assert_eq!(entry["state"], "ready", "{entry}");
+    // A name added by a reload is asked at once and joins.
+    let other = Backend::start("other").await;
+    dns.set_host("other.test", &[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    let added = pool.replace(
+        "}]\n",
+        &format!("}}, {{address: \"other.test:{}\"}}]\n", other.addr.port()),
+    );
+    assert_ne!(added, pool);
+    f.rewrite(&body(&dns, &admin, &added));
+    f.signal("HUP");
+    wait_for_async(Duration::from_secs(10), "other.test serves", || async {
+        get(&c, &f.url("/")).await == (200, "other".to_string())
+    })
+    .await;
     assert!(
         entry["slow_start_until"].is_string(),
         "it joined: slow start ramps it: {entry}"
