@@ -473,8 +473,65 @@ impl BackgroundService for DiscoveryService {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::config::{Algorithm, PoolConfig};
     use crate::pool::Pool;
+
+    fn tracked(found: &[(&str, u32)]) -> Tracked {
+        Tracked {
+            found: found
+                .iter()
+                .map(|(a, w)| (a.parse().unwrap(), *w))
+                .collect(),
+            due: Instant::now(),
+            failures: 0,
+        }
+    }
+
+    #[test]
+    fn discovered_backends_are_named_by_address_and_never_doubled() {
+        let text = "listeners: [{name: m, listen: 127.0.0.1:1}]\nroutes: [{pool: p}]\npools:\n  p:\n    backends: [{address: 10.0.0.1:80}, {address: app.test:80, weight: 2, name: app}]\n    discover: {srv: _h._tcp.app.test}\n";
+        let config = crate::config::parse(std::path::Path::new("t.yaml"), text).unwrap();
+        let name = Source::Name {
+            host: "app.test".into(),
+            port: 80,
+        };
+        let srv = Source::Srv {
+            name: "_h._tcp.app.test".into(),
+        };
+        let mut sources = BTreeMap::new();
+        // The name's weight comes from the entry, the SRV record's from the answer.
+        sources.insert(
+            ("p".to_string(), name),
+            tracked(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]),
+        );
+        sources.insert(
+            ("p".to_string(), srv),
+            tracked(&[("10.0.0.2:80", 7), ("10.0.0.3:8080", 5)]),
+        );
+        let e = effective(&config, &sources);
+        let got: Vec<(String, String, u32)> = e.pools[0]
+            .backends
+            .iter()
+            .map(|b| (b.name.clone(), b.addr.to_string(), b.weight))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.1:80".into(), "10.0.0.1:80".into(), 1),
+                ("app/10.0.0.2:80".into(), "10.0.0.2:80".into(), 2),
+                (
+                    "_h._tcp.app.test/10.0.0.3:8080".into(),
+                    "10.0.0.3:8080".into(),
+                    5
+                ),
+            ]
+        );
+        assert!(
+            config.pools[0].backends.len() == 1,
+            "the model keeps only the static one"
+        );
+    }
 
     #[test]
     fn an_empty_pool_builds_and_selects_nothing() {

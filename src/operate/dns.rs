@@ -129,6 +129,8 @@ impl Dns {
     /// SRV `name`: the records of the most preferred priority (lowest number; the others are
     /// fallbacks that DNS-SRV clients use only when all of it is gone, and so does a pool: a
     /// later answer without them brings them in), each target resolved. Weight 0 counts as 1.
+    /// A target that does not answer fails the whole answer (the last good set stays); one
+    /// that has no address is left out.
     async fn srv(&self, name: &str) -> Result<Answer, Failure> {
         let lookup = self
             .resolver
@@ -153,7 +155,7 @@ impl Dns {
         let lookups = records.iter().map(|(target, _, _)| self.ips(target));
         let found = futures::future::join_all(lookups).await;
         let mut addrs = Vec::new();
-        let mut errors = Vec::new();
+        let mut missing = Vec::new();
         for ((_, port, weight), result) in records.iter().zip(found) {
             match result {
                 Ok((ips, t)) => {
@@ -163,14 +165,18 @@ impl Dns {
                             .map(|ip| (SocketAddr::new(ip, *port), *weight)),
                     );
                 }
-                Err(e) => errors.push(e.message().to_string()),
+                // A target that went unanswered would drop its backends for a DNS hiccup: the
+                // whole answer counts as failed, and the last good set stays.
+                Err(Failure::Error(e)) => return Err(Failure::Error(e)),
+                // A target without addresses is not a backend (yet).
+                Err(Failure::Empty(e)) => missing.push(e),
             }
         }
         if addrs.is_empty() {
-            let why = if errors.is_empty() {
+            let why = if missing.is_empty() {
                 "no usable SRV records".to_string()
             } else {
-                errors.join("; ")
+                missing.join("; ")
             };
             return Err(Failure::Empty(format!("{name}: {why}")));
         }
