@@ -571,3 +571,45 @@ async fn instances_agree_and_a_vanished_address_finishes_its_requests_and_re_pin
         assert_eq!(one, visit(&c, &f2.url("/h/"), None, Some(&key)).await.0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_and_aaaa_records_are_both_backends() {
+    // One port free on 127.0.0.1 and on ::1 (bounded tries); no IPv6 loopback: nothing to test.
+    let mut pair = None;
+    for _ in 0..20 {
+        let v4 = Backend::start("v4").await;
+        let v6_addr = SocketAddr::new("::1".parse().unwrap(), v4.addr.port());
+        match std::net::TcpListener::bind(v6_addr) {
+            Ok(probe) => {
+                drop(probe);
+                let v6 = Backend::start_on("v6", v6_addr, Behaviour::Normal).await;
+                pair = Some((v4, v6));
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => {
+                eprintln!("no IPv6 loopback here ({e}): skipped");
+                return;
+            }
+        }
+    }
+    let (v4, v6) = pair.expect("a port free on both families");
+    let port = v4.addr.port();
+    let dns = DnsServer::start(0).await;
+    dns.set_host("dual.test", &[v4.addr.ip(), v6.addr.ip()]);
+    let admin = Admin::new();
+    let pool = format!("    backends: [{{address: \"dual.test:{port}\"}}]\n");
+    let f = Fulcrum::start(&body(&dns, &admin, &pool)).await;
+    let t = Traffic::start(f.url("/"));
+    let shares = t.window(200).await;
+    assert_share(&shares, "v4", 0.5);
+    assert_share(&shares, "v6", 0.5);
+    assert_all_ok(&t.finish().await);
+    for b in [&v4, &v6] {
+        let name = format!("dual.test:{port}/{}", b.addr);
+        assert_eq!(
+            admin.backend("web", &name).await["address"],
+            b.addr.to_string()
+        );
+    }
+}
