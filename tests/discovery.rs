@@ -599,10 +599,26 @@ async fn a_and_aaaa_records_are_both_backends() {
     dns.set_host("dual.test", &[v4.addr.ip(), v6.addr.ip()]);
     let admin = Admin::new();
     let pool = format!("    backends: [{{address: \"dual.test:{port}\"}}]\n");
+    let pool = format!("{pool}    discover: {{min_ttl: 100ms, max_ttl: 1s}}\n");
     let f = Fulcrum::start(&body(&dns, &admin, &pool)).await;
     let t = Traffic::start(f.url("/"));
     let shares = t.window(200).await;
     assert_share(&shares, "v4", 0.5);
+    assert_share(&shares, "v6", 0.5);
+
+    // AAAA questions go unanswered: the answer fails as a whole, the IPv6 backend stays.
+    dns.mute_aaaa(true);
+    wait_for_async(Duration::from_secs(15), "a failed resolution", || async {
+        admin
+            .metric(
+                "fulcrum_dns_resolutions_total",
+                &[("pool", "web"), ("result", "failure")],
+            )
+            .await
+            >= 1.0
+    })
+    .await;
+    let shares = t.window(200).await;
     assert_share(&shares, "v6", 0.5);
     assert_all_ok(&t.finish().await);
     for b in [&v4, &v6] {

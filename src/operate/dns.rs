@@ -59,11 +59,22 @@ fn failure(e: ResolveError) -> Failure {
 /// A resolver: the configured servers (`resolvers:`), else the system's (/etc/resolv.conf).
 /// Build it inside the runtime that will use it (it spawns its connections there).
 pub struct Dns {
-    resolver: TokioResolver,
+    /// A records (and SRV); AAAA records. Asked apart, so that a family whose question fails
+    /// fails the answer (hickory's both-families lookup would return the other family alone,
+    /// and the pool would lose half a dual-stack fleet for a lost packet).
+    v4: TokioResolver,
+    v6: TokioResolver,
 }
 
 impl Dns {
     pub fn new(servers: &[SocketAddr]) -> Result<Dns, String> {
+        Ok(Dns {
+            v4: Dns::resolver(servers, LookupIpStrategy::Ipv4Only)?,
+            v6: Dns::resolver(servers, LookupIpStrategy::Ipv6Only)?,
+        })
+    }
+
+    fn resolver(servers: &[SocketAddr], family: LookupIpStrategy) -> Result<TokioResolver, String> {
         let mut builder = if servers.is_empty() {
             TokioResolver::builder_tokio()
                 .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?
@@ -84,16 +95,13 @@ impl Dns {
         if !servers.is_empty() {
             opts.use_hosts_file = ResolveHosts::Never;
         }
-        // Both families: a name may have A and AAAA records, each address is a backend.
-        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        opts.ip_strategy = family;
         // No cache: discovery asks again exactly when it wants a fresh answer (a cached one
         // would outlive `max_ttl` when the record's TTL is longer).
         opts.cache_size = 0;
         opts.timeout = Duration::from_secs(2);
         opts.attempts = 1;
-        Ok(Dns {
-            resolver: builder.build(),
-        })
+        Ok(builder.build())
     }
 
     /// Ask `source` once.
@@ -111,19 +119,36 @@ impl Dns {
         }
     }
 
-    /// The addresses of `host` and how long they live.
+    /// The addresses of `host` (A and AAAA records: each address is a backend) and how long
+    /// they live. A family that has no records is fine; one whose question failed fails all.
     async fn ips(&self, host: &str) -> Result<(Vec<std::net::IpAddr>, Duration), Failure> {
         // The system's search domains and ndots apply (Kubernetes' short names work); a name
         // that ends with a dot is complete.
-        let lookup = self.resolver.lookup_ip(host).await.map_err(failure)?;
-        let ttl = lookup
-            .valid_until()
-            .saturating_duration_since(Instant::now());
-        let ips: Vec<_> = lookup.iter().collect();
-        if ips.is_empty() {
-            return Err(Failure::Empty(format!("{host}: no A or AAAA records")));
+        let (v4, v6) =
+            futures::future::join(self.v4.lookup_ip(host), self.v6.lookup_ip(host)).await;
+        let now = Instant::now();
+        let mut ips = Vec::new();
+        let mut ttl: Option<Duration> = None;
+        let mut empty = Vec::new();
+        for family in [v4, v6] {
+            match family.map_err(failure) {
+                Ok(lookup) => {
+                    let t = lookup.valid_until().saturating_duration_since(now);
+                    ttl = Some(ttl.map_or(t, |d| d.min(t)));
+                    ips.extend(lookup.iter());
+                }
+                Err(Failure::Empty(e)) => empty.push(e),
+                Err(e) => return Err(e),
+            }
         }
-        Ok((ips, ttl))
+        match ttl {
+            Some(ttl) if !ips.is_empty() => Ok((ips, ttl)),
+            _ => Err(Failure::Empty(if empty.is_empty() {
+                format!("{host}: no A or AAAA records")
+            } else {
+                empty.join("; ")
+            })),
+        }
     }
 
     /// SRV `name`: the records of the most preferred priority (lowest number; the others are
@@ -133,7 +158,7 @@ impl Dns {
     /// that has no address is left out.
     async fn srv(&self, name: &str) -> Result<Answer, Failure> {
         let lookup = self
-            .resolver
+            .v4
             .srv_lookup(format!("{name}."))
             .await
             .map_err(failure)?;

@@ -28,6 +28,8 @@ struct Zone {
     hosts: BTreeMap<String, Vec<IpAddr>>,
     srv: BTreeMap<String, Vec<Srv>>,
     ttl: u32,
+    /// AAAA questions go unanswered (a lost packet, an overloaded server).
+    mute_aaaa: bool,
 }
 
 pub struct DnsServer {
@@ -92,6 +94,11 @@ impl DnsServer {
             .insert(key(name), records.to_vec());
     }
 
+    /// Leave AAAA questions unanswered (or answer them again).
+    pub fn mute_aaaa(&self, on: bool) {
+        self.zone.lock().unwrap().mute_aaaa = on;
+    }
+
     /// Questions received so far.
     pub fn queries(&self) -> usize {
         self.queries.load(Ordering::SeqCst)
@@ -121,6 +128,14 @@ fn answer(zone: &Mutex<Zone>, packet: &[u8]) -> Option<Vec<u8>> {
         .set_authoritative(true);
     resp.add_queries(query.queries().to_vec());
     let zone = zone.lock().ok()?;
+    if zone.mute_aaaa
+        && query
+            .queries()
+            .iter()
+            .any(|q| q.query_type() == RecordType::AAAA)
+    {
+        return None;
+    }
     for q in query.queries() {
         let name = key(&q.name().to_ascii());
         let known = zone.hosts.contains_key(&name) || zone.srv.contains_key(&name);
