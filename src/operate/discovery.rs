@@ -95,6 +95,15 @@ fn effective(config: &Config, sources: &BTreeMap<Key, Tracked>) -> Config {
     out
 }
 
+/// Create every pool's resolution series at 0, so that rates and alerts see them from the start.
+fn init_series(resolutions: &IntCounterVec, config: &Config) {
+    for p in config.pools.iter().filter(|p| p.discovery.is_some()) {
+        for result in ["success", "empty", "failure"] {
+            resolutions.with_label_values(&[p.name.as_str(), result]);
+        }
+    }
+}
+
 /// The first answers of every source of `config`, asked at once (bounded by START_TIMEOUT).
 fn resolve_all(config: &Config) -> Vec<(Key, Result<Answer, Failure>)> {
     let sources = sources_of(config);
@@ -189,6 +198,7 @@ impl Fleet {
         metrics
             .register(Box::new(resolutions.clone()))
             .map_err(|e| format!("metrics: {e}"))?;
+        init_series(&resolutions, config);
         let now = Instant::now();
         let mut state = State {
             config: config.clone(),
@@ -272,6 +282,7 @@ impl Fleet {
         self.reports
             .retain(|p, s| kept.contains(&(p.to_string(), s.to_string())));
         state.config = config.clone();
+        init_series(&self.resolutions, config);
         self.swap(&state);
         self.wake.notify_one();
     }
