@@ -305,13 +305,21 @@ fn take(
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
-                tracing::info!(
-                        "pool {pool}: {source} now has {} addresses (added: [{}], removed: [{}], ttl {}s)",
-                        answer.addrs.len(),
-                        list(new.difference(&old).collect()),
-                        list(old.difference(&new).collect()),
-                        answer.ttl.as_secs()
+                let (added, removed) = (
+                    list(new.difference(&old).collect()),
+                    list(old.difference(&new).collect()),
+                );
+                let n = answer.addrs.len();
+                let ttl = answer.ttl.as_secs();
+                if added.is_empty() && removed.is_empty() {
+                    tracing::info!(
+                        "pool {pool}: {source}: weights changed ({n} addresses, ttl {ttl}s)"
                     );
+                } else {
+                    tracing::info!(
+                        "pool {pool}: {source} now has {n} addresses (added: [{added}], removed: [{removed}], ttl {ttl}s)"
+                    );
+                }
             }
             t.failures = 0;
             t.due = now + d.refresh_after(answer.ttl);
@@ -322,13 +330,19 @@ fn take(
         Err(f) => {
             t.failures = t.failures.saturating_add(1);
             t.due = now + d.retry_after(t.failures);
-            if t.failures == 1 {
+            if t.failures == 1 && t.found.is_empty() {
                 tracing::warn!(
-                        "pool {pool}: {source}: {} ({}); keeping the last {} addresses, asking again until it answers",
-                        f.message(),
-                        f.label(),
-                        t.found.len()
-                    );
+                    "pool {pool}: {source}: {} ({}); the pool goes without it until it resolves",
+                    f.message(),
+                    f.label()
+                );
+            } else if t.failures == 1 {
+                tracing::warn!(
+                    "pool {pool}: {source}: {} ({}); keeping the last {} addresses, asking again until it answers",
+                    f.message(),
+                    f.label(),
+                    t.found.len()
+                );
             }
             (f.label(), 0, Some(f.message().to_string()), false)
         }
