@@ -171,7 +171,8 @@ impl Dns {
         };
         let records: Vec<(String, u16, u32)> = lookup
             .iter()
-            .filter(|r| r.priority() == best && r.port() != 0)
+            // Target "." says the service is not offered there (RFC 2782).
+            .filter(|r| r.priority() == best && r.port() != 0 && !r.target().is_root())
             .map(|r| {
                 let weight = u32::from(r.weight()).clamp(1, MAX_SRV_WEIGHT);
                 (r.target().to_ascii(), r.port(), weight)
