@@ -17,3 +17,4 @@ pub use observe::logging::init as init_logging;
 pub use operate::app::run;
 pub use operate::demo::run as run_demo;
 pub use operate::diff::describe as describe_changes;
+pub use operate::discovery::check_names;

@@ -88,6 +88,17 @@ fn main() -> ExitCode {
         eprintln!("warning: {w}");
     }
     if cli.test {
+        // Backends given by name: resolved once, as start-up would.
+        let (warnings, errors) = fulcrum::check_names(&config);
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        if !errors.is_empty() {
+            for e in &errors {
+                eprintln!("fulcrum: {e}");
+            }
+            return ExitCode::FAILURE;
+        }
         eprintln!(
             "fulcrum: configuration file {} is valid",
             cli.conf.display()

@@ -36,6 +36,8 @@ pub struct Runtime {
     pub loaded_at: SystemTime,
     /// Whether a connection no listener serves was reported (once per snapshot).
     stray_reported: AtomicBool,
+    /// What DNS discovery last found (None: nothing is discovered); set by the discovery fleet.
+    pub discovery: Option<Arc<crate::observe::dns_report::DnsReports>>,
 }
 
 impl Runtime {
@@ -89,6 +91,7 @@ impl Runtime {
             config_hash: config.hash.clone(),
             loaded_at: SystemTime::now(),
             stray_reported: AtomicBool::new(false),
+            discovery: previous.and_then(|r| r.discovery.clone()),
         }
     }
 

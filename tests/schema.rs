@@ -66,6 +66,8 @@ fn shape_mistakes_do_not_validate() {
         pools("{algorithm: ip_hash, hash_key: client_ip, backends: [{address: 10.0.0.1:80}]}"),
         pools("{passive_health: off, backends: [{address: 10.0.0.1:80}]}"),
         pools("{passive_health: {consecutive_failures: 5}, backends: [{address: 10.0.0.1:80}]}"),
+        pools("{backends: [{address: app.internal:80, required: true}], discover: {min_ttl: 1s, max_ttl: 5m}}"),
+        format!("{}resolvers: [127.0.0.1:8600]\n", pools("{discover: {srv: _http._tcp.app.service.consul, required: false}}")),
     ] {
         assert_eq!(errors(&v, &ok), Vec::<String>::new(), "{ok}");
     }
@@ -81,6 +83,9 @@ fn shape_mistakes_do_not_validate() {
         (pools("{passive_health: on, backends: [{address: 10.0.0.1:80}]}"), "passive_health: on"),
         (pools("{health_check: {http: {path: /}, intervall: 2s}, backends: [{address: 10.0.0.1:80}]}"), "unknown health_check key"),
         (format!("{BASE}pools: {{}}\n"), "no pool"),
+        (pools("{discover: {srv: x.consul, ttl: 5s}}"), "unknown discover key"),
+        (pools("{discover: {srv: x.consul, required: yes please}}"), "required not a boolean"),
+        (format!("{}resolvers: 127.0.0.1\n", pools("{discover: {srv: x.consul}}")), "resolvers not a list"),
         ("routes: [{pool: web}]\npools: {web: {backends: []}}\nlisteners: []\n".to_string(), "no listener"),
         ("listeners: [{name: main}]\nroutes: [{pool: web}]\npools: {web: {}}\n".to_string(), "listener without listen"),
     ] {

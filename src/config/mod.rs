@@ -1,6 +1,7 @@
 //! The configuration: read the YAML file, validate it, and hand out the typed model.
 
 pub mod bounds;
+pub mod discovery;
 pub mod locate;
 pub mod model;
 pub mod raw;

@@ -23,6 +23,8 @@ pub struct Config {
     pub hash: String,
     pub admin: Option<AdminConfig>,
     pub access_log: Option<AccessLogConfig>,
+    /// `resolvers:`: DNS servers for discovery (empty: /etc/resolv.conf).
+    pub resolvers: Vec<SocketAddr>,
 }
 
 /// `admin:`: the admin listener (/metrics, /healthz, /status).
@@ -268,6 +270,9 @@ pub struct PoolConfig {
     pub upstream_tls: Option<UpstreamTls>,
     /// Concurrent streams per upstream h2 connection.
     pub max_h2_streams: usize,
+    /// Backends found by DNS (None: `backends` is the whole fleet). Their addresses are not in
+    /// `backends`: the discovery service adds the ones it has found (operate/discovery.rs).
+    pub discovery: Option<super::discovery::PoolDiscovery>,
 }
 
 /// `feedback:`: a response header in which backends report their load; it scales their weight.
@@ -329,6 +334,7 @@ impl PoolConfig {
             protocol: UpstreamProtocol::H1,
             upstream_tls: None,
             max_h2_streams: DEFAULT_MAX_H2_STREAMS,
+            discovery: None,
         }
     }
 }

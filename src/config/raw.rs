@@ -118,6 +118,23 @@ pub struct RawPool {
     pub protocol: Option<String>,
     pub tls: Option<RawUpstreamTls>,
     pub max_h2_streams: Option<usize>,
+    /// Backends found by DNS: an SRV record, and how often names are re-read.
+    pub discover: Option<RawDiscover>,
+}
+
+/// `discover:` of a pool: an SRV record whose targets are backends, and the bounds within
+/// which the TTLs of its records and of the pool's names (`address: NAME:PORT`) are honoured.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscover {
+    /// An SRV name, e.g. `_http._tcp.app.service.consul`: targets, ports and weights.
+    pub srv: Option<String>,
+    /// Start-up fails when `srv` does not resolve (default false: the pool starts without it).
+    pub required: Option<bool>,
+    /// Shortest interval between two resolutions (default 1s).
+    pub min_ttl: Option<String>,
+    /// Longest interval between two resolutions (default 300s).
+    pub max_ttl: Option<String>,
 }
 
 /// `feedback:` of a pool: backends report their load in a response header.
@@ -197,6 +214,9 @@ pub struct RawBackend {
     #[schemars(range(min = 1, max = 256))]
     pub weight: Option<i64>,
     pub name: Option<String>,
+    /// For an address that is a DNS name: start-up fails when it does not resolve (default
+    /// false: the pool starts without it and gains it once it resolves).
+    pub required: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

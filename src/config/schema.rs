@@ -36,6 +36,9 @@ struct RawConfig {
     /// Pools of backends, by name.
     #[schemars(extend("minProperties" = 1))]
     pools: BTreeMap<String, RawPool>,
+    /// DNS servers for backends given by name and `discover:` (IP or IP:PORT); default: the
+    /// system's (/etc/resolv.conf).
+    resolvers: Option<Vec<String>>,
 }
 
 /// The JSON Schema (draft 2020-12) of the configuration file.
@@ -74,7 +77,7 @@ pub fn hash_key(_: &mut SchemaGenerator) -> Schema {
 pub fn backends(generator: &mut SchemaGenerator) -> Schema {
     let backend = generator.subschema_for::<RawBackend>();
     json_schema!({
-        "description": "The pool's backends (at most 10,000): {address: IP:PORT, weight: 1..256 (default 1), name: NAME (default: the address)}.",
+        "description": "The pool's backends (at most 10,000): {address: IP:PORT or NAME:PORT (A/AAAA, re-resolved in the background), weight: 1..256 (default 1), name: NAME (default: the address), required: true|false (names only)}.",
         "type": "array",
         "maxItems": super::validate::MAX_BACKENDS,
         "items": backend,

@@ -104,6 +104,7 @@ impl AdminApp {
                         "slow_start": p.slow_start.map(|d| humantime::format_duration(d).to_string()),
                         "balance_factor": p.balance_factor(),
                         "affinity": p.affinity.is_some(),
+                        "discovery": rt.discovery.as_ref().map(|d| d.json(&p.name)),
                         "backends": backends,
                     }),
                 )

@@ -4,7 +4,6 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::ListenerConfig;
@@ -22,13 +21,14 @@ use crate::observe::access_log;
 use crate::observe::metrics::Metrics;
 use crate::operate::admin::{AdminApp, DrainWatch};
 use crate::operate::backend_metrics::BackendCollector;
+use crate::operate::discovery::{DiscoveryService, Fleet};
 use crate::operate::health::HealthService;
 use crate::operate::parent_ready::ParentReady;
 use crate::operate::ready_line::ReadyLine;
 use crate::operate::reload::ReloadService;
 use crate::operate::shutdown::ExitWhenDone;
 use crate::operate::systemd::{Notifier, NotifyService, RestoreStderr};
-use crate::runtime::{Runtime, SharedRuntime};
+use crate::runtime::SharedRuntime;
 use crate::serve::keepalive::KeepAlive;
 use crate::serve::limits::ConnectionLimits;
 use crate::serve::proxy::Proxy;
@@ -83,7 +83,9 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         ));
         bootstrap.add_dependency(&settle);
     }
-    let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, &metrics)));
+    // Names and SRV records are resolved once here (only when the config has any).
+    let fleet = Fleet::start(config, metrics.clone())?;
+    let runtime: SharedRuntime = fleet.runtime();
     metrics
         .register(Box::new(BackendCollector::new(runtime.clone())))
         .map_err(|e| format!("metrics: {e}"))?;
@@ -156,6 +158,10 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         proxy.add_listener(endpoint.tls(settings));
         certificates.push((listener.name.clone(), resolver));
     }
+    server.add_service(background_service(
+        "discovery",
+        DiscoveryService::new(fleet.clone()),
+    ));
     // The proxy starts accepting once the first round of health checks is done.
     let health = server.add_service(background_service(
         "health checks",
@@ -180,6 +186,7 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
     Ok(Assembled {
         server,
         runtime,
+        fleet,
         metrics,
         bootstrap,
         certificates,
@@ -191,6 +198,8 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
 pub struct Assembled {
     pub server: Server,
     pub runtime: SharedRuntime,
+    /// Discovered backends; applies reloads.
+    pub fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
     /// Services that listen must start after it.
     pub bootstrap: ServiceHandle,
@@ -277,6 +286,7 @@ pub fn run(opt: Opt, config: &Config) -> Result<std::convert::Infallible, String
     let Assembled {
         mut server,
         runtime,
+        fleet,
         metrics,
         certificates,
         listening,
@@ -284,7 +294,9 @@ pub fn run(opt: Opt, config: &Config) -> Result<std::convert::Infallible, String
     } = build_server(opt, config)?;
     server.add_service(background_service(
         "reload",
-        ReloadService::new(config, runtime, metrics, certificates).with_notifier(notifier.clone()),
+        ReloadService::new(config, runtime, metrics, certificates)
+            .with_notifier(notifier.clone())
+            .with_fleet(fleet),
     ));
     if restore_stderr {
         let saved = RestoreStderr::save().map_err(|e| format!("stderr: {e}"))?;

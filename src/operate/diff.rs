@@ -168,6 +168,7 @@ fn pool(old: &PoolConfig, new: &PoolConfig, out: &mut Vec<String>) {
         ("protocol", old.protocol != new.protocol),
         ("upstream_tls", old.upstream_tls != new.upstream_tls),
         ("max_h2_streams", old.max_h2_streams != new.max_h2_streams),
+        ("discover", old.discovery != new.discovery),
     ]
     .into_iter()
     .filter_map(|(key, differs)| differs.then_some(key))

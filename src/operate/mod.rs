@@ -6,6 +6,8 @@ pub mod app;
 pub mod backend_metrics;
 pub mod demo;
 pub mod diff;
+pub mod discovery;
+pub mod dns;
 pub mod health;
 pub mod parent_ready;
 pub mod ready_line;

@@ -53,6 +53,8 @@ pub struct ReloadService {
     certificates: Vec<(String, Arc<SniResolver>)>,
     /// Tells systemd about each reload (RELOADING=1, then READY=1).
     notifier: Arc<Notifier>,
+    /// Applies the new configuration with the backends discovered by DNS (None: rebuilt here).
+    fleet: Option<Arc<crate::operate::discovery::Fleet>>,
 }
 
 impl ReloadService {
@@ -69,12 +71,19 @@ impl ReloadService {
             current: Mutex::new(config.clone()),
             certificates,
             notifier: Arc::new(Notifier::default()),
+            fleet: None,
         }
     }
 
     /// Report reloads to systemd through `notifier`.
     pub fn with_notifier(mut self, notifier: Arc<Notifier>) -> Self {
         self.notifier = notifier;
+        self
+    }
+
+    /// Apply configurations through `fleet`, which keeps the backends it discovered.
+    pub fn with_fleet(mut self, fleet: Arc<crate::operate::discovery::Fleet>) -> Self {
+        self.fleet = Some(fleet);
         self
     }
 
@@ -147,9 +156,13 @@ impl ReloadService {
         applied.access_log = current.access_log.clone();
         applied.server = current.server.clone();
 
-        let old = self.runtime.load_full();
-        let next = Runtime::rebuild(&applied, &self.metrics, Some(&old));
-        self.runtime.store(Arc::new(next));
+        if let Some(fleet) = &self.fleet {
+            fleet.install(&applied);
+        } else {
+            let old = self.runtime.load_full();
+            let next = Runtime::rebuild(&applied, &self.metrics, Some(&old));
+            self.runtime.store(Arc::new(next));
+        }
         self.metrics.reload(true);
         tracing::info!(
             "reload: applied {} (sha256 {}): {} pools, {} routes",

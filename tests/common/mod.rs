@@ -22,6 +22,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
 
+pub mod dns;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_fulcrum");
 
 /// How a test backend answers.
@@ -109,9 +111,13 @@ impl Backend {
     }
 
     pub async fn start_with(name: &str, behaviour: Behaviour) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        Backend::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0)), behaviour).await
+    }
+
+    /// A backend on `addr` (e.g. 127.0.0.2:PORT: several backends on one port, as the
+    /// addresses of one DNS name).
+    pub async fn start_on(name: &str, addr: SocketAddr, behaviour: Behaviour) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
         let shared = Arc::new(Shared::default());
         shared.health_status.store(200, Ordering::SeqCst);
         let addr = listener.local_addr().expect("backend addr");

@@ -176,6 +176,7 @@ fn check_document(ck: &mut Checker, file: &Path, doc: Value) -> Option<Config> {
     let mut listeners = None;
     let mut routes = None;
     let mut pools = None;
+    let mut resolvers = Vec::new();
     for (key, value) in top {
         let Some(key) = key.as_str().map(str::to_string) else {
             ck.error("", "top-level keys must be strings");
@@ -188,9 +189,13 @@ fn check_document(ck: &mut Checker, file: &Path, doc: Value) -> Option<Config> {
             "listeners" => listeners = Some(value),
             "routes" => routes = Some(value),
             "pools" => pools = Some(value),
+            "resolvers" => {
+                resolvers =
+                    crate::config::discovery::check_resolvers(value, &mut |p, m| ck.error(p, m))
+            }
             other => ck.error(
                 other,
-                format!("unknown key `{other}`, expected one of `server`, `admin`, `access_log`, `listeners`, `routes`, `pools`"),
+                format!("unknown key `{other}`, expected one of `server`, `admin`, `access_log`, `listeners`, `routes`, `pools`, `resolvers`"),
             ),
         }
     }
@@ -218,6 +223,7 @@ fn check_document(ck: &mut Checker, file: &Path, doc: Value) -> Option<Config> {
         hash: String::new(),
         admin: admin?,
         access_log: access_log?,
+        resolvers,
     })
 }
 
@@ -291,7 +297,7 @@ mod tests {
             [
                 "1:1: pools: `pools` is required and must not be empty",
                 "1:1: routes: `routes` is required and must not be empty",
-                "2:1: extra: unknown key `extra`, expected one of `server`, `admin`, `access_log`, `listeners`, `routes`, `pools`",
+                "2:1: extra: unknown key `extra`, expected one of `server`, `admin`, `access_log`, `listeners`, `routes`, `pools`, `resolvers`",
             ]
         );
     }

@@ -88,7 +88,7 @@ mod tests {
         assert_eq!(
             p,
             [
-                "5:17: pools.p.backends[0].address: `10.0.0.1` is not an address: expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
+                "5:17: pools.p.backends[0].address: `10.0.0.1` is not an address: expected IP:PORT (e.g. 127.0.0.1:8080 or [::1]:8080) or NAME:PORT (e.g. app.internal:8080)",
                 "6:16: pools.p.timeouts.connect: `soon` is not a duration: expected e.g. `500ms`, `2s`, `1m`, `1h`",
                 "6:31: pools.p.timeouts.read: must be greater than zero",
             ]

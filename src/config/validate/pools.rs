@@ -64,7 +64,12 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
     let known = balancing::check_algorithm(ck, &path, raw.algorithm.as_deref());
     let algorithm = known.unwrap_or(Algorithm::RoundRobin);
     let hash_key = balancing::check_pool_hash_key(ck, &path, known, raw.hash_key);
-    let backends = check_backends(ck, &path, raw.backends);
+    let has_srv = raw.discover.as_ref().is_some_and(|d| d.srv.is_some());
+    let (backends, named) = check_backends(ck, &path, raw.backends, has_srv);
+    let discovery =
+        crate::config::discovery::check_discover(&path, raw.discover, named, &mut |p, m| {
+            ck.error(p, m)
+        });
     let timeouts = check_timeouts(
         ck,
         &format!("{path}.timeouts"),
@@ -119,15 +124,29 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         protocol,
         upstream_tls,
         max_h2_streams,
+        discovery,
     })
 }
 
-/// `backends:`: each read on its own, so that every bad backend is reported.
-fn check_backends(ck: &mut Checker, pool: &str, items: Vec<Value>) -> Vec<BackendConfig> {
+/// `backends:`: each read on its own, so that every bad backend is reported. Backends given
+/// by name (NAME:PORT) are returned apart, as DNS sources.
+fn check_backends(
+    ck: &mut Checker,
+    pool: &str,
+    items: Vec<Value>,
+    has_srv: bool,
+) -> (
+    Vec<BackendConfig>,
+    Vec<crate::config::discovery::DiscoveredSource>,
+) {
     let path = format!("{pool}.backends");
-    if items.is_empty() && !ck.unreadable(&path) {
-        ck.error(&path, "a pool needs at least one backend");
+    if items.is_empty() && !has_srv && !ck.unreadable(&path) {
+        ck.error(
+            &path,
+            "a pool needs at least one backend (or `discover: {srv: NAME}`)",
+        );
     }
+    let mut named = Vec::new();
     if items.len() > MAX_BACKENDS {
         ck.error(
             &path,
@@ -151,9 +170,22 @@ fn check_backends(ck: &mut Checker, pool: &str, items: Vec<Value>) -> Vec<Backen
             Some(_) => 1,
         };
         let addr = match parse_socket_addr(&b.address) {
-            Ok(a) => a,
-            Err(msg) => {
-                ck.error(format!("{bpath}.address"), msg);
+            Ok(a) if b.required.is_none() => a,
+            Ok(_) => {
+                ck.error(
+                    format!("{bpath}.required"),
+                    "`required` applies to a backend given by name (NAME:PORT), not to an IP address",
+                );
+                continue;
+            }
+            Err(_) => {
+                crate::config::discovery::check_named_backend(
+                    &bpath,
+                    b,
+                    weight,
+                    &mut named,
+                    &mut |p, m| ck.error(p, m),
+                );
                 continue;
             }
         };
@@ -181,7 +213,7 @@ fn check_backends(ck: &mut Checker, pool: &str, items: Vec<Value>) -> Vec<Backen
             weight,
         });
     }
-    backends
+    (backends, named)
 }
 
 fn check_timeouts(ck: &mut Checker, path: &str, raw: RawTimeouts) -> Timeouts {
@@ -280,7 +312,7 @@ mod tests {
             [
                 "5:5: pools.p.retries: a whole number from 0 to 10, got -1",
                 "7:32: pools.p.backends[0].weight: a whole number from 1 to 256, got 0",
-                "8:10: pools.p.backends[1].address: `app.internal` is not an address: expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
+                "8:10: pools.p.backends[1].address: `app.internal` is not an address: expected IP:PORT (e.g. 127.0.0.1:8080 or [::1]:8080) or NAME:PORT (e.g. app.internal:8080)",
                 "9:10: pools.p.backends[2].address: duplicate backend 10.0.0.1:80 (also backends[0])",
             ]
         );
@@ -295,10 +327,10 @@ mod tests {
             p,
             [
                 "6:32: pools.p.backends[0].weight: a whole number from 1 to 256, got `heavy`",
-                "6:47: pools.p.backends[0].nmae: unknown key `nmae`, expected one of `address`, `weight`, `name`",
+                "6:47: pools.p.backends[0].nmae: unknown key `nmae`, expected one of `address`, `weight`, `name`, `required`",
                 "7:9: pools.p.backends[1]: `address` is required",
                 "8:9: pools.p.backends[2]: a map, got `10.0.0.3:80`",
-                "9:5: pools.p.wieght: unknown key `wieght`, expected one of `algorithm`, `hash_key`, `backends`, `retries`, `timeouts`, `health_check`, `passive_health`, `slow_start`, `balance_factor`, `ewma_decay`, `feedback`, `retry_budget`, `affinity`, `protocol`, `tls`, `max_h2_streams`",
+                "9:5: pools.p.wieght: unknown key `wieght`, expected one of `algorithm`, `hash_key`, `backends`, `retries`, `timeouts`, `health_check`, `passive_health`, `slow_start`, `balance_factor`, `ewma_decay`, `feedback`, `retry_budget`, `affinity`, `protocol`, `tls`, `max_h2_streams`, `discover`",
             ]
         );
     }
@@ -333,7 +365,7 @@ mod tests {
         assert_eq!(
             p,
             [
-                "5:5: pools.p.backends: a pool needs at least one backend",
+                "5:5: pools.p.backends: a pool needs at least one backend (or `discover: {srv: NAME}`)",
                 "6:5: pools.p.protocol: h2 is HTTP/2 over TLS: add `tls:` to the pool, or use h2c for plain HTTP/2",
                 "7:5: pools.p.max_h2_streams: a whole number from 1 to 10000, got 0",
                 "8:20: pools.p.retry_budget.ratio: 2 is out of range: must be between 0 and 1 (a share of the requests)",
