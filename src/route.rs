@@ -17,11 +17,18 @@ impl Router {
 
     /// The pool (index) for a request to `host` (as sent: any case, maybe with a port) and
     /// `path`, or None when no route matches.
+    #[cfg(test)]
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        self.find_route(host, path).map(|(_, pool)| pool)
+    }
+
+    /// As `find`, with the route's own index: `(route, pool)`.
+    pub fn find_route(&self, host: Option<&str>, path: &str) -> Option<(usize, usize)> {
         let host = host.map(normalize_host);
         self.routes
             .iter()
-            .find(|r| {
+            .enumerate()
+            .find(|(_, r)| {
                 let host_ok = match (&r.host, host) {
                     (None, _) => true,
                     (Some(_), None) => false,
@@ -34,7 +41,7 @@ impl Router {
                 };
                 host_ok && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
             })
-            .map(|r| r.pool)
+            .map(|(i, r)| (i, r.pool))
     }
 }
 
@@ -58,6 +65,7 @@ mod tests {
             host,
             path_prefix: prefix.map(str::to_string),
             pool,
+            ..Default::default()
         }
     }
 

@@ -1,12 +1,15 @@
 //! The configuration: read the YAML file, validate it, and hand out the typed model.
 
 pub mod bounds;
+pub mod edge;
 pub mod locate;
 pub mod model;
 pub mod raw;
+pub mod raw_edge;
 pub mod schema;
 pub mod validate;
 
+pub use edge::*;
 pub use model::*;
 pub use validate::{ConfigErrors, Problem};
 

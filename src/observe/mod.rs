@@ -2,6 +2,7 @@
 //! how often it repeats them. Knows no runtime or request-path types.
 
 pub mod access_log;
+pub mod edge_metrics;
 pub mod log_limit;
 pub mod logging;
 pub mod metrics;

@@ -4,6 +4,7 @@
 
 mod affinity;
 mod balancing;
+mod edge;
 mod health;
 mod listeners;
 mod parse;

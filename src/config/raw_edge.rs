@@ -1,0 +1,60 @@
+//! Serde mirror of a route's edge keys (`name`, `rate_limit`, `auth`): their shape only, as
+//! `raw.rs` does for the rest of the file; `validate/edge.rs` gives them meaning.
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::Deserialize;
+use serde_norway::Value;
+
+/// `rate_limit:` of a route.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Steady rate: `N/s` or `N/m`, e.g. `10/s`.
+    #[schemars(regex(pattern = r"^[0-9]+/[sm]$"))]
+    pub rate: String,
+    /// Requests admitted at once beyond the steady rate (nginx's `burst`, with `nodelay`);
+    /// default 0.
+    #[schemars(range(max = 1000000))]
+    pub burst: Option<u64>,
+    /// `client_ip` (default) | `route` | `{header: NAME}` | `{cookie: NAME}`
+    #[serde(default)]
+    #[schemars(schema_with = "rate_limit_key")]
+    pub key: Option<Value>,
+}
+
+/// `auth:` of a route: exactly one method.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub basic: Option<RawBasicAuth>,
+}
+
+/// `auth: {basic: ...}`: HTTP Basic against an htpasswd file of bcrypt hashes.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicAuth {
+    /// `user:$2y$...` lines (`htpasswd -B`), read when the configuration is loaded.
+    pub htpasswd: String,
+    /// The realm of the `WWW-Authenticate` challenge (default `fulcrum`).
+    pub realm: Option<String>,
+}
+
+/// `key:` of a rate limit.
+pub fn rate_limit_key(_: &mut SchemaGenerator) -> Schema {
+    let named = |key: &str| {
+        json_schema!({
+            "type": "object",
+            "properties": {key: {"type": "string", "minLength": 1}},
+            "required": [key],
+            "additionalProperties": false,
+        })
+    };
+    json_schema!({
+        "description": "What requests share a budget: client_ip (default), route, {header: NAME} or {cookie: NAME}.",
+        "oneOf": [
+            {"enum": ["client_ip", "route"]},
+            named("header"),
+            named("cookie"),
+        ]
+    })
+}

@@ -1,0 +1,304 @@
+//! A route's edge keys: `name` (unique, default `HOST/PATH`), `rate_limit` (rate, burst, key)
+//! and `auth` (exactly one method; its files read here and carried in the model).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_norway::Value;
+
+use super::Checker;
+use crate::config::edge::*;
+use crate::config::model::{HashKey, HostMatch};
+use crate::config::raw_edge::*;
+
+/// Largest steady rate accepted (per second or per minute).
+pub const MAX_RATE: u64 = 1_000_000;
+/// Largest burst accepted.
+pub const MAX_BURST: u64 = 1_000_000;
+
+/// The default name of a route: its host (`*` when any) and path prefix (`/` when any).
+pub(super) fn default_name(host: Option<&HostMatch>, path_prefix: Option<&str>) -> String {
+    let host = match host {
+        None => "*".to_string(),
+        Some(HostMatch::Exact(h)) => h.clone(),
+        Some(HostMatch::Suffix(s)) => format!("*{s}"),
+    };
+    format!("{host}{}", path_prefix.unwrap_or("/"))
+}
+
+/// Whether `name` may name a route: printable ASCII without spaces or quotes, 1..=100 bytes.
+pub(super) fn check_name(ck: &mut Checker, path: &str, name: &str) -> bool {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if !ok {
+        ck.error(
+            format!("{path}.name"),
+            "must be 1 to 100 printable characters without spaces, quotes or backslashes",
+        );
+    }
+    ok
+}
+
+/// The edge settings of the route at `path` (None when any is wrong; all errors reported).
+pub(super) fn check_edge(
+    ck: &mut Checker,
+    path: &str,
+    rate_limit: Option<RawRateLimit>,
+    auth: Option<RawAuth>,
+) -> Option<EdgeConfig> {
+    let rate_limit = match rate_limit {
+        None => Some(None),
+        Some(raw) => check_rate_limit(ck, &format!("{path}.rate_limit"), raw).map(Some),
+    };
+    let auth = match auth {
+        None => Some(None),
+        Some(raw) => check_auth(ck, &format!("{path}.auth"), raw).map(Some),
+    };
+    Some(EdgeConfig {
+        rate_limit: rate_limit?,
+        auth: auth?,
+    })
+}
+
+fn check_rate_limit(ck: &mut Checker, path: &str, raw: RawRateLimit) -> Option<RateLimitConfig> {
+    let rate = parse_rate(&raw.rate);
+    if rate.is_none() {
+        ck.error(
+            format!("{path}.rate"),
+            format!(
+                "`{}` is not a rate: expected N/s or N/m with 1 <= N <= {MAX_RATE}, e.g. 10/s",
+                raw.rate
+            ),
+        );
+    }
+    let burst = raw.burst.unwrap_or(0);
+    if burst > MAX_BURST {
+        ck.error(
+            format!("{path}.burst"),
+            format!("must be at most {MAX_BURST}"),
+        );
+    }
+    let key = match &raw.key {
+        None => Some(LimitKey::Request(HashKey::ClientIp)),
+        Some(v) => check_key(ck, &format!("{path}.key"), v),
+    };
+    let (count, per) = rate?;
+    (burst <= MAX_BURST).then_some(RateLimitConfig {
+        count,
+        per,
+        burst,
+        key: key?,
+    })
+}
+
+/// `N/s` or `N/m` -> (N, period).
+fn parse_rate(text: &str) -> Option<(u64, Duration)> {
+    let (n, unit) = text.trim().split_once('/')?;
+    let n: u64 = n
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_RATE).contains(n))?;
+    let per = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        _ => return None,
+    };
+    Some((n, per))
+}
+
+fn check_key(ck: &mut Checker, path: &str, value: &Value) -> Option<LimitKey> {
+    const EXPECTED: &str = "expected client_ip, route, {header: NAME} or {cookie: NAME}";
+    let named = match value {
+        Value::String(s) if s == "client_ip" => return Some(LimitKey::Request(HashKey::ClientIp)),
+        Value::String(s) if s == "route" => return Some(LimitKey::Route),
+        Value::Mapping(m) if m.len() == 1 => m.iter().next().and_then(|(k, v)| {
+            let (k, v) = (k.as_str()?, v.as_str()?);
+            Some((k.to_string(), v.trim().to_string()))
+        }),
+        _ => None,
+    };
+    let Some((kind, name)) = named else {
+        ck.error(path, format!("unknown rate limit key: {EXPECTED}"));
+        return None;
+    };
+    let at = format!("{path}.{kind}");
+    match kind.as_str() {
+        "header" => match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => Some(LimitKey::Request(HashKey::Header(h.as_str().to_string()))),
+            Err(_) => {
+                ck.error(at, format!("`{name}` is not a header name"));
+                None
+            }
+        },
+        "cookie" if !name.is_empty() => Some(LimitKey::Request(HashKey::Cookie(name))),
+        "cookie" => {
+            ck.error(at, "the name must not be empty");
+            None
+        }
+        other => {
+            ck.error(at, format!("unknown rate limit key `{other}`: {EXPECTED}"));
+            None
+        }
+    }
+}
+
+fn check_auth(ck: &mut Checker, path: &str, raw: RawAuth) -> Option<AuthConfig> {
+    match raw {
+        RawAuth { basic: Some(b) } => check_basic(ck, &format!("{path}.basic"), b),
+        RawAuth { basic: None } => {
+            ck.error(path, "give one method: `basic`");
+            None
+        }
+    }
+}
+
+fn check_basic(ck: &mut Checker, path: &str, raw: RawBasicAuth) -> Option<AuthConfig> {
+    let realm = raw.realm.unwrap_or_else(|| "fulcrum".into());
+    let realm_ok = !realm.is_empty()
+        && realm.len() <= 100
+        && realm
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+    if !realm_ok {
+        ck.error(
+            format!("{path}.realm"),
+            "must be 1 to 100 printable characters without quotes or backslashes",
+        );
+    }
+    let at = format!("{path}.htpasswd");
+    let file = ck.base.join(&raw.htpasswd);
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            ck.error(at, format!("cannot read {}: {e}", raw.htpasswd));
+            return None;
+        }
+    };
+    let users = match parse_htpasswd(&text) {
+        Ok(users) => users,
+        Err(msg) => {
+            ck.error(at, format!("{}: {msg}", raw.htpasswd));
+            return None;
+        }
+    };
+    realm_ok.then(|| {
+        AuthConfig::Basic(BasicAuthConfig {
+            htpasswd: file,
+            realm,
+            users: Arc::new(users),
+        })
+    })
+}
+
+/// `user:hash` lines (blank lines and `#` comments skipped); every hash must be bcrypt
+/// (`$2a$`, `$2b$`, `$2x$` or `$2y$`, as `htpasswd -B` writes), every user unique.
+pub fn parse_htpasswd(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut users = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let n = n + 1;
+        let Some((user, hash)) = line.split_once(':') else {
+            return Err(format!("line {n}: expected `user:hash`"));
+        };
+        if user.is_empty() {
+            return Err(format!("line {n}: empty user name"));
+        }
+        let bcrypt = ["$2a$", "$2b$", "$2x$", "$2y$"]
+            .iter()
+            .any(|p| hash.starts_with(p));
+        if !bcrypt || hash.parse::<bcrypt::HashParts>().is_err() {
+            return Err(format!(
+                "line {n}: user `{user}`: only bcrypt hashes are supported (htpasswd -B)"
+            ));
+        }
+        if users.insert(user.to_string(), hash.to_string()).is_some() {
+            return Err(format!("line {n}: user `{user}` appears twice"));
+        }
+        if users.len() > 100_000 {
+            return Err("more than 100000 users".into());
+        }
+    }
+    Ok(users)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+
+    const EDGES: &str = "listeners: [{name: main, listen: 127.0.0.1:8080}]\n";
+    const POOL: &str = "pools: {p: {backends: [{address: 127.0.0.1:9}]}}\n";
+
+    #[test]
+    fn rate_limits_are_checked_where_they_stand() {
+        let p = problems(&format!(
+            "{EDGES}routes:\n  - {{pool: p, rate_limit: {{rate: 10/h, burst: 5}}}}\n  - {{pool: p, match: {{path_prefix: /a}}, rate_limit: {{rate: 1/s, key: {{query: q}}}}}}\n  - {{pool: p, match: {{path_prefix: /b}}, rate_limit: {{rate: 1/s, key: {{header: 'a b'}}, burst: -1}}}}\n{POOL}"
+        ));
+        assert_eq!(
+            p,
+            [
+                "3:28: routes[0].rate_limit.rate: `10/h` is not a rate: expected N/s or N/m with 1 <= N <= 1000000, e.g. 10/s",
+                "4:71: routes[1].rate_limit.key.query: unknown rate limit key `query`: expected client_ip, route, {header: NAME} or {cookie: NAME}",
+                "5:71: routes[2].rate_limit.key.header: `a b` is not a header name",
+                "5:87: routes[2].rate_limit.burst: a whole number, 0 or more, got -1",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_default_to_host_and_path_and_must_be_unique() {
+        let c = valid(&format!(
+            "{EDGES}routes:\n  - {{pool: p, match: {{host: A.example.com, path_prefix: /v1/}}}}\n  - {{pool: p, name: web}}\n{POOL}"
+        ));
+        let names: Vec<&str> = c.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a.example.com/v1/", "web"]);
+        let p = problems(&format!(
+            "{EDGES}routes:\n  - {{pool: p, name: web, match: {{path_prefix: /a}}}}\n  - {{pool: p, name: web}}\n  - {{pool: p, name: 'a b'}}\n{POOL}"
+        ));
+        assert_eq!(
+            p,
+            [
+                "4:15: routes[1].name: `web` already names routes[0]",
+                "5:15: routes[2].name: must be 1 to 100 printable characters without spaces, quotes or backslashes",
+            ]
+        );
+    }
+
+    #[test]
+    fn htpasswd_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        std::fs::write(dir.path().join("good"), format!("# users\nalice:{hash}\n")).unwrap();
+        std::fs::write(dir.path().join("md5"), "bob:$apr1$xyz$abc\n").unwrap();
+        let yaml = |file: &str| {
+            format!(
+                "{EDGES}routes:\n  - {{pool: p, auth: {{basic: {{htpasswd: {file}}}}}}}\n{POOL}"
+            )
+        };
+        let f = dir.path().join("f.yaml");
+        assert_eq!(problems_in(&f, &yaml("good")), Vec::<String>::new());
+        assert_eq!(
+            problems_in(&f, &yaml("md5")),
+            ["3:30: routes[0].auth.basic.htpasswd: md5: line 1: user `bob`: only bcrypt hashes are supported (htpasswd -B)"]
+        );
+        let missing = problems_in(&f, &yaml("nope"));
+        assert!(
+            missing[0].starts_with("3:30: routes[0].auth.basic.htpasswd: cannot read nope:"),
+            "{missing:?}"
+        );
+        assert_eq!(
+            problems_in(
+                &f,
+                &format!("{EDGES}routes: [{{pool: p, auth: {{}}}}]\n{POOL}")
+            ),
+            ["2:20: routes[0].auth: give one method: `basic`"]
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! The edge's counters: `fulcrum_rate_limited_total{route}` and
+//! `fulcrum_auth_total{route,result}`, registered on the process's metrics registry.
+
+use pingora_prometheus::prometheus::{IntCounter, IntCounterVec, Opts, Registry, Result};
+
+/// What an authentication check decided, for `fulcrum_auth_total{result}` (a fixed set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    /// Admitted.
+    Ok,
+    /// No credentials in the request.
+    Missing,
+    /// Wrong or malformed credentials.
+    Invalid,
+}
+
+impl AuthResult {
+    pub const ALL: [AuthResult; 3] = [AuthResult::Ok, AuthResult::Missing, AuthResult::Invalid];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::Ok => "ok",
+            AuthResult::Missing => "missing",
+            AuthResult::Invalid => "invalid",
+        }
+    }
+}
+
+/// The two counter families.
+pub struct EdgeMetrics {
+    rate_limited: IntCounterVec,
+    auth: IntCounterVec,
+}
+
+impl EdgeMetrics {
+    pub fn register(registry: &Registry) -> Result<EdgeMetrics> {
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "fulcrum_rate_limited_total",
+                "Requests refused with 429 by a route's rate limit, by route name.",
+            ),
+            &["route"],
+        )?;
+        let auth = IntCounterVec::new(
+            Opts::new(
+                "fulcrum_auth_total",
+                "Authentication checks by route name and result (ok, missing, invalid).",
+            ),
+            &["route", "result"],
+        )?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(auth.clone()))?;
+        Ok(EdgeMetrics { rate_limited, auth })
+    }
+
+    /// The rate-limit counter of `route` (created at 0).
+    pub fn rate_limited(&self, route: &str) -> IntCounter {
+        self.rate_limited.with_label_values(&[route])
+    }
+
+    /// The auth counters of `route`, indexed as `AuthResult::ALL` (created at 0).
+    pub fn auth(&self, route: &str) -> [IntCounter; 3] {
+        AuthResult::ALL.map(|r| self.auth.with_label_values(&[route, r.as_str()]))
+    }
+}

@@ -1,0 +1,54 @@
+//! The request path's side of a route's edge (`crate::edge`): ask it whether the request is
+//! admitted, and write its refusals (429 with `Retry-After`, 401 with `WWW-Authenticate`).
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use crate::edge::Refusal;
+use crate::runtime::Runtime;
+
+/// Whether route `route` of `runtime` admits the session's request (None: admitted).
+pub async fn admit(session: &Session, runtime: &Runtime, route: usize) -> Result<Option<Refusal>> {
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    runtime
+        .edge
+        .admit(route, session.req_header(), client_ip)
+        .await
+}
+
+/// Answer `refusal` (the request is done: `Ok(true)`).
+pub async fn refuse(
+    session: &mut Session,
+    request_id: &HeaderValue,
+    refusal: Refusal,
+) -> Result<bool> {
+    let status = match refusal {
+        Refusal::RateLimited { .. } => 429,
+        Refusal::Unauthorized { .. } => 401,
+    };
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let id = request_id.to_str().unwrap_or("-");
+    let body = Bytes::from(format!("{status} {reason}\nrequest id: {id}\n"));
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    resp.insert_header(CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header("x-request-id", request_id.clone())?;
+    match refusal {
+        Refusal::RateLimited { retry_after } => {
+            resp.insert_header(RETRY_AFTER, retry_after.to_string())?
+        }
+        Refusal::Unauthorized { challenge } => resp.insert_header(WWW_AUTHENTICATE, challenge)?,
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
