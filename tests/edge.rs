@@ -1,0 +1,236 @@
+//! Rate limits and authentication per route, against the real binary: budgets hold within
+//! 10%, keys have their own budgets, 429 carries Retry-After, basic auth admits and refuses,
+//! and a reload re-reads the htpasswd file (a bad one keeps the old configuration).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+/// Requests from `client` to `url` (with `headers`) for `length`, one after another: the
+/// number of 200s and 429s, and the time from the first request to the last answer.
+async fn hammer(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    length: Duration,
+) -> (usize, usize, Duration) {
+    let (mut ok, mut limited) = (0, 0);
+    let start = Instant::now();
+    while start.elapsed() < length {
+        let mut req = client.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        match resp.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                let retry = resp.headers().get("retry-after").expect("Retry-After");
+                assert_eq!(retry, "1", "20/s: the next request is due within a second");
+                limited += 1
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    (ok, limited, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_within_ten_percent_per_client_ip() {
+    let b = Backend::start("b").await;
+    let admin = Admin::new();
+    let f = Fulcrum::start(&format!(
+        "{}routes:
+  - match: {{path_prefix: /api/}}
+    name: api
+    pool: p
+    rate_limit: {{rate: 20/s, burst: 5, key: client_ip}}
+  - pool: p
+pools:
+  p: {{backends: [{{address: \"{}\"}}]}}
+",
+        admin.yaml(),
+        b.addr
+    ))
+    .await;
+    let one = client_from("127.0.0.1".parse().unwrap());
+    let (ok, limited, took) = hammer(&one, &f.url("/api/x"), &[], Duration::from_secs(2)).await;
+    // GCRA: burst + 1 at once, then one every 50 ms.
+    let expected = 6.0 + 20.0 * took.as_secs_f64();
+    let ok_f = ok as f64;
+    eprintln!(
+        "rate 20/s burst 5: {ok} admitted, {limited} refused in {took:?} (expected {expected:.1})"
+    );
+    assert!(
+        (expected * 0.9..=expected * 1.1).contains(&ok_f),
+        "{ok} admitted in {took:?}, expected about {expected:.0} ({limited} refused)"
+    );
+    assert!(
+        limited > ok,
+        "a tight loop is mostly refused: {ok} ok, {limited} 429"
+    );
+    // Another client address has its own budget: burst + 1 at once.
+    let two = client_from("127.0.0.2".parse().unwrap());
+    let mut second = 0;
+    for _ in 0..6 {
+        if two.get(f.url("/api/x")).send().await.unwrap().status() == 200 {
+            second += 1;
+        }
+    }
+    assert!(second >= 6, "a fresh client got {second} of 6");
+    // Routes without a limit are not limited.
+    for _ in 0..50 {
+        assert_eq!(one.get(f.url("/other")).send().await.unwrap().status(), 200);
+    }
+    let counted = admin
+        .metric("fulcrum_rate_limited_total", &[("route", "api")])
+        .await;
+    assert_eq!(counted as usize, limited);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_keys_have_separate_budgets_and_retry_after_says_when() {
+    let b = Backend::start("b").await;
+    let f = Fulcrum::start(&format!(
+        "routes:
+  - pool: p
+    rate_limit: {{rate: 1/m, burst: 2, key: {{header: X-Api-Key}}}}
+pools:
+  p: {{backends: [{{address: \"{}\"}}]}}
+",
+        b.addr
+    ))
+    .await;
+    let c = client();
+    let status = |key: Option<&'static str>| {
+        let mut req = c.get(f.url("/"));
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    for key in [Some("a"), Some("b"), None] {
+        for i in 0..3 {
+            assert_eq!(status(key).await.status(), 200, "{key:?} request {i}");
+        }
+        let refused = status(key).await;
+        assert_eq!(refused.status(), 429, "{key:?}");
+        let retry: u64 = refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((55..=60).contains(&retry), "1/m: retry after {retry} s");
+        assert!(refused.headers().contains_key("x-request-id"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_admits_users_of_the_htpasswd_file_and_reloads_it() {
+    let b = Backend::start("b").await;
+    let admin = Admin::new();
+    let body = format!(
+        "{}routes:
+  - match: {{path_prefix: /private/}}
+    name: private
+    pool: p
+    auth: {{basic: {{htpasswd: users, realm: staff}}}}
+  - pool: p
+pools:
+  p: {{backends: [{{address: \"{}\"}}]}}
+",
+        admin.yaml(),
+        b.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let write_users = |password: &str| {
+        let hash = bcrypt::hash(password, 4).unwrap();
+        std::fs::write(&users, format!("# test users\nalice:{hash}\n")).unwrap();
+    };
+    write_users("first");
+    let port = free_port();
+    let yaml = format!(
+        "{}listeners:\n  - name: main\n    listen: 127.0.0.1:{port}\n{body}",
+        Fulcrum::server_block(dir.path())
+    );
+    let f = Fulcrum::start_yaml(dir, port, &yaml).await;
+    let c = client();
+    let url = f.url("/private/x");
+    let as_user = |user: &'static str, password: &'static str| {
+        let req = c.get(&url).basic_auth(user, Some(password));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let bare = c.get(&url).send().await.unwrap();
+    assert_eq!(bare.status(), 401);
+    assert_eq!(
+        bare.headers()["www-authenticate"],
+        "Basic realm=\"staff\", charset=\"UTF-8\""
+    );
+    assert_eq!(as_user("alice", "wrong").await, 401);
+    assert_eq!(as_user("bob", "first").await, 401);
+    let hits = b.hits();
+    assert_eq!(as_user("alice", "first").await, 200);
+    assert_eq!(as_user("alice", "first").await, 200);
+    assert_eq!(
+        b.hits(),
+        hits + 2,
+        "only admitted requests reach the backend"
+    );
+    assert_eq!(c.get(f.url("/public")).send().await.unwrap().status(), 200);
+    let auth = |result: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .metric(
+                    "fulcrum_auth_total",
+                    &[("route", "private"), ("result", result)],
+                )
+                .await as usize
+        }
+    };
+    assert_eq!(
+        (
+            auth("ok").await,
+            auth("missing").await,
+            auth("invalid").await
+        ),
+        (2, 1, 2)
+    );
+
+    // A new password file is read by a reload.
+    write_users("second");
+    f.signal("HUP");
+    wait_for_async(
+        Duration::from_secs(10),
+        "the reload to read the new file",
+        || async { as_user("alice", "second").await == 200 },
+    )
+    .await;
+    assert_eq!(as_user("alice", "first").await, 401);
+
+    // A broken one is refused, and the running configuration stays.
+    std::fs::write(f.dir.path().join("users"), "alice:plaintext\n").unwrap();
+    f.signal("HUP");
+    wait_for_async(Duration::from_secs(10), "the failed reload", || async {
+        admin
+            .metric("fulcrum_config_reloads_total", &[("result", "failure")])
+            .await
+            >= 1.0
+    })
+    .await;
+    assert_eq!(as_user("alice", "second").await, 200);
+    assert!(
+        f.log().contains("only bcrypt hashes are supported"),
+        "{}",
+        f.log()
+    );
+}
