@@ -234,3 +234,155 @@ pools:
         f.log()
     );
 }
+
+/// Seconds since the epoch.
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_auth_checks_signature_and_claims_and_forwards_claims() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let b = Backend::start("b").await;
+    let admin = Admin::new();
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap(); // ECDSA P-256
+    std::fs::write(dir.path().join("jwt.pem"), key.public_key_pem()).unwrap();
+    let secret = "0123456789abcdef0123456789abcdef-hs256";
+    std::fs::write(dir.path().join("hs.secret"), format!("{secret}\n")).unwrap();
+    let body = format!(
+        "{}routes:
+  - match: {{path_prefix: /es/}}
+    name: es
+    pool: p
+    auth: {{jwt: {{key_file: jwt.pem, issuer: https://issuer.test, audience: fulcrum-tests, forward_claims: {{sub: X-Auth-Sub, role: X-Auth-Role}}, strip_token: true}}}}
+  - match: {{path_prefix: /hs/}}
+    name: hs
+    pool: p
+    auth: {{jwt: {{secret_file: hs.secret, realm: api}}}}
+pools:
+  p: {{backends: [{{address: \"{}\"}}]}}
+",
+        admin.yaml(),
+        b.addr
+    );
+    let port = free_port();
+    let yaml = format!(
+        "{}listeners:\n  - name: main\n    listen: 127.0.0.1:{port}\n{body}",
+        Fulcrum::server_block(dir.path())
+    );
+    let f = Fulcrum::start_yaml(dir, port, &yaml).await;
+    let es = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    let other = rcgen::KeyPair::generate().unwrap();
+    let es_other = EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).unwrap();
+    let hs = EncodingKey::from_secret(secret.as_bytes());
+    let claims = |iss: &str, aud: &str, exp: u64, nbf: u64| serde_json::json!({"sub": "alice", "role": "admin", "iss": iss, "aud": aud, "exp": exp, "nbf": nbf});
+    let t = now();
+    let good = claims("https://issuer.test", "fulcrum-tests", t + 600, t - 10);
+    let sign =
+        |alg, key: &EncodingKey, c: &serde_json::Value| encode(&Header::new(alg), c, key).unwrap();
+    let c = client();
+    let call = |path: &'static str, token: Option<String>| {
+        let mut req = c.get(f.url(path)).header("x-auth-sub", "mallory");
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap() }
+    };
+
+    let bare = call("/es/x", None).await;
+    assert_eq!(bare.status(), 401);
+    assert_eq!(
+        bare.headers()["www-authenticate"],
+        "Bearer realm=\"fulcrum\""
+    );
+
+    let ok = call("/es/x", Some(sign(Algorithm::ES256, &es, &good))).await;
+    assert_eq!(ok.status(), 200);
+    let seen = b.last_headers();
+    assert_eq!(
+        seen.get("x-auth-sub").map(String::as_str),
+        Some("alice"),
+        "{seen:?}"
+    );
+    assert_eq!(seen.get("x-auth-role").map(String::as_str), Some("admin"));
+    assert!(!seen.contains_key("authorization"), "strip_token: {seen:?}");
+
+    let refused = [
+        (
+            "expired",
+            sign(
+                Algorithm::ES256,
+                &es,
+                &claims("https://issuer.test", "fulcrum-tests", t - 600, t - 900),
+            ),
+        ),
+        (
+            "not yet valid",
+            sign(
+                Algorithm::ES256,
+                &es,
+                &claims("https://issuer.test", "fulcrum-tests", t + 900, t + 600),
+            ),
+        ),
+        (
+            "wrong issuer",
+            sign(
+                Algorithm::ES256,
+                &es,
+                &claims("https://evil.test", "fulcrum-tests", t + 600, t),
+            ),
+        ),
+        (
+            "wrong audience",
+            sign(
+                Algorithm::ES256,
+                &es,
+                &claims("https://issuer.test", "other", t + 600, t),
+            ),
+        ),
+        ("another key", sign(Algorithm::ES256, &es_other, &good)),
+        ("HS256 on an EC route", sign(Algorithm::HS256, &hs, &good)),
+        ("garbage", "a.b.c".to_string()),
+    ];
+    for (what, token) in refused {
+        let resp = call("/es/x", Some(token)).await;
+        assert_eq!(resp.status(), 401, "{what}");
+        assert_eq!(
+            resp.headers()["www-authenticate"],
+            "Bearer realm=\"fulcrum\", error=\"invalid_token\"",
+            "{what}"
+        );
+    }
+
+    // HS256 with a shared secret; the token is passed on (no strip_token), no claims forwarded
+    // and the client's own X-Auth-Sub is left alone on a route that forwards none.
+    let no_aud = serde_json::json!({"sub": "bob", "exp": t + 600});
+    let hs_token = sign(Algorithm::HS256, &hs, &no_aud);
+    assert_eq!(call("/hs/x", Some(hs_token.clone())).await.status(), 200);
+    let seen = b.last_headers();
+    assert_eq!(
+        seen.get("authorization"),
+        Some(&format!("Bearer {hs_token}"))
+    );
+    let no_exp = serde_json::json!({"sub": "bob"});
+    let resp = call("/hs/x", Some(sign(Algorithm::HS256, &hs, &no_exp))).await;
+    assert_eq!(resp.status(), 401, "exp is required");
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Bearer realm=\"api\", error=\"invalid_token\""
+    );
+    let ok = admin
+        .metric("fulcrum_auth_total", &[("route", "es"), ("result", "ok")])
+        .await;
+    let invalid = admin
+        .metric(
+            "fulcrum_auth_total",
+            &[("route", "es"), ("result", "invalid")],
+        )
+        .await;
+    assert_eq!((ok, invalid), (1.0, 7.0));
+}

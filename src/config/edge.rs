@@ -49,6 +49,52 @@ pub enum LimitKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthConfig {
     Basic(BasicAuthConfig),
+    Jwt(JwtAuthConfig),
+}
+
+/// `auth: {jwt: ...}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtAuthConfig {
+    /// `key_file` or `secret_file`, as resolved.
+    pub key_file: PathBuf,
+    pub keys: JwtKeys,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// (claim, lower-case header name), in claim order.
+    pub forward_claims: Vec<(String, String)>,
+    pub strip_token: bool,
+    pub leeway: Duration,
+    pub realm: String,
+}
+
+/// The verification keys read from a key file; compared by the file's content.
+#[derive(Clone)]
+pub struct JwtKeys {
+    pub content: Arc<Vec<u8>>,
+    pub keys: Arc<Vec<JwtKey>>,
+}
+
+/// One key: its `kid` (JWKS), the key, and the algorithms it may verify (one family only,
+/// so that a token cannot choose e.g. HS256 with an RSA public key as the secret).
+#[derive(Clone)]
+pub struct JwtKey {
+    pub kid: Option<String>,
+    pub key: jsonwebtoken::DecodingKey,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+}
+
+impl PartialEq for JwtKeys {
+    fn eq(&self, other: &Self) -> bool {
+        self.content == other.content
+    }
+}
+
+impl Eq for JwtKeys {}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JwtKeys({} keys)", self.keys.len())
+    }
 }
 
 /// `auth: {basic: ...}`.

@@ -27,6 +27,31 @@ pub struct RawRateLimit {
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
     pub basic: Option<RawBasicAuth>,
+    pub jwt: Option<RawJwtAuth>,
+}
+
+/// `auth: {jwt: ...}`: a bearer token signed by a key of `key_file` (or `secret_file`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtAuth {
+    /// A PEM public key (RSA, EC P-256/P-384, Ed25519) or a JWKS (JSON `{"keys": [...]}`).
+    pub key_file: Option<String>,
+    /// HS256/384/512: a file holding the shared secret (at least 32 bytes; ends of lines
+    /// trimmed).
+    pub secret_file: Option<String>,
+    /// The `iss` a token must carry (unchecked when absent).
+    pub issuer: Option<String>,
+    /// The `aud` a token must carry (unchecked when absent).
+    pub audience: Option<String>,
+    /// Claim -> request header for the backend, e.g. `{sub: X-Auth-Sub}`. A client's own
+    /// headers of these names are always removed.
+    pub forward_claims: Option<std::collections::BTreeMap<String, String>>,
+    /// Remove the `Authorization` header before forwarding (default false).
+    pub strip_token: Option<bool>,
+    /// Clock skew allowed on `exp` and `nbf` (default `60s`).
+    pub leeway: Option<String>,
+    /// The realm of the `WWW-Authenticate` challenge (default `fulcrum`).
+    pub realm: Option<String>,
 }
 
 /// `auth: {basic: ...}`: HTTP Basic against an htpasswd file of bcrypt hashes.

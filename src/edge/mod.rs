@@ -3,6 +3,7 @@
 //! whose settings did not change is carried over a reload with its buckets.
 
 pub mod basic;
+pub mod jwt;
 pub mod rate_limit;
 
 use std::net::IpAddr;
@@ -16,6 +17,7 @@ use crate::config::{AuthConfig, Config, LimitKey};
 use crate::observe::edge_metrics::{AuthResult, EdgeMetrics};
 use crate::pool::hash_key;
 use basic::BasicAuth;
+use jwt::JwtAuth;
 use rate_limit::{Decision, Limiter};
 
 /// A route's limiter with its counter.
@@ -26,8 +28,30 @@ struct RouteLimit {
 
 /// A route's authentication with its counters (indexed as `AuthResult::ALL`).
 struct RouteAuth {
-    method: BasicAuth,
+    method: Method,
     counters: [IntCounter; 3],
+}
+
+enum Method {
+    Basic(BasicAuth),
+    Jwt(JwtAuth),
+}
+
+/// What an admitted request changes in its header before it goes to the backend.
+#[derive(Debug, Default)]
+pub struct RequestEdits {
+    /// Removed first (lower-case names): a client's own copies of forwarded claims, and the
+    /// token when `strip_token` is set.
+    pub remove: Vec<String>,
+    /// Then set.
+    pub insert: Vec<(String, http::HeaderValue)>,
+}
+
+/// Whether a request goes on.
+#[derive(Debug)]
+pub enum Verdict {
+    Admit(RequestEdits),
+    Refuse(Refusal),
 }
 
 /// The edge of one route.
@@ -74,7 +98,8 @@ impl EdgeRoutes {
                 });
                 let auth = r.edge.auth.as_ref().map(|a| RouteAuth {
                     method: match a {
-                        AuthConfig::Basic(b) => BasicAuth::new(b.clone()),
+                        AuthConfig::Basic(b) => Method::Basic(BasicAuth::new(b.clone())),
+                        AuthConfig::Jwt(j) => Method::Jwt(JwtAuth::new(j.clone())),
                     },
                     counters: metrics.auth(&r.name),
                 });
@@ -96,9 +121,10 @@ impl EdgeRoutes {
         route: usize,
         req: &RequestHeader,
         client_ip: Option<IpAddr>,
-    ) -> Result<Option<Refusal>> {
+    ) -> Result<Verdict> {
+        let mut edits = RequestEdits::default();
         let Some(edge) = self.routes.get(route) else {
-            return Ok(None);
+            return Ok(Verdict::Admit(edits));
         };
         if let Some(limit) = &edge.limit {
             let key = match &limit.limiter.config.key {
@@ -110,26 +136,43 @@ impl EdgeRoutes {
                 limit.limiter.check(key.as_deref().unwrap_or(b""))
             {
                 limit.refused.inc();
-                return Ok(Some(Refusal::RateLimited {
+                return Ok(Verdict::Refuse(Refusal::RateLimited {
                     retry_after: rate_limit::retry_after_secs(retry_after),
                 }));
             }
         }
-        if let Some(auth) = &edge.auth {
-            let result = auth.method.check(req).await?;
-            if let Some(c) = AuthResult::ALL
-                .iter()
-                .position(|r| *r == result)
-                .and_then(|i| auth.counters.get(i))
-            {
-                c.inc();
+        let Some(auth) = &edge.auth else {
+            return Ok(Verdict::Admit(edits));
+        };
+        let (result, challenge) = match &auth.method {
+            Method::Basic(basic) => (basic.check(req).await?, &basic.challenge),
+            Method::Jwt(jwt) => {
+                let (result, claims) = jwt.check(req);
+                let c = &jwt.config;
+                edits.remove = c.forward_claims.iter().map(|(_, h)| h.clone()).collect();
+                if c.strip_token {
+                    edits.remove.push("authorization".into());
+                }
+                edits.insert = claims;
+                let challenge = match result {
+                    AuthResult::Missing => &jwt.challenge_missing,
+                    _ => &jwt.challenge_invalid,
+                };
+                (result, challenge)
             }
-            if result != AuthResult::Ok {
-                return Ok(Some(Refusal::Unauthorized {
-                    challenge: auth.method.challenge.clone(),
-                }));
-            }
+        };
+        if let Some(c) = AuthResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .and_then(|i| auth.counters.get(i))
+        {
+            c.inc();
         }
-        Ok(None)
+        if result != AuthResult::Ok {
+            return Ok(Verdict::Refuse(Refusal::Unauthorized {
+                challenge: challenge.clone(),
+            }));
+        }
+        Ok(Verdict::Admit(edits))
     }
 }

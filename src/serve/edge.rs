@@ -7,19 +7,37 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
-use crate::edge::Refusal;
+use crate::edge::{Refusal, Verdict};
 use crate::runtime::Runtime;
 
-/// Whether route `route` of `runtime` admits the session's request (None: admitted).
-pub async fn admit(session: &Session, runtime: &Runtime, route: usize) -> Result<Option<Refusal>> {
+/// Whether route `route` of `runtime` admits the session's request (None: admitted, with
+/// the header edits of its authentication applied).
+pub async fn admit(
+    session: &mut Session,
+    runtime: &Runtime,
+    route: usize,
+) -> Result<Option<Refusal>> {
     let client_ip = session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
-    runtime
+    let verdict = runtime
         .edge
         .admit(route, session.req_header(), client_ip)
-        .await
+        .await?;
+    match verdict {
+        Verdict::Refuse(refusal) => Ok(Some(refusal)),
+        Verdict::Admit(edits) => {
+            let req = session.req_header_mut();
+            for name in edits.remove {
+                req.remove_header(&name);
+            }
+            for (name, value) in edits.insert {
+                req.insert_header(name, value)?;
+            }
+            Ok(None)
+        }
+    }
 }
 
 /// Answer `refusal` (the request is done: `Ok(true)`).

@@ -149,27 +149,40 @@ fn check_key(ck: &mut Checker, path: &str, value: &Value) -> Option<LimitKey> {
 
 fn check_auth(ck: &mut Checker, path: &str, raw: RawAuth) -> Option<AuthConfig> {
     match raw {
-        RawAuth { basic: Some(b) } => check_basic(ck, &format!("{path}.basic"), b),
-        RawAuth { basic: None } => {
-            ck.error(path, "give one method: `basic`");
+        RawAuth {
+            basic: Some(b),
+            jwt: None,
+        } => check_basic(ck, &format!("{path}.basic"), b),
+        RawAuth {
+            basic: None,
+            jwt: Some(j),
+        } => super::jwt::check_jwt(ck, &format!("{path}.jwt"), j),
+        _ => {
+            ck.error(path, "give one method: `basic` or `jwt`");
             None
         }
     }
 }
 
-fn check_basic(ck: &mut Checker, path: &str, raw: RawBasicAuth) -> Option<AuthConfig> {
-    let realm = raw.realm.unwrap_or_else(|| "fulcrum".into());
-    let realm_ok = !realm.is_empty()
+/// Whether `realm` (of the map at `path`) fits in a quoted `WWW-Authenticate` parameter.
+pub(super) fn check_realm(ck: &mut Checker, path: &str, realm: &str) -> bool {
+    let ok = !realm.is_empty()
         && realm.len() <= 100
         && realm
             .bytes()
             .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
-    if !realm_ok {
+    if !ok {
         ck.error(
             format!("{path}.realm"),
             "must be 1 to 100 printable characters without quotes or backslashes",
         );
     }
+    ok
+}
+
+fn check_basic(ck: &mut Checker, path: &str, raw: RawBasicAuth) -> Option<AuthConfig> {
+    let realm = raw.realm.unwrap_or_else(|| "fulcrum".into());
+    let realm_ok = check_realm(ck, path, &realm);
     let at = format!("{path}.htpasswd");
     let file = ck.base.join(&raw.htpasswd);
     let text = match std::fs::read_to_string(&file) {
@@ -298,7 +311,7 @@ mod tests {
                 &f,
                 &format!("{EDGES}routes: [{{pool: p, auth: {{}}}}]\n{POOL}")
             ),
-            ["2:20: routes[0].auth: give one method: `basic`"]
+            ["2:20: routes[0].auth: give one method: `basic` or `jwt`"]
         );
     }
 }

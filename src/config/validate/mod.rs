@@ -6,6 +6,7 @@ mod affinity;
 mod balancing;
 mod edge;
 mod health;
+mod jwt;
 mod listeners;
 mod parse;
 mod pools;
