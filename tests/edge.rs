@@ -386,3 +386,153 @@ pools:
         .await;
     assert_eq!((ok, invalid), (1.0, 7.0));
 }
+
+/// A small auth server: `x-token: letmein` gets 200 with `x-auth-user: alice`, `slow` an
+/// answer after 3 s, anything else 403 with a body of its own. Records the X-Forwarded-Uri and
+/// X-Forwarded-Method it saw.
+async fn auth_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let log = log.clone();
+                    async move {
+                        let h = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string()
+                        };
+                        log.lock().unwrap().push(format!(
+                            "{} {} {}",
+                            req.uri().path(),
+                            h("x-forwarded-method"),
+                            h("x-forwarded-uri")
+                        ));
+                        let resp = match h("x-token").as_str() {
+                            "letmein" => hyper::Response::builder()
+                                .status(200)
+                                .header("x-auth-user", "alice"),
+                            "slow" => {
+                                tokio::time::sleep(Duration::from_secs(3)).await;
+                                hyper::Response::builder().status(200)
+                            }
+                            _ => hyper::Response::builder()
+                                .status(403)
+                                .header("x-auth-reason", "nope")
+                                .header("content-type", "text/plain"),
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            resp.body(Full::new(bytes::Bytes::from_static(b"go away\n")))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_admits_on_2xx_and_relays_other_answers() {
+    let b = Backend::start("b").await;
+    let admin = Admin::new();
+    let (auth, seen) = auth_server().await;
+    let f = Fulcrum::start(&format!(
+        "{}routes:
+  - match: {{path_prefix: /down/}}
+    name: down
+    pool: p
+    auth: {{forward: {{url: \"http://{}/check\"}}}}
+  - name: app
+    pool: p
+    auth: {{forward: {{url: \"http://{auth}/check?app=1\", timeout: 300ms, response_headers: [X-Auth-User]}}}}
+pools:
+  p: {{backends: [{{address: \"{}\"}}]}}
+",
+        admin.yaml(),
+        closed_addr(),
+        b.addr
+    ))
+    .await;
+    let c = client();
+    let call = |path: &'static str, token: &'static str| {
+        let req = c
+            .post(f.url(path))
+            .header("x-token", token)
+            .header("x-auth-user", "mallory")
+            .body("payload");
+        async move { req.send().await.unwrap() }
+    };
+    let hits = b.hits();
+    let ok = call("/orders?id=7", "letmein").await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        b.last_headers().get("x-auth-user").map(String::as_str),
+        Some("alice"),
+        "the auth server's header replaces the client's"
+    );
+    assert_eq!(
+        seen.lock().unwrap().last().unwrap(),
+        "/check POST /orders?id=7"
+    );
+
+    let denied = call("/orders", "bad").await;
+    assert_eq!(denied.status(), 403);
+    assert_eq!(denied.headers()["x-auth-reason"], "nope");
+    assert_eq!(denied.text().await.unwrap(), "go away\n");
+
+    let started = Instant::now();
+    let slow = call("/orders", "slow").await;
+    assert_eq!(slow.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(call("/down/x", "letmein").await.status(), 503);
+    assert_eq!(
+        b.hits(),
+        hits + 1,
+        "only the admitted request reached the backend"
+    );
+
+    let count = |route: &'static str, result: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .metric(
+                    "fulcrum_auth_total",
+                    &[("route", route), ("result", result)],
+                )
+                .await as usize
+        }
+    };
+    assert_eq!(
+        (
+            count("app", "ok").await,
+            count("app", "denied").await,
+            count("app", "error").await
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(count("down", "error").await, 1);
+}

@@ -50,6 +50,22 @@ pub enum LimitKey {
 pub enum AuthConfig {
     Basic(BasicAuthConfig),
     Jwt(JwtAuthConfig),
+    Forward(ForwardAuthConfig),
+}
+
+/// `auth: {forward: ...}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardAuthConfig {
+    /// As written (for messages).
+    pub url: String,
+    pub addr: std::net::SocketAddr,
+    /// The `Host` of the subrequest (the URL's authority).
+    pub authority: String,
+    /// Path and query of the subrequest.
+    pub path: String,
+    pub timeout: Duration,
+    /// Lower-case header names copied from a 2xx answer.
+    pub response_headers: Vec<String>,
 }
 
 /// `auth: {jwt: ...}`.

@@ -28,6 +28,21 @@ pub struct RawRateLimit {
 pub struct RawAuth {
     pub basic: Option<RawBasicAuth>,
     pub jwt: Option<RawJwtAuth>,
+    pub forward: Option<RawForwardAuth>,
+}
+
+/// `auth: {forward: ...}`: a subrequest to an auth server decides (as nginx `auth_request`,
+/// Traefik ForwardAuth).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardAuth {
+    /// `http://IP:PORT/PATH` of the auth server (an IP literal, as backends).
+    pub url: String,
+    /// The whole subrequest must be answered within this (default `1s`).
+    pub timeout: Option<String>,
+    /// Headers of a 2xx answer copied into the request for the backend, e.g. `[X-Auth-User]`.
+    /// A client's own headers of these names are always removed.
+    pub response_headers: Option<Vec<String>>,
 }
 
 /// `auth: {jwt: ...}`: a bearer token signed by a key of `key_file` (or `secret_file`).

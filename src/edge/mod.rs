@@ -3,6 +3,7 @@
 //! whose settings did not change is carried over a reload with its buckets.
 
 pub mod basic;
+pub mod forward;
 pub mod jwt;
 pub mod rate_limit;
 
@@ -17,6 +18,7 @@ use crate::config::{AuthConfig, Config, LimitKey};
 use crate::observe::edge_metrics::{AuthResult, EdgeMetrics};
 use crate::pool::hash_key;
 use basic::BasicAuth;
+use forward::{Answer, ForwardAuth};
 use jwt::JwtAuth;
 use rate_limit::{Decision, Limiter};
 
@@ -29,12 +31,13 @@ struct RouteLimit {
 /// A route's authentication with its counters (indexed as `AuthResult::ALL`).
 struct RouteAuth {
     method: Method,
-    counters: [IntCounter; 3],
+    counters: [IntCounter; 5],
 }
 
 enum Method {
     Basic(BasicAuth),
     Jwt(JwtAuth),
+    Forward(ForwardAuth),
 }
 
 /// What an admitted request changes in its header before it goes to the backend.
@@ -57,6 +60,8 @@ pub enum Verdict {
 /// The edge of one route.
 pub struct RouteEdge {
     pub name: String,
+    /// Bounds the log lines of failing forward-auth subrequests.
+    error_log: crate::observe::log_limit::LogLimit,
     limit: Option<RouteLimit>,
     auth: Option<RouteAuth>,
 }
@@ -68,6 +73,14 @@ pub enum Refusal {
     RateLimited { retry_after: u64 },
     /// 401, with this `WWW-Authenticate` challenge.
     Unauthorized { challenge: http::HeaderValue },
+    /// The auth server's own answer (forward auth).
+    Relay {
+        status: u16,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+        body: bytes::Bytes,
+    },
+    /// 503: the auth server could not be asked.
+    Unavailable,
 }
 
 /// The edges of all routes, indexed as `Config::routes`.
@@ -100,11 +113,13 @@ impl EdgeRoutes {
                     method: match a {
                         AuthConfig::Basic(b) => Method::Basic(BasicAuth::new(b.clone())),
                         AuthConfig::Jwt(j) => Method::Jwt(JwtAuth::new(j.clone())),
+                        AuthConfig::Forward(f) => Method::Forward(ForwardAuth::new(f.clone())),
                     },
                     counters: metrics.auth(&r.name),
                 });
                 RouteEdge {
                     name: r.name.clone(),
+                    error_log: Default::default(),
                     limit,
                     auth,
                 }
@@ -144,6 +159,15 @@ impl EdgeRoutes {
         let Some(auth) = &edge.auth else {
             return Ok(Verdict::Admit(edits));
         };
+        let count = |result: AuthResult| {
+            if let Some(c) = AuthResult::ALL
+                .iter()
+                .position(|r| *r == result)
+                .and_then(|i| auth.counters.get(i))
+            {
+                c.inc();
+            }
+        };
         let (result, challenge) = match &auth.method {
             Method::Basic(basic) => (basic.check(req).await?, &basic.challenge),
             Method::Jwt(jwt) => {
@@ -160,14 +184,40 @@ impl EdgeRoutes {
                 };
                 (result, challenge)
             }
+            Method::Forward(fwd) => {
+                edits.remove = fwd.config.response_headers.clone();
+                return Ok(match fwd.check(req, client_ip).await {
+                    Ok(Answer::Admit(copied)) => {
+                        count(AuthResult::Ok);
+                        edits.insert = copied;
+                        Verdict::Admit(edits)
+                    }
+                    Ok(Answer::Deny {
+                        status,
+                        headers,
+                        body,
+                    }) => {
+                        count(AuthResult::Denied);
+                        Verdict::Refuse(Refusal::Relay {
+                            status,
+                            headers,
+                            body,
+                        })
+                    }
+                    Err(e) => {
+                        count(AuthResult::Error);
+                        if let Some(held) = edge.error_log.allow() {
+                            tracing::warn!(
+                                "route {}: forward auth failed ({held} such messages held back): {e}",
+                                edge.name
+                            );
+                        }
+                        Verdict::Refuse(Refusal::Unavailable)
+                    }
+                });
+            }
         };
-        if let Some(c) = AuthResult::ALL
-            .iter()
-            .position(|r| *r == result)
-            .and_then(|i| auth.counters.get(i))
-        {
-            c.inc();
-        }
+        count(result);
         if result != AuthResult::Ok {
             return Ok(Verdict::Refuse(Refusal::Unauthorized {
                 challenge: challenge.clone(),

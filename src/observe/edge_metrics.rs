@@ -12,16 +12,28 @@ pub enum AuthResult {
     Missing,
     /// Wrong or malformed credentials.
     Invalid,
+    /// Forward auth: the auth server refused (its answer went to the client).
+    Denied,
+    /// Forward auth: the auth server did not answer in time, or not in HTTP (503).
+    Error,
 }
 
 impl AuthResult {
-    pub const ALL: [AuthResult; 3] = [AuthResult::Ok, AuthResult::Missing, AuthResult::Invalid];
+    pub const ALL: [AuthResult; 5] = [
+        AuthResult::Ok,
+        AuthResult::Missing,
+        AuthResult::Invalid,
+        AuthResult::Denied,
+        AuthResult::Error,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             AuthResult::Ok => "ok",
             AuthResult::Missing => "missing",
             AuthResult::Invalid => "invalid",
+            AuthResult::Denied => "denied",
+            AuthResult::Error => "error",
         }
     }
 }
@@ -44,7 +56,7 @@ impl EdgeMetrics {
         let auth = IntCounterVec::new(
             Opts::new(
                 "fulcrum_auth_total",
-                "Authentication checks by route name and result (ok, missing, invalid).",
+                "Authentication checks by route name and result (ok, missing, invalid, denied, error).",
             ),
             &["route", "result"],
         )?;
@@ -59,7 +71,7 @@ impl EdgeMetrics {
     }
 
     /// The auth counters of `route`, indexed as `AuthResult::ALL` (created at 0).
-    pub fn auth(&self, route: &str) -> [IntCounter; 3] {
+    pub fn auth(&self, route: &str) -> [IntCounter; 5] {
         AuthResult::ALL.map(|r| self.auth.with_label_values(&[route, r.as_str()]))
     }
 }

@@ -46,26 +46,37 @@ pub async fn refuse(
     request_id: &HeaderValue,
     refusal: Refusal,
 ) -> Result<bool> {
-    let status = match refusal {
-        Refusal::RateLimited { .. } => 429,
-        Refusal::Unauthorized { .. } => 401,
+    let (status, extra, own_body) = match refusal {
+        Refusal::RateLimited { retry_after } => (
+            429,
+            vec![(RETRY_AFTER, HeaderValue::from(retry_after))],
+            None,
+        ),
+        Refusal::Unauthorized { challenge } => (401, vec![(WWW_AUTHENTICATE, challenge)], None),
+        Refusal::Relay {
+            status,
+            headers,
+            body,
+        } => (status, headers, Some(body)),
+        Refusal::Unavailable => (503, Vec::new(), None),
     };
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let id = request_id.to_str().unwrap_or("-");
-    let body = Bytes::from(format!("{status} {reason}\nrequest id: {id}\n"));
-    let mut resp = ResponseHeader::build(status, Some(5))?;
-    resp.insert_header(CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    let body = own_body.unwrap_or_else(|| {
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let id = request_id.to_str().unwrap_or("-");
+        Bytes::from(format!("{status} {reason}\nrequest id: {id}\n"))
+    });
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    for (name, value) in extra {
+        resp.append_header(name, value)?;
+    }
+    if !resp.headers.contains_key(CONTENT_TYPE) {
+        resp.insert_header(CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    }
     resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header("x-request-id", request_id.clone())?;
-    match refusal {
-        Refusal::RateLimited { retry_after } => {
-            resp.insert_header(RETRY_AFTER, retry_after.to_string())?
-        }
-        Refusal::Unauthorized { challenge } => resp.insert_header(WWW_AUTHENTICATE, challenge)?,
-    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(true)

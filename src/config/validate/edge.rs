@@ -152,16 +152,84 @@ fn check_auth(ck: &mut Checker, path: &str, raw: RawAuth) -> Option<AuthConfig> 
         RawAuth {
             basic: Some(b),
             jwt: None,
+            forward: None,
         } => check_basic(ck, &format!("{path}.basic"), b),
         RawAuth {
             basic: None,
             jwt: Some(j),
+            forward: None,
         } => super::jwt::check_jwt(ck, &format!("{path}.jwt"), j),
+        RawAuth {
+            basic: None,
+            jwt: None,
+            forward: Some(f),
+        } => check_forward(ck, &format!("{path}.forward"), f),
         _ => {
-            ck.error(path, "give one method: `basic` or `jwt`");
+            ck.error(path, "give one method: `basic`, `jwt` or `forward`");
             None
         }
     }
+}
+
+fn check_forward(ck: &mut Checker, path: &str, raw: RawForwardAuth) -> Option<AuthConfig> {
+    let timeout = super::parse::parse_duration(
+        ck,
+        &format!("{path}.timeout"),
+        raw.timeout.as_deref(),
+        Duration::from_secs(1),
+    );
+    let mut ok = true;
+    let mut response_headers = Vec::new();
+    for (i, h) in raw.response_headers.unwrap_or_default().iter().enumerate() {
+        match http::HeaderName::from_bytes(h.trim().as_bytes()) {
+            Ok(name) => response_headers.push(name.as_str().to_string()),
+            Err(_) => {
+                ck.error(
+                    format!("{path}.response_headers[{i}]"),
+                    format!("`{h}` is not a header name"),
+                );
+                ok = false;
+            }
+        }
+    }
+    let parsed = raw
+        .url
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| u.scheme_str() == Some("http"))
+        .and_then(|u| {
+            let authority = u.authority()?.clone();
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let ip: std::net::IpAddr = host.parse().ok()?;
+            let addr = std::net::SocketAddr::new(ip, authority.port_u16().unwrap_or(80));
+            let path = u.path_and_query().map_or("/", |p| p.as_str()).to_string();
+            Some((addr, authority.as_str().to_string(), path))
+        });
+    let Some((addr, authority, path_and_query)) = parsed else {
+        ck.error(
+            format!("{path}.url"),
+            format!(
+                "`{}` is not an http URL with an IP address, e.g. http://127.0.0.1:9000/check",
+                raw.url
+            ),
+        );
+        return None;
+    };
+    ok.then_some(AuthConfig::Forward(ForwardAuthConfig {
+        url: raw.url,
+        addr,
+        authority,
+        path: if path_and_query.is_empty() {
+            "/".into()
+        } else {
+            path_and_query
+        },
+        timeout,
+        response_headers,
+    }))
 }
 
 /// Whether `realm` (of the map at `path`) fits in a quoted `WWW-Authenticate` parameter.
@@ -311,7 +379,41 @@ mod tests {
                 &f,
                 &format!("{EDGES}routes: [{{pool: p, auth: {{}}}}]\n{POOL}")
             ),
-            ["2:20: routes[0].auth: give one method: `basic` or `jwt`"]
+            ["2:20: routes[0].auth: give one method: `basic`, `jwt` or `forward`"]
+        );
+    }
+
+    #[test]
+    fn forward_auth_needs_an_http_url_with_an_ip() {
+        let yaml = |auth: &str| {
+            format!("{EDGES}routes:\n  - {{pool: p, auth: {{forward: {auth}}}}}\n{POOL}")
+        };
+        assert_eq!(
+            problems(&yaml("{url: 'http://127.0.0.1:9000/check?x=1', timeout: 200ms, response_headers: [X-User]}")),
+            Vec::<String>::new()
+        );
+        let c = valid(&yaml("{url: 'http://127.0.0.1/check'}"));
+        let Some(crate::config::AuthConfig::Forward(f)) = &c.routes[0].edge.auth else {
+            panic!("{:?}", c.routes[0].edge);
+        };
+        assert_eq!(
+            (f.addr.port(), f.path.as_str(), f.timeout.as_millis()),
+            (80, "/check", 1000)
+        );
+        let p = problems(&yaml(
+            "{url: 'https://auth.example.com/check', timeout: 0s, response_headers: ['a b']}",
+        ));
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].ends_with("routes[0].auth.forward.url: `https://auth.example.com/check` is not an http URL with an IP address, e.g. http://127.0.0.1:9000/check"), "{p:?}");
+        assert!(
+            p[1].ends_with("routes[0].auth.forward.timeout: must be greater than zero"),
+            "{p:?}"
+        );
+        assert!(
+            p[2].ends_with(
+                "routes[0].auth.forward.response_headers[0]: `a b` is not a header name"
+            ),
+            "{p:?}"
         );
     }
 }
