@@ -37,7 +37,7 @@ struct RouteAuth {
 enum Method {
     Basic(BasicAuth),
     Jwt(JwtAuth),
-    Forward(ForwardAuth),
+    Forward(Box<ForwardAuth>),
 }
 
 /// What an admitted request changes in its header before it goes to the backend.
@@ -113,7 +113,7 @@ impl EdgeRoutes {
                     method: match a {
                         AuthConfig::Basic(b) => Method::Basic(BasicAuth::new(b.clone())),
                         AuthConfig::Jwt(j) => Method::Jwt(JwtAuth::new(j.clone())),
-                        AuthConfig::Forward(f) => Method::Forward(ForwardAuth::new(f.clone())),
+                        AuthConfig::Forward(f) => Method::Forward(Box::new(ForwardAuth::new(f.clone()))),
                     },
                     counters: metrics.auth(&r.name),
                 });
