@@ -113,7 +113,9 @@ impl EdgeRoutes {
                     method: match a {
                         AuthConfig::Basic(b) => Method::Basic(BasicAuth::new(b.clone())),
                         AuthConfig::Jwt(j) => Method::Jwt(JwtAuth::new(j.clone())),
-                        AuthConfig::Forward(f) => Method::Forward(Box::new(ForwardAuth::new(f.clone()))),
+                        AuthConfig::Forward(f) => {
+                            Method::Forward(Box::new(ForwardAuth::new(f.clone())))
+                        }
                     },
                     counters: metrics.auth(&r.name),
                 });
