@@ -536,3 +536,134 @@ pools:
     );
     assert_eq!(count("down", "error").await, 1);
 }
+
+/// A redis-server of its own on an ephemeral 127.0.0.1 port (killed on drop).
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    async fn start(port: u16) -> Redis {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (make test-tools installs it)");
+        wait_for_async(
+            Duration::from_secs(10),
+            "redis-server to listen",
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+        Redis { child, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_a_fleet_wide_budget_and_fail_open_without_redis() {
+    let mut redis = Redis::start(free_port()).await;
+    let b = Backend::start("b").await;
+    let admin_one = Admin::new();
+    let admin_two = Admin::new();
+    let body = |admin: &Admin| {
+        format!(
+            "{}routes:
+  - name: api
+    pool: p
+    rate_limit: {{rate: 20/s, burst: 5, key: client_ip, redis: {{url: \"redis://127.0.0.1:{}\", timeout: 500ms}}}}
+pools:
+  p: {{backends: [{{address: \"{}\"}}]}}
+",
+            admin.yaml(),
+            redis.port,
+            b.addr
+        )
+    };
+    let one = Fulcrum::start(&body(&admin_one)).await;
+    let two = Fulcrum::start(&body(&admin_two)).await;
+    let c = client();
+    let (mut ok, mut limited) = (0usize, 0usize);
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        let f = if i % 2 == 0 { &one } else { &two };
+        i += 1;
+        let resp = c.get(f.url("/")).send().await.unwrap();
+        match resp.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                assert!(resp.headers().contains_key("retry-after"));
+                limited += 1
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let took = start.elapsed();
+    let expected = 6.0 + 20.0 * took.as_secs_f64();
+    eprintln!("fleet-wide 20/s burst 5 over two instances: {ok} admitted, {limited} refused in {took:?} (expected {expected:.1})");
+    assert!(
+        (expected * 0.9..=expected * 1.1).contains(&(ok as f64)),
+        "{ok} admitted by the pair in {took:?}, expected about {expected:.0}"
+    );
+    let refused_one = admin_one
+        .metric("fulcrum_rate_limited_total", &[("route", "api")])
+        .await;
+    let refused_two = admin_two
+        .metric("fulcrum_rate_limited_total", &[("route", "api")])
+        .await;
+    assert!(
+        refused_one > 0.0 && refused_two > 0.0,
+        "both instances limit"
+    );
+    assert_eq!((refused_one + refused_two) as usize, limited);
+
+    // Redis gone: fail open, counted, logged once.
+    redis.stop();
+    for _ in 0..40 {
+        assert_eq!(c.get(one.url("/")).send().await.unwrap().status(), 200);
+    }
+    let unavailable = admin_one
+        .metric("fulcrum_rate_limit_unavailable_total", &[("route", "api")])
+        .await;
+    assert!(unavailable >= 40.0, "{unavailable}");
+    assert_eq!(
+        one.log().matches("cannot be asked").count(),
+        1,
+        "{}",
+        one.log()
+    );
+
+    // Back: limited again, and said so once.
+    let _redis = Redis::start(redis.port).await;
+    wait_for_async(Duration::from_secs(10), "limits to hold again", || async {
+        let mut limited = false;
+        for _ in 0..10 {
+            limited |= c.get(one.url("/")).send().await.unwrap().status() == 429;
+        }
+        limited
+    })
+    .await;
+    assert_eq!(
+        one.log().matches("answers again").count(),
+        1,
+        "{}",
+        one.log()
+    );
+}

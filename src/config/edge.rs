@@ -25,6 +25,16 @@ pub struct RateLimitConfig {
     /// Requests admitted at once beyond the steady rate (nginx `burst`, `nodelay`).
     pub burst: u64,
     pub key: LimitKey,
+    /// Fleet-wide (the budget in Redis) instead of local to this process.
+    pub redis: Option<RedisConfig>,
+}
+
+/// `redis:` of a rate limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    pub url: String,
+    pub timeout: Duration,
+    pub fail_open: bool,
 }
 
 impl RateLimitConfig {

@@ -20,6 +20,20 @@ pub struct RawRateLimit {
     #[serde(default)]
     #[schemars(schema_with = "rate_limit_key")]
     pub key: Option<Value>,
+    /// Fleet-wide: the budget lives in Redis, shared by every fulcrum using it.
+    pub redis: Option<RawRedis>,
+}
+
+/// `redis:` of a rate limit.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`
+    pub url: String,
+    /// How long a request waits for Redis (default `50ms`).
+    pub timeout: Option<String>,
+    /// Admit requests while Redis cannot be asked (default true); false answers 503.
+    pub fail_open: Option<bool>,
 }
 
 /// `auth:` of a route: exactly one method.

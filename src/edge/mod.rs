@@ -6,6 +6,7 @@ pub mod basic;
 pub mod forward;
 pub mod jwt;
 pub mod rate_limit;
+pub mod redis_limit;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,11 +22,30 @@ use basic::BasicAuth;
 use forward::{Answer, ForwardAuth};
 use jwt::JwtAuth;
 use rate_limit::{Decision, Limiter};
+use redis_limit::RedisLimiter;
 
 /// A route's limiter with its counter.
 struct RouteLimit {
-    limiter: Arc<Limiter>,
+    limiter: LimitKind,
     refused: IntCounter,
+    /// Fleet-wide limits: requests whose budget could not be checked in Redis.
+    unavailable: Option<IntCounter>,
+}
+
+/// Where a route's budget lives.
+#[derive(Clone)]
+enum LimitKind {
+    Local(Arc<Limiter>),
+    Fleet(Arc<RedisLimiter>),
+}
+
+impl LimitKind {
+    fn config(&self) -> &crate::config::RateLimitConfig {
+        match self {
+            LimitKind::Local(l) => &l.config,
+            LimitKind::Fleet(r) => &r.config,
+        }
+    }
 }
 
 /// A route's authentication with its counters (indexed as `AuthResult::ALL`).
@@ -100,13 +120,22 @@ impl EdgeRoutes {
                     let old = previous
                         .and_then(|p| p.routes.iter().find(|o| o.name == r.name))
                         .and_then(|o| o.limit.as_ref())
-                        .filter(|o| o.limiter.config == *rl);
+                        .filter(|o| o.limiter.config() == rl);
+                    let fresh = || match &rl.redis {
+                        None => LimitKind::Local(Arc::new(Limiter::new(rl.clone()))),
+                        Some(redis) => LimitKind::Fleet(Arc::new(RedisLimiter::new(
+                            rl.clone(),
+                            redis.clone(),
+                            &r.name,
+                        ))),
+                    };
                     RouteLimit {
-                        limiter: old.map_or_else(
-                            || Arc::new(Limiter::new(rl.clone())),
-                            |o| o.limiter.clone(),
-                        ),
+                        limiter: old.map_or_else(fresh, |o| o.limiter.clone()),
                         refused: metrics.rate_limited(&r.name),
+                        unavailable: rl
+                            .redis
+                            .is_some()
+                            .then(|| metrics.rate_limit_unavailable(&r.name)),
                     }
                 });
                 let auth = r.edge.auth.as_ref().map(|a| RouteAuth {
@@ -144,14 +173,28 @@ impl EdgeRoutes {
             return Ok(Verdict::Admit(edits));
         };
         if let Some(limit) = &edge.limit {
-            let key = match &limit.limiter.config.key {
+            let key = match &limit.limiter.config().key {
                 LimitKey::Route => None,
                 LimitKey::Request(k) => hash_key::extract(k, req, client_ip),
             };
             // Requests without the key share one budget (the empty key).
-            if let Decision::Deny { retry_after } =
-                limit.limiter.check(key.as_deref().unwrap_or(b""))
-            {
+            let key = key.as_deref().unwrap_or(b"");
+            let decision = match &limit.limiter {
+                LimitKind::Local(l) => l.check(key),
+                LimitKind::Fleet(r) => match r.check(key).await {
+                    redis_limit::Verdict::Decided(d) => d,
+                    redis_limit::Verdict::Unavailable => {
+                        if let Some(c) = &limit.unavailable {
+                            c.inc();
+                        }
+                        if !r.fail_open() {
+                            return Ok(Verdict::Refuse(Refusal::Unavailable));
+                        }
+                        Decision::Allow
+                    }
+                },
+            };
+            if let Decision::Deny { retry_after } = decision {
                 limit.refused.inc();
                 return Ok(Verdict::Refuse(Refusal::RateLimited {
                     retry_after: rate_limit::retry_after_secs(retry_after),

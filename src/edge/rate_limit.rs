@@ -115,6 +115,7 @@ mod tests {
             per: Duration::from_secs(1),
             burst,
             key: LimitKey::Request(HashKey::ClientIp),
+            redis: None,
         })
     }
 

@@ -41,6 +41,7 @@ impl AuthResult {
 /// The two counter families.
 pub struct EdgeMetrics {
     rate_limited: IntCounterVec,
+    rate_limit_unavailable: IntCounterVec,
     auth: IntCounterVec,
 }
 
@@ -60,14 +61,31 @@ impl EdgeMetrics {
             ),
             &["route", "result"],
         )?;
+        let rate_limit_unavailable = IntCounterVec::new(
+            Opts::new(
+                "fulcrum_rate_limit_unavailable_total",
+                "Requests of a fleet-wide rate limit whose budget Redis could not be asked about (admitted when fail_open), by route name.",
+            ),
+            &["route"],
+        )?;
         registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(rate_limit_unavailable.clone()))?;
         registry.register(Box::new(auth.clone()))?;
-        Ok(EdgeMetrics { rate_limited, auth })
+        Ok(EdgeMetrics {
+            rate_limited,
+            rate_limit_unavailable,
+            auth,
+        })
     }
 
     /// The rate-limit counter of `route` (created at 0).
     pub fn rate_limited(&self, route: &str) -> IntCounter {
         self.rate_limited.with_label_values(&[route])
+    }
+
+    /// The counter of fleet-wide checks that Redis did not answer, for `route`.
+    pub fn rate_limit_unavailable(&self, route: &str) -> IntCounter {
+        self.rate_limit_unavailable.with_label_values(&[route])
     }
 
     /// The auth counters of `route`, indexed as `AuthResult::ALL` (created at 0).

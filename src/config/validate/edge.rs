@@ -86,12 +86,41 @@ fn check_rate_limit(ck: &mut Checker, path: &str, raw: RawRateLimit) -> Option<R
         None => Some(LimitKey::Request(HashKey::ClientIp)),
         Some(v) => check_key(ck, &format!("{path}.key"), v),
     };
+    let redis = match raw.redis {
+        None => Some(None),
+        Some(r) => check_redis(ck, &format!("{path}.redis"), r).map(Some),
+    };
     let (count, per) = rate?;
     (burst <= MAX_BURST).then_some(RateLimitConfig {
         count,
         per,
         burst,
         key: key?,
+        redis: redis?,
+    })
+}
+
+fn check_redis(ck: &mut Checker, path: &str, raw: RawRedis) -> Option<RedisConfig> {
+    let timeout = super::parse::parse_duration(
+        ck,
+        &format!("{path}.timeout"),
+        raw.timeout.as_deref(),
+        Duration::from_millis(50),
+    );
+    let url_ok = raw.url.starts_with("redis://") && redis::Client::open(raw.url.as_str()).is_ok();
+    if !url_ok {
+        ck.error(
+            format!("{path}.url"),
+            format!(
+                "`{}` is not a Redis URL (expected redis://HOST:PORT)",
+                raw.url
+            ),
+        );
+    }
+    url_ok.then_some(RedisConfig {
+        url: raw.url,
+        timeout,
+        fail_open: raw.fail_open.unwrap_or(true),
     })
 }
 
