@@ -445,4 +445,26 @@ mod tests {
             "{p:?}"
         );
     }
+
+    #[test]
+    fn redis_urls_are_checked() {
+        let yaml = |redis: &str| {
+            format!("{EDGES}routes:\n  - {{pool: p, rate_limit: {{rate: 5/s, redis: {redis}}}}}\n{POOL}")
+        };
+        let c = valid(&yaml("{url: 'redis://127.0.0.1:6379'}"));
+        let rl = c.routes[0].edge.rate_limit.as_ref().unwrap();
+        let r = rl.redis.as_ref().unwrap();
+        assert_eq!((r.timeout.as_millis(), r.fail_open), (50, true));
+        let p = problems(&yaml("{url: 'http://x', timeout: soon, fail_open: 1}"));
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].ends_with("routes[0].rate_limit.redis.url: `http://x` is not a Redis URL (expected redis://HOST:PORT)"), "{p:?}");
+        assert!(
+            p[1].contains("routes[0].rate_limit.redis.timeout: `soon` is not a duration"),
+            "{p:?}"
+        );
+        assert!(
+            p[2].contains("routes[0].rate_limit.redis.fail_open:"),
+            "{p:?}"
+        );
+    }
 }
