@@ -603,7 +603,7 @@ pools:
     let start = Instant::now();
     let mut i = 0u64;
     while start.elapsed() < Duration::from_secs(2) {
-        let f = if i % 2 == 0 { &one } else { &two };
+        let f = if i.is_multiple_of(2) { &one } else { &two };
         i += 1;
         let resp = c.get(f.url("/")).send().await.unwrap();
         match resp.status().as_u16() {
