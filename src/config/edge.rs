@@ -131,3 +131,68 @@ pub struct BasicAuthConfig {
     /// user -> bcrypt hash, as read from `htpasswd`.
     pub users: Arc<BTreeMap<String, String>>,
 }
+
+impl EdgeConfig {
+    /// A short description for `--diff` (empty without rate limit and auth), e.g.
+    /// ` rate_limit 10/s burst 5 by client_ip, auth basic`.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(rl) = &self.rate_limit {
+            let unit = if rl.per.as_secs() == 60 { "m" } else { "s" };
+            let key = match &rl.key {
+                LimitKey::Route => "route".to_string(),
+                LimitKey::Request(HashKey::ClientIp) => "client_ip".to_string(),
+                LimitKey::Request(HashKey::Header(h)) => format!("header {h}"),
+                LimitKey::Request(HashKey::Cookie(c)) => format!("cookie {c}"),
+                LimitKey::Request(other) => format!("{other:?}"),
+            };
+            let fleet = rl
+                .redis
+                .as_ref()
+                .map_or(String::new(), |r| format!(" in {}", r.url));
+            parts.push(format!(
+                "rate_limit {}/{unit} burst {} by {key}{fleet}",
+                rl.count, rl.burst
+            ));
+        }
+        match &self.auth {
+            None => {}
+            Some(AuthConfig::Basic(_)) => parts.push("auth basic".into()),
+            Some(AuthConfig::Jwt(_)) => parts.push("auth jwt".into()),
+            Some(AuthConfig::Forward(f)) => parts.push(format!("auth forward {}", f.url)),
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", parts.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_names_the_limit_and_the_auth_method() {
+        assert_eq!(EdgeConfig::default().summary(), "");
+        let edge = EdgeConfig {
+            rate_limit: Some(RateLimitConfig {
+                count: 10,
+                per: Duration::from_secs(60),
+                burst: 5,
+                key: LimitKey::Request(HashKey::Header("x-api-key".into())),
+                redis: None,
+            }),
+            auth: Some(AuthConfig::Basic(BasicAuthConfig {
+                htpasswd: "h".into(),
+                realm: "r".into(),
+                users: Arc::default(),
+            })),
+        };
+        assert_eq!(
+            edge.summary(),
+            " [rate_limit 10/m burst 5 by header x-api-key, auth basic]"
+        );
+    }
+}

@@ -103,7 +103,7 @@ fn route_text(r: &RouteConfig, c: &Config) -> String {
         let _ = write!(s, "path {p} ");
     }
     let pool = c.pools.get(r.pool).map_or("?", |p| p.name.as_str());
-    let _ = write!(s, "-> {pool}");
+    let _ = write!(s, "-> {pool}{}", r.edge.summary());
     s
 }
 
