@@ -97,18 +97,22 @@ pools:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn header_keys_have_separate_budgets_and_retry_after_says_when() {
+async fn header_keys_have_separate_budgets_retry_after_says_when_and_reloads_keep_buckets() {
     let b = Backend::start("b").await;
-    let f = Fulcrum::start(&format!(
-        "routes:
+    let admin = Admin::new();
+    let body = |rate: &str, burst: u32| {
+        format!(
+            "{}routes:
   - pool: p
-    rate_limit: {{rate: 1/m, burst: 2, key: {{header: X-Api-Key}}}}
+    rate_limit: {{rate: {rate}, burst: {burst}, key: {{header: X-Api-Key}}}}
 pools:
   p: {{backends: [{{address: \"{}\"}}]}}
 ",
-        b.addr
-    ))
-    .await;
+            admin.yaml(),
+            b.addr
+        )
+    };
+    let f = Fulcrum::start(&body("1/m", 2)).await;
     let c = client();
     let status = |key: Option<&'static str>| {
         let mut req = c.get(f.url("/"));
@@ -131,6 +135,37 @@ pools:
         assert!((55..=60).contains(&retry), "1/m: retry after {retry} s");
         assert!(refused.headers().contains_key("x-request-id"));
     }
+
+    // A reload that leaves the limit as it was keeps its buckets; one that changes it starts
+    // afresh.
+    let reloads = |n: f64| {
+        let admin = &admin;
+        async move {
+            admin
+                .metric("fulcrum_config_reloads_total", &[("result", "success")])
+                .await
+                >= n
+        }
+    };
+    f.rewrite(&body("1/m", 2));
+    f.signal("HUP");
+    wait_for_async(Duration::from_secs(10), "the first reload", || reloads(1.0)).await;
+    assert_eq!(
+        status(Some("a")).await.status(),
+        429,
+        "same limit: same buckets"
+    );
+    f.rewrite(&body("1/m", 3));
+    f.signal("HUP");
+    wait_for_async(Duration::from_secs(10), "the second reload", || {
+        reloads(2.0)
+    })
+    .await;
+    assert_eq!(
+        status(Some("a")).await.status(),
+        200,
+        "a new limit: fresh buckets"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
