@@ -336,6 +336,9 @@ pub fn parse_htpasswd(text: &str) -> Result<BTreeMap<String, String>, String> {
             return Err("more than 100000 users".into());
         }
     }
+    if users.is_empty() {
+        return Err("no users (expected `user:hash` lines)".into());
+    }
     Ok(users)
 }
 
@@ -387,6 +390,7 @@ mod tests {
         let hash = bcrypt::hash("secret", 4).unwrap();
         std::fs::write(dir.path().join("good"), format!("# users\nalice:{hash}\n")).unwrap();
         std::fs::write(dir.path().join("md5"), "bob:$apr1$xyz$abc\n").unwrap();
+        std::fs::write(dir.path().join("empty"), "# nobody\n").unwrap();
         let yaml = |file: &str| {
             format!(
                 "{EDGES}routes:\n  - {{pool: p, auth: {{basic: {{htpasswd: {file}}}}}}}\n{POOL}"
@@ -397,6 +401,10 @@ mod tests {
         assert_eq!(
             problems_in(&f, &yaml("md5")),
             ["3:30: routes[0].auth.basic.htpasswd: md5: line 1: user `bob`: only bcrypt hashes are supported (htpasswd -B)"]
+        );
+        assert_eq!(
+            problems_in(&f, &yaml("empty")),
+            ["3:30: routes[0].auth.basic.htpasswd: empty: no users (expected `user:hash` lines)"]
         );
         let missing = problems_in(&f, &yaml("nope"));
         assert!(
