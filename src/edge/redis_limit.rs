@@ -78,8 +78,9 @@ impl RedisLimiter {
 
     /// Take one request of `key` from the fleet's budget.
     pub async fn check(&self, key: &[u8]) -> Verdict {
-        let Some(mut conn) = self.connection().await else {
-            return self.unavailable("not connected");
+        let mut conn = match self.connection().await {
+            Ok(c) => c,
+            Err(why) => return self.unavailable(&why),
         };
         let interval = (self.config.interval_nanos() / 1000).max(1);
         let tolerance = interval.saturating_mul(self.config.burst);
@@ -124,35 +125,36 @@ impl RedisLimiter {
     }
 
     /// The shared connection; one request at a time (re)connects, at most once a second.
-    async fn connection(&self) -> Option<MultiplexedConnection> {
+    async fn connection(&self) -> Result<MultiplexedConnection, String> {
         if let Some(c) = self.conn.load_full() {
-            return Some((*c).clone());
+            return Ok((*c).clone());
         }
         let now = self.now_ms();
-        if now < self.next_attempt.load(Ordering::Relaxed)
-            || self.connecting.swap(true, Ordering::AcqRel)
-        {
-            return None;
+        if now < self.next_attempt.load(Ordering::Relaxed) {
+            return Err("not connected (next attempt within a second)".into());
         }
-        let client = self.client.as_ref()?;
-        let connected = tokio::time::timeout(
-            self.redis.timeout.max(Duration::from_millis(200)),
-            client.get_multiplexed_async_connection(),
-        )
-        .await;
-        let conn = match connected {
-            Ok(Ok(c)) => {
-                self.conn.store(Some(Arc::new(c.clone())));
-                Some(c)
-            }
-            _ => {
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return Err("not connected yet".into());
+        }
+        let connected = match &self.client {
+            None => Err("bad URL".to_string()),
+            Some(client) => tokio::time::timeout(
+                self.redis.timeout.max(Duration::from_millis(200)),
+                client.get_multiplexed_async_connection(),
+            )
+            .await
+            .map_err(|_| "connection timed out".to_string())
+            .and_then(|r| r.map_err(|e| format!("cannot connect: {e}"))),
+        };
+        match &connected {
+            Ok(c) => self.conn.store(Some(Arc::new(c.clone()))),
+            Err(_) => {
                 let retry = u64::try_from(RECONNECT_AFTER.as_millis()).unwrap_or(1000);
                 self.next_attempt.store(now + retry, Ordering::Relaxed);
-                None
             }
-        };
+        }
         self.connecting.store(false, Ordering::Release);
-        conn
+        connected
     }
 
     fn unavailable(&self, why: &str) -> Verdict {
