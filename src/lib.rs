@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub(crate) mod edge;
 pub(crate) mod observe;
 pub(crate) mod operate;
 pub mod pool;

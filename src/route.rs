@@ -17,6 +17,7 @@ impl Router {
 
     /// The pool (index) for a request to `host` (as sent: any case, maybe with a port) and
     /// `path`, or None when no route matches.
+    #[cfg(test)]
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
         self.matching(host, path).map(|(_, r)| r.pool)
     }
@@ -37,6 +38,11 @@ impl Router {
             };
             host_ok && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
         })
+    }
+
+    /// As `find`, with the route's own index: `(route, pool)`.
+    pub fn find_route(&self, host: Option<&str>, path: &str) -> Option<(usize, usize)> {
+        self.matching(host, path).map(|(i, r)| (i, r.pool))
     }
 }
 
@@ -78,6 +84,7 @@ mod tests {
             host,
             path_prefix: prefix.map(str::to_string),
             pool,
+            ..Default::default()
         }
     }
 

@@ -23,6 +23,8 @@ pub struct PoolObserver {
 /// Everything the request path needs from one configuration.
 pub struct Runtime {
     pub router: Router,
+    /// Rate limits and authentication, indexed as `Config::routes`.
+    pub edge: crate::edge::EdgeRoutes,
     /// Indexed as `Config::pools` (routes refer to them by index).
     pub pools: Vec<Arc<Pool>>,
     /// `observers[i]` belongs to `pools[i]`.
@@ -69,6 +71,7 @@ impl Runtime {
             .collect();
         Runtime {
             router: Router::new(&config.routes),
+            edge: crate::edge::EdgeRoutes::build(config, &metrics.edge, previous.map(|p| &p.edge)),
             pools,
             observers,
             unrouted: PoolObserver {

@@ -2,12 +2,15 @@
 
 pub mod bounds;
 pub mod discovery;
+pub mod edge;
 pub mod locate;
 pub mod model;
 pub mod raw;
+pub mod raw_edge;
 pub mod schema;
 pub mod validate;
 
+pub use edge::*;
 pub use model::*;
 pub use validate::{ConfigErrors, Problem};
 

@@ -195,12 +195,16 @@ pub enum HostMatch {
     Suffix(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteConfig {
     pub host: Option<HostMatch>,
     pub path_prefix: Option<String>,
     /// Index into `Config::pools`.
     pub pool: usize,
+    /// Unique; `name:`, else `HOST/PATH` (see `config::edge`).
+    pub name: String,
+    /// Rate limit and authentication (`config::edge`).
+    pub edge: super::edge::EdgeConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

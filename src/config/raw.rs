@@ -78,6 +78,10 @@ pub struct RawRoute {
     #[serde(rename = "match")]
     pub matcher: Option<RawMatch>,
     pub pool: String,
+    /// The route's name in metrics (`fulcrum_rate_limited_total{route}`); default `HOST/PATH`.
+    pub name: Option<String>,
+    pub rate_limit: Option<super::raw_edge::RawRateLimit>,
+    pub auth: Option<super::raw_edge::RawAuth>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -80,6 +80,8 @@ pub struct Metrics {
     no_backend: IntCounterVec,
     reloads: IntCounterVec,
     limits: IntCounterVec,
+    /// Rate limits and authentication (`edge_metrics`).
+    pub edge: super::edge_metrics::EdgeMetrics,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> PromResult<IntCounterVec> {
@@ -168,7 +170,9 @@ impl Metrics {
         // Both results exist from the start, so that an alert on failures sees 0 first.
         reloads.with_label_values(&["success"]);
         reloads.with_label_values(&["failure"]);
+        let edge = super::edge_metrics::EdgeMetrics::register(&registry)?;
         Ok(Arc::new(Metrics {
+            edge,
             registry,
             requests,
             duration,

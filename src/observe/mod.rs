@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod dns_report;
+pub mod edge_metrics;
 pub mod log_limit;
 pub mod logging;
 pub mod metrics;

@@ -90,7 +90,11 @@ fn listeners(old: &Config, new: &Config, out: &mut Vec<String>) {
 
 fn route_text(r: &RouteConfig, c: &Config) -> String {
     let pool = c.pools.get(r.pool).map_or("?", |p| p.name.as_str());
-    format!("{} -> {pool}", crate::route::route_text(r))
+    format!(
+        "{} -> {pool}{}",
+        crate::route::route_text(r),
+        r.edge.summary()
+    )
 }
 
 fn routes(old: &Config, new: &Config, out: &mut Vec<String>) {

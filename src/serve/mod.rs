@@ -2,6 +2,7 @@
 //! `ProxyHttp` implementation that forwards a request to a backend picked by its pool.
 
 pub mod debug_header;
+pub mod edge;
 pub mod forwarding;
 pub mod keepalive;
 pub mod limits;

@@ -313,10 +313,19 @@ impl ProxyHttp for Proxy {
             return self.redirect_https(session, ctx, port).await;
         }
         let req = session.req_header();
-        let index = ctx.runtime.router.find(request_host(req), req.uri.path());
+        let found = ctx
+            .runtime
+            .router
+            .find_route(request_host(req), req.uri.path());
+        let index = found.map(|(_, pool)| pool);
         if let Some(pool) = index.and_then(|i| ctx.runtime.pools.get(i).cloned()) {
             ctx.pool = Some(pool);
             ctx.pool_index = index;
+            let route = found.map_or(0, |(route, _)| route);
+            if let Some(refusal) = crate::serve::edge::admit(session, &ctx.runtime, route).await? {
+                self.close_if_draining(session);
+                return crate::serve::edge::refuse(session, &ctx.request_id, refusal).await;
+            }
             return Ok(false);
         }
         self.answer(session, ctx, 404).await

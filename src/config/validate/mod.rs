@@ -4,7 +4,9 @@
 
 mod affinity;
 mod balancing;
+mod edge;
 mod health;
+mod jwt;
 mod listeners;
 mod parse;
 mod pools;

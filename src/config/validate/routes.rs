@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde_norway::Value;
 
 use super::parse::parse_host;
-use super::{list_items, Checker};
+use super::{edge, list_items, Checker};
 use crate::config::model::*;
 use crate::config::raw::*;
 
@@ -19,6 +19,7 @@ pub(super) fn check_routes(
     let mut out = Vec::new();
     let mut ok = true;
     let mut catch_all: Option<usize> = None;
+    let mut names: HashMap<String, usize> = HashMap::new();
     for (i, item) in items.into_iter().enumerate() {
         let path = format!("routes[{i}]");
         let Some(raw) = ck.parse::<RawRoute>(&path, item) else {
@@ -55,11 +56,41 @@ pub(super) fn check_routes(
         if host.is_none() && path_prefix.as_deref().is_none_or(|p| p == "/") {
             catch_all.get_or_insert(i);
         }
+        let explicit = raw.name.is_some();
+        let name = match raw.name {
+            Some(n) => edge::check_name(ck, &path, &n).then_some(n),
+            None => Some(edge::default_name(host.as_ref(), path_prefix.as_deref())),
+        };
+        let name = match name {
+            None => None,
+            Some(n) => match names.get(&n) {
+                Some(&first) if explicit => {
+                    ck.error(
+                        format!("{path}.name"),
+                        format!("`{n}` already names routes[{first}]"),
+                    );
+                    None
+                }
+                // A default name that repeats one (an unreachable route): its index instead.
+                Some(_) => Some(format!("routes[{i}]")),
+                None => {
+                    names.insert(n.clone(), i);
+                    Some(n)
+                }
+            },
+        };
+        let edge = edge::check_edge(ck, &path, raw.rate_limit, raw.auth);
+        let (Some(name), Some(edge)) = (name, edge) else {
+            ok = false;
+            continue;
+        };
         match pools.get(&raw.pool) {
             Some(&pool) => out.push(RouteConfig {
                 host,
                 path_prefix,
                 pool,
+                name,
+                edge,
             }),
             None => {
                 ck.error(
@@ -92,7 +123,7 @@ mod tests {
                 "3:27: routes[0].match.path_prefix: must start with `/`",
                 "4:6: routes[1].pool: unknown pool `nope`",
                 "5:14: routes[2].match.hots: unknown key `hots`, expected `host` or `path_prefix`",
-                "5:33: routes[2].extra: unknown key `extra`, expected `match` or `pool`",
+                "5:33: routes[2].extra: unknown key `extra`, expected one of `match`, `pool`, `name`, `rate_limit`, `auth`",
             ]
         );
     }
