@@ -1,6 +1,7 @@
 //! The runtime snapshot: routes, pools and their metric handles, built from a validated
 //! `Config`. The request path loads it once per request; a reload swaps in a new one.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -56,7 +57,7 @@ impl Runtime {
                 Arc::new(Pool::rebuild(p, old.map(|o| o.as_ref())))
             })
             .collect();
-        let observers = pools
+        let observers: Vec<PoolObserver> = pools
             .iter()
             .map(|p| PoolObserver {
                 metrics: metrics.pool(
@@ -67,6 +68,9 @@ impl Runtime {
                 error_log: LogLimit::default(),
             })
             .collect();
+        if let Some(previous) = previous {
+            forget_gone_backends(metrics, previous, &observers);
+        }
         Runtime {
             router: Router::new(&config.routes),
             pools,
@@ -111,6 +115,28 @@ impl Runtime {
             tracing::warn!(
                 "a connection to {at} matches no listener: its requests are counted with listener=\"\" and get the default limits (said once per configuration)"
             );
+        }
+    }
+}
+
+/// Remove the per-backend series of the backends `previous` had and `observers` (the next
+/// snapshot's) no longer have, so that reloads and DNS changes do not grow the registry.
+fn forget_gone_backends(metrics: &Metrics, previous: &Runtime, observers: &[PoolObserver]) {
+    let kept: HashSet<(&str, &str)> = observers
+        .iter()
+        .flat_map(|o| {
+            let pool = o.metrics.name.as_str();
+            o.metrics
+                .backend_names()
+                .iter()
+                .map(move |b| (pool, b.as_str()))
+        })
+        .collect();
+    for o in &previous.observers {
+        for b in o.metrics.backend_names() {
+            if !kept.contains(&(o.metrics.name.as_str(), b.as_str())) {
+                metrics.forget_backend(&o.metrics.name, b);
+            }
         }
     }
 }

@@ -25,6 +25,7 @@ pub struct AdminApp {
     draining: Arc<AtomicBool>,
     /// Whether /metrics cannot be rendered now (said once each way).
     metrics_failing: Outage,
+    status_page: crate::operate::status_page::StatusPage,
 }
 
 impl AdminApp {
@@ -34,6 +35,7 @@ impl AdminApp {
             runtime,
             draining,
             metrics_failing: Outage::default(),
+            status_page: Default::default(),
         }
     }
 
@@ -139,6 +141,13 @@ impl ServeHttp for AdminApp {
         let get = req.method == http::Method::GET || req.method == http::Method::HEAD;
         match (get, req.uri.path()) {
             (true, "/metrics") => self.metrics_reply(),
+            (true, "/") => reply(
+                200,
+                "text/html; charset=utf-8",
+                self.status_page
+                    .render(&self.status(), &self.runtime.load(), &self.metrics)
+                    .into_bytes(),
+            ),
             (true, "/healthz") if self.draining.load(Ordering::Relaxed) => {
                 reply(503, "text/plain", b"draining\n".to_vec())
             }
