@@ -49,7 +49,7 @@ impl Drop for Reaped {
 }
 
 /// Run headless chromium with `args` and the page `url`, within `limit`; returns its stdout.
-fn chromium(args: &[&str], url: &str, limit: Duration) -> String {
+async fn chromium(args: &[&str], url: &str, limit: Duration) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = tempfile::NamedTempFile::new().unwrap();
     let child = Command::new("chromium")
@@ -79,7 +79,7 @@ fn chromium(args: &[&str], url: &str, limit: Duration) -> String {
             Instant::now() < deadline,
             "chromium {args:?} still running after {limit:?}"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -139,7 +139,7 @@ async fn a_headless_browser_sees_each_backend_with_its_state_and_numbers() {
     .await;
 
     let url = format!("http://127.0.0.1:{}/", admin.port);
-    let dom = chromium(&["--dump-dom"], &url, Duration::from_secs(60));
+    let dom = chromium(&["--dump-dom"], &url, Duration::from_secs(60)).await;
     assert!(dom.contains("Pool web"), "{dom}");
     assert!(dom.contains("http-equiv=\"refresh\" content=\"5\""));
     let status = admin.status().await;
@@ -164,7 +164,10 @@ async fn a_headless_browser_sees_each_backend_with_its_state_and_numbers() {
         unhealthy.contains("data-state=\"unhealthy\""),
         "{unhealthy}"
     );
-    assert!(unhealthy.contains("health check"), "the reason: {unhealthy}");
+    assert!(
+        unhealthy.contains("health check"),
+        "the reason: {unhealthy}"
+    );
 
     // Traffic after that first view: the screenshot's window (since it) has rates and
     // percentiles.
@@ -179,7 +182,8 @@ async fn a_headless_browser_sees_each_backend_with_its_state_and_numbers() {
         ],
         &url,
         Duration::from_secs(60),
-    );
+    )
+    .await;
     let bytes = std::fs::read(&png).expect("the screenshot");
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
     assert!(
