@@ -58,9 +58,11 @@ struct Window {
     p99: Option<Quantile>,
 }
 
-/// A quantile from histogram buckets: a value, or beyond the last finite bound.
+/// A quantile from histogram buckets: within the first bucket (below its bound: no finer
+/// answer), a value interpolated within a later one, or beyond the last finite bound.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Quantile {
+    Below(f64),
     At(f64),
     Above(f64),
 }
@@ -215,6 +217,9 @@ fn quantile(q: f64, buckets: &[(f64, f64)], count: f64) -> Option<Quantile> {
     for &(bound, cumulative) in buckets {
         if cumulative >= rank {
             let (lo_bound, lo_count) = lower;
+            if lo_bound <= 0.0 {
+                return Some(Quantile::Below(bound));
+            }
             let within = cumulative - lo_count;
             let share = if within > 0.0 {
                 (rank - lo_count) / within
@@ -267,6 +272,7 @@ fn seconds(d: f64) -> String {
 fn quantile_text(q: Option<Quantile>) -> String {
     match q {
         None => "–".to_string(),
+        Some(Quantile::Below(v)) => format!("&lt; {}", seconds(v)),
         Some(Quantile::At(v)) => seconds(v),
         Some(Quantile::Above(v)) => format!("&gt; {}", seconds(v)),
     }
@@ -288,7 +294,8 @@ const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:
 h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.15em;margin:1.6em 0 .4em}\
 .meta{color:#555}.meta code{background:#eee;padding:0 .3em}\
 table{border-collapse:collapse;background:#fff;margin:.4em 0}\
-th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}\
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top;white-space:nowrap}\
+td.why{white-space:normal}\
 th{background:#f0f0f0;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .state{display:inline-block;padding:0 .5em;border-radius:.6em;font-weight:600;color:#fff;background:#777}\
 .ready{background:#2e7d32}.checking{background:#1565c0}.unhealthy{background:#c62828}\
@@ -406,7 +413,7 @@ fn pool_section(
             None => "–".to_string(),
         };
         h.push_str(&format!(
-            "<tr class=\"backend\" data-backend=\"{name_attr}\" data-state=\"{class}\"><td>{name}</td><td>{addr}</td><td><span class=\"state {class}\">{label}</span></td><td>{since}</td><td>{reason}</td><td class=\"n\">{weight}</td><td class=\"n\">{inflight}</td><td class=\"n\">{rate:.2}</td><td class=\"n\">{errors}</td><td class=\"n\">{p50}</td><td class=\"n\">{p99}</td><td class=\"n\">{total}</td></tr>\n",
+            "<tr class=\"backend\" data-backend=\"{name_attr}\" data-state=\"{class}\"><td>{name}</td><td>{addr}</td><td><span class=\"state {class}\">{label}</span></td><td>{since}</td><td class=\"why\">{reason}</td><td class=\"n\">{weight}</td><td class=\"n\">{inflight}</td><td class=\"n\">{rate:.2}</td><td class=\"n\">{errors}</td><td class=\"n\">{p50}</td><td class=\"n\">{p99}</td><td class=\"n\">{total}</td></tr>\n",
             name_attr = escape(backend),
             name = escape(backend),
             addr = text(&b["address"]),
@@ -482,12 +489,13 @@ mod tests {
     #[test]
     fn quantiles_interpolate_like_histogram_quantile() {
         let buckets = [(0.01, 10.0), (0.1, 90.0), (1.0, 100.0)];
+        assert_eq!(quantile(0.05, &buckets, 100.0), Some(Quantile::Below(0.01)));
         let at = |q: f64| match quantile(q, &buckets, 100.0) {
             Some(Quantile::At(v)) => v,
             other => panic!("{other:?}"),
         };
         assert!((at(0.5) - 0.055).abs() < 1e-9, "{}", at(0.5));
-        assert!((at(0.05) - 0.005).abs() < 1e-9, "{}", at(0.05));
+        assert!((at(0.95) - 0.55).abs() < 1e-9, "{}", at(0.95));
         assert_eq!(quantile(0.5, &buckets, 0.0), None);
         assert_eq!(
             quantile(0.99, &[(0.01, 1.0)], 10.0),
