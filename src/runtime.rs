@@ -177,6 +177,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_rebuild_without_a_backend_removes_its_latency_series() {
+        let yaml = |backends: &str| {
+            format!("listeners: [{{name: a, listen: 127.0.0.1:8080}}]\nroutes: [{{pool: p}}]\npools:\n  p:\n    backends: [{backends}]\n")
+        };
+        let parse = |y: String| crate::config::parse(std::path::Path::new("t.yaml"), &y).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let both = parse(yaml(
+            "{address: 127.0.0.1:9000, name: x}, {address: 127.0.0.1:9001, name: y}",
+        ));
+        let first = Runtime::build(&both, &metrics);
+        first.observers[0].metrics.upstream_response(1, 0.01);
+        let series = |backend: &str| {
+            let text = metrics.render().unwrap();
+            text.lines()
+                .filter(|l| l.starts_with("fulcrum_upstream_response_seconds"))
+                .filter(|l| l.contains(&format!("backend=\"{backend}\"")))
+                .count()
+        };
+        assert_eq!(series("y"), 17, "14 bounds, +Inf, sum and count");
+        let only_x = parse(yaml("{address: 127.0.0.1:9000, name: x}"));
+        let second = Runtime::rebuild(&only_x, &metrics, Some(&first));
+        assert_eq!(series("y"), 0);
+        assert_eq!(series("x"), 17, "x stays");
+        // y comes back (DNS answers it again): a fresh series.
+        let third = Runtime::rebuild(&both, &metrics, Some(&second));
+        assert_eq!(series("y"), 17);
+        assert!(metrics
+            .render()
+            .unwrap()
+            .contains("fulcrum_upstream_response_seconds_count{backend=\"y\",pool=\"p\"} 0"));
+        drop(third);
+    }
+
+    #[test]
     fn a_local_address_no_listener_serves_has_no_listener() {
         let yaml = "listeners:\n  - {name: a, listen: 127.0.0.1:8080}\n  - {name: b, listen: 0.0.0.0:9090}\nroutes: [{pool: p}]\npools:\n  p:\n    backends: [{address: 127.0.0.1:9000}]\n";
         let config = crate::config::parse(std::path::Path::new("t.yaml"), yaml).unwrap();

@@ -504,6 +504,36 @@ mod tests {
     }
 
     #[test]
+    fn a_first_view_counts_since_the_start_and_later_ones_since_an_earlier_view() {
+        let page = StatusPage::default();
+        let key = ("p".to_string(), "b".to_string());
+        let totals = |requests: f64| {
+            let t = Totals {
+                requests,
+                ..Totals::default()
+            };
+            Snapshot::from([(key.clone(), t)])
+        };
+        let t0 = page.started + Duration::from_secs(10);
+        let (since, w) = page.windows(t0, totals(100.0));
+        assert_eq!(since, Duration::from_secs(10));
+        assert_eq!(w[&key].rate, 10.0);
+        let (since, w) = page.windows(t0 + Duration::from_secs(5), totals(110.0));
+        assert_eq!(since, Duration::from_secs(5));
+        assert_eq!(w[&key].rate, 2.0);
+        // Two minutes later both samples are too old: the window starts at the latest one
+        // only if it is younger than a minute, else at the start again.
+        let late = t0 + Duration::from_secs(125);
+        let (since, _) = page.windows(late, totals(200.0));
+        assert_eq!(since, Duration::from_secs(135));
+        for i in 0..100 {
+            page.windows(late + Duration::from_secs(i + 1), totals(200.0));
+        }
+        let kept = page.samples.lock().unwrap().len();
+        assert!(kept <= MAX_SAMPLES, "{kept}");
+    }
+
+    #[test]
     fn a_window_is_the_difference_with_its_base() {
         let base = Totals {
             requests: 10.0,
