@@ -1,9 +1,9 @@
 //! The admin listener's status page (`GET /`): one server-rendered HTML page, inline CSS, no
 //! JavaScript, refreshed by the browser every 5 s. It shows what `/status` says (listeners,
 //! pools, backends and their state, discovery) plus, per backend, the request rate, the error
-//! rate and the p50/p99 of `fulcrum_upstream_response_seconds`, computed from the registry
-//! over the window since an earlier view (a small ring of samples kept here; on a first view,
-//! since the process started).
+//! rate, failed attempts and the p50/p99 of `fulcrum_upstream_response_seconds`, computed from
+//! the registry over the window since an earlier view (a small ring of samples kept here; on a
+//! first view, since the process started).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -33,6 +33,8 @@ struct Totals {
     requests: f64,
     /// Answers with a 5xx code.
     errors: f64,
+    /// Failed attempts (`fulcrum_upstream_errors_total`), retried or not.
+    failed: f64,
     /// `fulcrum_upstream_response_seconds`: (upper bound, cumulative count), finite bounds.
     buckets: Vec<(f64, f64)>,
     /// Observations in all buckets (+Inf included).
@@ -54,6 +56,8 @@ struct Window {
     rate: f64,
     /// Share of 5xx answers in the window (None: no request in it).
     error_share: Option<f64>,
+    /// Failed attempts in the window.
+    failed: f64,
     p50: Option<Quantile>,
     p99: Option<Quantile>,
 }
@@ -142,8 +146,9 @@ fn totals(families: &[MetricFamily]) -> Snapshot {
     let mut out = Snapshot::new();
     for f in families {
         let requests = f.name() == "fulcrum_requests_total";
+        let failures = f.name() == "fulcrum_upstream_errors_total";
         let latency = f.name() == "fulcrum_upstream_response_seconds";
-        if !requests && !latency {
+        if !requests && !failures && !latency {
             continue;
         }
         for m in &f.metric {
@@ -165,6 +170,8 @@ fn totals(families: &[MetricFamily]) -> Snapshot {
                 if label("code").starts_with('5') {
                     t.errors += v;
                 }
+            } else if failures {
+                t.failed += m.counter.value();
             } else {
                 let h = &m.histogram;
                 t.count = h.sample_count() as f64;
@@ -201,6 +208,7 @@ fn window(now: &Totals, base: Option<&Totals>, since: Duration) -> Window {
         requests_total: now.requests,
         rate: if secs > 0.0 { requests / secs } else { 0.0 },
         error_share: (requests > 0.0).then(|| errors / requests),
+        failed: (now.failed - base.failed).max(0.0),
         p50: quantile(0.5, &buckets, count),
         p99: quantile(0.99, &buckets, count),
     }
@@ -391,7 +399,7 @@ fn pool_section(
     h.push_str(concat!(
         "<table class=\"backends\"><tr><th>backend</th><th>address</th><th>state</th>",
         "<th>since</th><th>reason</th><th>weight</th><th>in flight</th><th>req/s</th>",
-        "<th>errors (5xx)</th><th>p50</th><th>p99</th><th>requests</th></tr>\n"
+        "<th>errors (5xx)</th><th>failed attempts</th><th>p50</th><th>p99</th><th>requests</th></tr>\n"
     ));
     for b in pool["backends"].as_array().map_or(&[][..], Vec::as_slice) {
         let backend = b["name"].as_str().unwrap_or_default();
@@ -413,7 +421,7 @@ fn pool_section(
             None => "–".to_string(),
         };
         h.push_str(&format!(
-            "<tr class=\"backend\" data-backend=\"{name_attr}\" data-state=\"{class}\"><td>{name}</td><td>{addr}</td><td><span class=\"state {class}\">{label}</span></td><td>{since}</td><td class=\"why\">{reason}</td><td class=\"n\">{weight}</td><td class=\"n\">{inflight}</td><td class=\"n\">{rate:.2}</td><td class=\"n\">{errors}</td><td class=\"n\">{p50}</td><td class=\"n\">{p99}</td><td class=\"n\">{total}</td></tr>\n",
+            "<tr class=\"backend\" data-backend=\"{name_attr}\" data-state=\"{class}\"><td>{name}</td><td>{addr}</td><td><span class=\"state {class}\">{label}</span></td><td>{since}</td><td class=\"why\">{reason}</td><td class=\"n\">{weight}</td><td class=\"n\">{inflight}</td><td class=\"n\">{rate:.2}</td><td class=\"n\">{errors}</td><td class=\"n\">{failed}</td><td class=\"n\">{p50}</td><td class=\"n\">{p99}</td><td class=\"n\">{total}</td></tr>\n",
             name_attr = escape(backend),
             name = escape(backend),
             addr = text(&b["address"]),
@@ -421,6 +429,11 @@ fn pool_section(
             reason = text(&b["reason"]),
             inflight = text(&b["inflight"]),
             rate = w.rate,
+            failed = if w.failed > 0.0 {
+                format!("<span class=\"warn\">{}</span>", w.failed)
+            } else {
+                "0".to_string()
+            },
             p50 = quantile_text(w.p50),
             p99 = quantile_text(w.p99),
             total = w.requests_total,
@@ -538,18 +551,21 @@ mod tests {
         let base = Totals {
             requests: 10.0,
             errors: 1.0,
+            failed: 2.0,
             buckets: vec![(0.01, 10.0), (0.1, 10.0)],
             count: 10.0,
         };
         let now = Totals {
             requests: 30.0,
             errors: 1.0,
+            failed: 5.0,
             buckets: vec![(0.01, 10.0), (0.1, 30.0)],
             count: 30.0,
         };
         let w = window(&now, Some(&base), Duration::from_secs(10));
         assert_eq!(w.rate, 2.0);
         assert_eq!(w.error_share, Some(0.0));
+        assert_eq!(w.failed, 3.0);
         assert_eq!(w.requests_total, 30.0);
         assert!(matches!(w.p50, Some(Quantile::At(v)) if v > 0.01 && v <= 0.1));
     }
