@@ -11,6 +11,7 @@ const EXAMPLES: &str = "\
 Examples:
   fulcrum -c /etc/fulcrum/fulcrum.yaml -t     validate, like `nginx -t` (exit 78 if invalid)
   fulcrum -c new.yaml -t --diff fulcrum.yaml  validate, then say what a reload to new.yaml changes
+  fulcrum ctl drain web app2                  drain a backend of the running process (runtime API)
   fulcrum -c /etc/fulcrum/fulcrum.yaml        run in the foreground (systemd: Type=notify)
   fulcrum -c /etc/fulcrum/fulcrum.yaml -d -u  graceful upgrade: take over the running process's sockets
   kill -HUP PID                               reload pools and routes in place
@@ -27,6 +28,12 @@ Examples:
       Validate new.yaml, then print what a reload from the old file to it changes: listeners,
       routes, pools and backends added, removed and changed, the share of hash keys that move
       to another backend, and which affinity sessions re-pin. Exit status as -t.
+  fulcrum -c new.yaml -t --diff running
+      The same against the running process's configuration (asked from its admin listener).
+  fulcrum ctl drain web app2; fulcrum ctl enable web app2; fulcrum ctl weight web app2 5
+      Change a backend of the running process through the runtime API on its admin listener
+      (address and token from the -c file, or --admin URL --token-file FILE). Kept across
+      reloads while that backend's configuration is unchanged.
   fulcrum -c /etc/fulcrum/fulcrum.yaml
       Run in the foreground. Under systemd (NOTIFY_SOCKET set) fulcrum says READY=1 once
       every listener listens, and pings the watchdog when WatchdogSec= is set.
@@ -71,7 +78,8 @@ pub struct Cli {
     /// Validate the configuration and exit (binds no port), like `nginx -t`.
     #[arg(short = 't', long = "test")]
     pub test: bool,
-    /// With -t: print what a reload from OLD (a file) to this configuration changes.
+    /// With -t: print what a reload from OLD (a file, or `running`: the running process's,
+    /// through its admin listener) to this configuration changes.
     #[arg(long = "diff", value_name = "OLD", requires = "test")]
     pub diff: Option<PathBuf>,
     /// Run in the background (pid file from server.pid_file).
@@ -98,6 +106,64 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Change a backend of the running process through its runtime API.
+    Ctl {
+        /// The admin listener (default: `admin.listen` of the -c file).
+        #[arg(long, value_name = "URL")]
+        admin: Option<String>,
+        /// A file holding the API token (default: the -c file's admin.token_file/token_env).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+}
+
+/// What `fulcrum ctl` does to a backend.
+#[derive(Debug, Subcommand)]
+pub enum CtlAction {
+    /// No new requests; sessions pinned to it stay until the pool's drain_timeout.
+    Drain { pool: String, backend: String },
+    /// Back to normal (after drain or disable).
+    Enable { pool: String, backend: String },
+    /// No requests at all; pinned sessions move at once.
+    Disable { pool: String, backend: String },
+    /// Set its weight (1 to 256), or `config` to return to the configured one.
+    Weight {
+        pool: String,
+        backend: String,
+        weight: String,
+    },
+}
+
+impl CtlAction {
+    /// (pool, backend, change); Err for a weight that is neither 1..=256 nor `config`.
+    pub fn change(&self) -> Result<(&str, &str, crate::ctl::Change), String> {
+        use crate::ctl::Change;
+        Ok(match self {
+            CtlAction::Drain { pool, backend } => (pool, backend, Change::Drain),
+            CtlAction::Enable { pool, backend } => (pool, backend, Change::Enable),
+            CtlAction::Disable { pool, backend } => (pool, backend, Change::Disable),
+            CtlAction::Weight {
+                pool,
+                backend,
+                weight,
+            } => {
+                let w = match weight.as_str() {
+                    "config" => None,
+                    n => Some(
+                        n.parse::<u32>()
+                            .ok()
+                            .filter(|w| (1..=256).contains(w))
+                            .ok_or_else(|| {
+                                format!("weight `{n}`: expected 1 to 256, or `config`")
+                            })?,
+                    ),
+                };
+                (pool, backend, Change::Weight(w))
+            }
+        })
+    }
 }
 
 /// What the documentation subcommands print (`schema`, `man`, `completions`); None for the
@@ -106,7 +172,7 @@ pub fn document(command: &Command) -> Option<std::io::Result<Vec<u8>>> {
     use clap::CommandFactory;
     let mut out = Vec::new();
     match command {
-        Command::Demo => return None,
+        Command::Demo | Command::Ctl { .. } => return None,
         Command::Schema => {
             out = crate::config::schema::schema_json().into_bytes();
             out.push(b'\n');

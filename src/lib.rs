@@ -15,6 +15,7 @@ pub(crate) mod tls;
 /// What the binary calls: logging setup, the demo, and running a validated configuration.
 pub use observe::logging::init as init_logging;
 pub use operate::app::run;
+pub use operate::ctl;
 pub use operate::demo::run as run_demo;
 pub use operate::diff::describe as describe_changes;
 pub use operate::discovery::check_names;

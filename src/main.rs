@@ -24,9 +24,50 @@ fn disable_transparent_huge_pages() {
     }
 }
 
+/// `fulcrum ctl`: one change through the runtime API (exit 0 done, 1 refused or unreachable,
+/// 2 a bad argument). The -c file, when it loads, gives the admin address and token.
+fn ctl(
+    conf: &std::path::Path,
+    admin: Option<&str>,
+    token_file: Option<&std::path::Path>,
+    action: &fulcrum::cli::CtlAction,
+) -> ExitCode {
+    let (pool, backend, change) = match action.change() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fulcrum ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = config::load(conf).ok();
+    let result = fulcrum::ctl::admin_for(config.as_ref(), admin, token_file)
+        .and_then(|a| fulcrum::ctl::change(&a, pool, backend, change));
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fulcrum ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The configuration OLD names: a file, or `running` (asked from the admin listener that
+/// `new` configures).
+fn old_config(old: &std::path::Path, new: &config::Config) -> Result<config::Config, String> {
+    if old != std::path::Path::new("running") {
+        return config::load(old).map_err(|e| e.to_string());
+    }
+    let admin = fulcrum::ctl::admin_for(Some(new), None, None)?;
+    let (path, text) = fulcrum::ctl::running_config(&admin)?;
+    config::parse(&path, &text).map_err(|e| e.to_string())
+}
+
 /// `--diff OLD`: what a reload from OLD to `new` changes, on stdout.
 fn print_diff(old: &std::path::Path, new: &config::Config) -> ExitCode {
-    let old_config = match config::load(old) {
+    let old_config = match old_config(old, new) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -37,11 +78,16 @@ fn print_diff(old: &std::path::Path, new: &config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let label = if old == std::path::Path::new("running") {
+        format!("the running process ({})", old_config.source.display())
+    } else {
+        old.display().to_string()
+    };
     let changes = fulcrum::describe_changes(&old_config, new);
     if changes.is_empty() {
-        println!("no changes from {}", old.display());
+        println!("no changes from {label}");
     } else {
-        println!("changes from {}:", old.display());
+        println!("changes from {label}:");
         for c in changes {
             println!("  {c}");
         }
@@ -61,6 +107,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(Command::Ctl {
+        admin,
+        token_file,
+        action,
+    }) = &cli.command
+    {
+        return ctl(&cli.conf, admin.as_deref(), token_file.as_deref(), action);
     }
     fulcrum::init_logging();
     if let Some(Command::Demo) = cli.command {

@@ -21,6 +21,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// SHA-256 of the file's text, hex (shown by /status, to tell which file is live).
     pub hash: String,
+    /// The file's text as validated (the runtime API's GET /api/v1/config, `--diff running`).
+    pub text: std::sync::Arc<str>,
     pub admin: Option<AdminConfig>,
     pub access_log: Option<AccessLogConfig>,
     /// `resolvers:`: DNS servers for discovery (empty: /etc/resolv.conf).
@@ -31,6 +33,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// The runtime API's bearer token (None: its calls are refused with 403).
+    pub token: Option<Secrets>,
 }
 
 /// `access_log:`: one JSON line per request.
@@ -238,6 +242,9 @@ impl Default for Timeouts {
 
 pub const DEFAULT_RETRIES: u32 = 2;
 
+/// How long a drained backend keeps its pinned sessions by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// least_latency's default time constant (linkerd2-proxy's default decay).
 pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
 
@@ -270,6 +277,8 @@ pub struct PoolConfig {
     pub upstream_tls: Option<UpstreamTls>,
     /// Concurrent streams per upstream h2 connection.
     pub max_h2_streams: usize,
+    /// How long a drained backend still takes requests pinned to it.
+    pub drain_timeout: Duration,
     /// Backends found by DNS (None: `backends` is the whole fleet). Their addresses are not in
     /// `backends`: the discovery service adds the ones it has found (operate/discovery.rs).
     pub discovery: Option<super::discovery::PoolDiscovery>,
@@ -334,6 +343,7 @@ impl PoolConfig {
             protocol: UpstreamProtocol::H1,
             upstream_tls: None,
             max_h2_streams: DEFAULT_MAX_H2_STREAMS,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             discovery: None,
         }
     }

@@ -118,6 +118,9 @@ pub struct RawPool {
     pub protocol: Option<String>,
     pub tls: Option<RawUpstreamTls>,
     pub max_h2_streams: Option<usize>,
+    /// How long a backend drained through the runtime API still takes requests pinned to it
+    /// by affinity (default 30s).
+    pub drain_timeout: Option<String>,
     /// Backends found by DNS: an SRV record, and how often names are re-read.
     pub discover: Option<RawDiscover>,
 }
@@ -234,6 +237,11 @@ pub struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: String,
+    /// A file holding the bearer token of the runtime API's calls (relative paths are from
+    /// this file's directory).
+    pub token_file: Option<String>,
+    /// Or an environment variable holding it.
+    pub token_env: Option<String>,
 }
 
 /// `access_log:`.

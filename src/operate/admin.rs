@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::observe::log_limit::Outage;
 use crate::observe::metrics::Metrics;
+use crate::operate::api::{self, Api, Call};
 use crate::runtime::SharedRuntime;
 
 /// The admin endpoints' logic.
@@ -25,8 +26,13 @@ pub struct AdminApp {
     draining: Arc<AtomicBool>,
     /// Whether /metrics cannot be rendered now (said once each way).
     metrics_failing: Outage,
+    /// The runtime API under /api/v1/ (None: 404 there).
+    api: Option<Api>,
     status_page: crate::operate::status_page::StatusPage,
 }
+
+/// Largest runtime API request body read.
+const MAX_API_BODY: usize = 4096;
 
 impl AdminApp {
     pub fn new(metrics: Arc<Metrics>, runtime: SharedRuntime, draining: Arc<AtomicBool>) -> Self {
@@ -35,8 +41,55 @@ impl AdminApp {
             runtime,
             draining,
             metrics_failing: Outage::default(),
+            api: None,
             status_page: Default::default(),
         }
+    }
+
+    /// Serve the runtime API too.
+    pub fn with_api(mut self, api: Api) -> Self {
+        self.api = Some(api);
+        self
+    }
+
+    /// A runtime API call: read its (small) body, answer it.
+    async fn api_reply(&self, api: &Api, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let mut body = Vec::new();
+        while body.len() <= MAX_API_BODY {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(_) => return reply(400, "text/plain", b"unreadable body\n".to_vec()),
+            }
+        }
+        if body.len() > MAX_API_BODY {
+            return reply(413, "text/plain", b"body too large\n".to_vec());
+        }
+        let req = session.req_header();
+        let client = session
+            .client_addr()
+            .map_or_else(|| "?".into(), |a| a.to_string());
+        let answer = api.answer(&Call {
+            method: &req.method,
+            path: req.uri.path(),
+            authorization: req.headers.get("authorization").map(|v| v.as_bytes()),
+            body: &body,
+            client,
+        });
+        let mut resp = reply(answer.status, answer.content_type, answer.body);
+        if answer.challenge {
+            resp.headers_mut().insert(
+                "www-authenticate",
+                http::HeaderValue::from_static("Bearer realm=\"fulcrum\""),
+            );
+        }
+        if let Some(path) = answer
+            .config_path
+            .and_then(|p| http::HeaderValue::from_str(&p).ok())
+        {
+            resp.headers_mut().insert("x-fulcrum-config-path", path);
+        }
+        resp
     }
 
     /// The /metrics answer: the exposition, or 500 when it cannot be rendered (logged when
@@ -92,6 +145,7 @@ impl AdminApp {
                             "ejected": b.is_ejected(),
                             "inflight": b.inflight(),
                             "ewma_ms": p.ewma_ms(i),
+                            "operator_weight": b.operator.weight(),
                             "since": humantime::format_rfc3339_seconds(t.at).to_string(),
                             "reason": t.reason,
                         })
@@ -137,6 +191,11 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if let Some(api) = &self.api {
+            if session.req_header().uri.path().starts_with(api::PREFIX) {
+                return self.api_reply(api, session).await;
+            }
+        }
         let req = session.req_header();
         let get = req.method == http::Method::GET || req.method == http::Method::HEAD;
         match (get, req.uri.path()) {

@@ -20,6 +20,7 @@ use crate::config::{Config, ServerSettings};
 use crate::observe::access_log;
 use crate::observe::metrics::Metrics;
 use crate::operate::admin::{AdminApp, DrainWatch};
+use crate::operate::api::Api;
 use crate::operate::backend_metrics::BackendCollector;
 use crate::operate::discovery::{DiscoveryService, Fleet};
 use crate::operate::health::HealthService;
@@ -176,7 +177,12 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
     if let Some(admin) = &config.admin {
         let mut service = Service::new(
             "admin".to_string(),
-            AdminApp::new(metrics.clone(), runtime.clone(), draining),
+            AdminApp::new(metrics.clone(), runtime.clone(), draining).with_api(Api::new(
+                runtime.clone(),
+                fleet.clone(),
+                admin.token.clone(),
+                &metrics,
+            )),
         );
         service.add_tcp(&admin.listen.to_string());
         let admin = server.add_service(service);

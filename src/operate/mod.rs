@@ -2,8 +2,10 @@
 //! systemd, the admin listener, the health-check service, and the demo.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod backend_metrics;
+pub mod ctl;
 pub mod demo;
 pub mod diff;
 pub mod discovery;

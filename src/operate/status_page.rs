@@ -303,7 +303,7 @@ h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.15em;margin:1.6em 0 .4em}\
 .meta{color:#555}.meta code{background:#eee;padding:0 .3em}\
 table{border-collapse:collapse;background:#fff;margin:.4em 0}\
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top;white-space:nowrap}\
-td.why{white-space:normal}\
+td.why{white-space:normal;min-width:14em}\
 th{background:#f0f0f0;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .state{display:inline-block;padding:0 .5em;border-radius:.6em;font-weight:600;color:#fff;background:#777}\
 .ready{background:#2e7d32}.checking{background:#1565c0}.unhealthy{background:#c62828}\
@@ -399,7 +399,7 @@ fn pool_section(
     h.push_str(concat!(
         "<table class=\"backends\"><tr><th>backend</th><th>address</th><th>state</th>",
         "<th>since</th><th>reason</th><th>weight</th><th>in flight</th><th>req/s</th>",
-        "<th>errors (5xx)</th><th>failed attempts</th><th>p50</th><th>p99</th><th>requests</th></tr>\n"
+        "<th title=\"share of 5xx answers\">5xx</th><th title=\"failed attempts, retried or not\">failed</th><th>p50</th><th>p99</th><th>requests</th></tr>\n"
     ));
     for b in pool["backends"].as_array().map_or(&[][..], Vec::as_slice) {
         let backend = b["name"].as_str().unwrap_or_default();
@@ -413,6 +413,11 @@ fn pool_section(
             (Some(w), _) => format!("{w}"),
             _ => "–".to_string(),
         };
+        let weight = if b["operator_weight"].is_number() {
+            format!("{weight} (set by operator)")
+        } else {
+            weight
+        };
         let errors = match w.error_share {
             Some(share) if share > 0.0 => {
                 format!("<span class=\"warn\">{:.1} %</span>", share * 100.0)
@@ -421,11 +426,12 @@ fn pool_section(
             None => "–".to_string(),
         };
         h.push_str(&format!(
-            "<tr class=\"backend\" data-backend=\"{name_attr}\" data-state=\"{class}\"><td>{name}</td><td>{addr}</td><td><span class=\"state {class}\">{label}</span></td><td>{since}</td><td class=\"why\">{reason}</td><td class=\"n\">{weight}</td><td class=\"n\">{inflight}</td><td class=\"n\">{rate:.2}</td><td class=\"n\">{errors}</td><td class=\"n\">{failed}</td><td class=\"n\">{p50}</td><td class=\"n\">{p99}</td><td class=\"n\">{total}</td></tr>\n",
+            "<tr class=\"backend\" data-backend=\"{name_attr}\" data-state=\"{class}\"><td>{name}</td><td>{addr}</td><td><span class=\"state {class}\">{label}</span></td><td title=\"{since}\">{since_short}</td><td class=\"why\">{reason}</td><td class=\"n\">{weight}</td><td class=\"n\">{inflight}</td><td class=\"n\">{rate:.2}</td><td class=\"n\">{errors}</td><td class=\"n\">{failed}</td><td class=\"n\">{p50}</td><td class=\"n\">{p99}</td><td class=\"n\">{total}</td></tr>\n",
             name_attr = escape(backend),
             name = escape(backend),
             addr = text(&b["address"]),
             since = text(&b["since"]),
+            since_short = text(&b["since"]).split('T').next_back().unwrap_or_default(),
             reason = text(&b["reason"]),
             inflight = text(&b["inflight"]),
             rate = w.rate,

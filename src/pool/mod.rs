@@ -5,6 +5,7 @@
 pub mod affinity;
 pub mod hash_key;
 pub mod mix;
+pub mod operator;
 pub mod probe;
 pub mod retry_budget;
 pub mod select;
@@ -70,6 +71,8 @@ pub struct Pool {
     /// The CA bundle of `upstream_tls` (None: the system's roots).
     upstream_ca: Option<Arc<[WrappedX509]>>,
     max_h2_streams: usize,
+    /// How long a drained backend keeps the sessions pinned to it.
+    pub drain_timeout: Duration,
     /// Sorted by address: a backend's position here is its pool index.
     backends: Arc<[Arc<BackendState>]>,
     selector: Selector,
@@ -146,7 +149,11 @@ impl Pool {
                 let in_config_order: Vec<(usize, u32)> = config
                     .backends
                     .iter()
-                    .filter_map(|b| Some((index_of(b.addr)?, b.weight)))
+                    .filter_map(|b| {
+                        // The state's weight: the operator's when one is set.
+                        let i = index_of(b.addr)?;
+                        Some((i, backends.get(i)?.weight()))
+                    })
                     .collect();
                 let order = if config.algorithm == Algorithm::Random {
                     Order::Random
@@ -205,6 +212,7 @@ impl Pool {
                 .and_then(|t| t.ca.as_ref())
                 .map(|ca| ca.0.clone()),
             max_h2_streams: config.max_h2_streams,
+            drain_timeout: config.drain_timeout,
             backends,
             selector,
             checks,
@@ -239,6 +247,13 @@ impl Pool {
     /// Whether backend `i` may take traffic now: admitted, healthy and not ejected.
     pub fn is_ready(&self, i: usize) -> bool {
         self.backends.get(i).is_some_and(|s| s.is_ready())
+    }
+
+    /// Whether backend `i` may take a request pinned to it (see `BackendState::keeps_pinned`).
+    pub fn keeps_pinned(&self, i: usize) -> bool {
+        self.backends
+            .get(i)
+            .is_some_and(|s| s.keeps_pinned(self.drain_timeout))
     }
 
     /// A real request to backend `i` was relayed whole.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 
+use crate::pool::operator::{Mode, Operator};
 use crate::pool::select::least_conn::{LoadTree, TreeLeaf};
 use crate::pool::select::p2c::Ewma;
 
@@ -30,6 +31,10 @@ pub enum Readiness {
     Unhealthy,
     /// Ejected by passive health until the ejection time is over.
     Ejected,
+    /// Drained by an operator: only requests pinned to it, until the pool's drain_timeout.
+    Draining,
+    /// Disabled by an operator: no requests.
+    Disabled,
 }
 
 impl Readiness {
@@ -39,6 +44,8 @@ impl Readiness {
             Readiness::Checking => "checking",
             Readiness::Unhealthy => "unhealthy",
             Readiness::Ejected => "ejected",
+            Readiness::Draining => "draining",
+            Readiness::Disabled => "disabled",
         }
     }
 }
@@ -54,7 +61,10 @@ pub struct BackendState {
     pub name: String,
     pub addr: SocketAddr,
     /// The configured weight (a reload may change it while keeping the rest of the state).
+    /// The configured weight.
     weight: AtomicU32,
+    /// What an operator set through the runtime API.
+    pub operator: Operator,
     inflight: AtomicUsize,
     /// False until the backend passed its first active check (always true without checks).
     admitted: AtomicBool,
@@ -102,6 +112,7 @@ impl BackendState {
             name,
             addr,
             weight: AtomicU32::new(weight),
+            operator: Operator::default(),
             inflight: AtomicUsize::new(0),
             admitted: AtomicBool::new(!checked),
             healthy: AtomicBool::new(true),
@@ -134,15 +145,21 @@ impl BackendState {
         s
     }
 
+    /// The weight it is balanced by: the operator's when one is set, else the configured one.
     pub fn weight(&self) -> u32 {
-        self.weight.load(Ordering::Relaxed)
+        self.operator
+            .weight()
+            .unwrap_or_else(|| self.weight.load(Ordering::Relaxed))
     }
 
     /// Carry this state into a new configuration of its pool (reload): new weight, and
     /// admission as the new pool's checks require. Pingora's health starts afresh with the new
     /// pool ("healthy"), so a backend that was not healthy must pass a check again.
     pub fn carry_over(&self, weight: u32, checked: bool) {
-        self.weight.store(weight, Ordering::Relaxed);
+        // What the operator set holds while the backend's configuration is unchanged.
+        if self.weight.swap(weight, Ordering::Relaxed) != weight {
+            self.operator.reset();
+        }
         if !checked {
             self.admitted.store(true, Ordering::Relaxed);
         } else if !self.is_healthy() {
@@ -173,15 +190,40 @@ impl BackendState {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    /// May take new requests: admitted, healthy and not ejected.
+    /// May take new requests: admitted, healthy, not ejected, and not drained or disabled.
     pub fn is_ready(&self) -> bool {
+        self.is_up() && self.operator.takes_new()
+    }
+
+    /// Admitted, healthy and not ejected: what its checks and its requests say of it.
+    fn is_up(&self) -> bool {
         self.admitted.load(Ordering::Relaxed)
             && self.healthy.load(Ordering::Relaxed)
             && !self.is_ejected()
     }
 
+    /// Drain, disable or enable (runtime API); returns whether the mode changed. A backend
+    /// enabled again ramps up like one that recovered (slow start).
+    pub fn set_operator_mode(&self, mode: Mode) -> bool {
+        let changed = self.operator.set_mode(mode);
+        if changed && mode == Mode::Active && self.is_up() {
+            self.start_ramp();
+        }
+        changed
+    }
+
+    /// May take a request pinned to it by affinity: up, and active or draining for less than
+    /// `drain_timeout`.
+    pub fn keeps_pinned(&self, drain_timeout: Duration) -> bool {
+        self.is_up() && self.operator.keeps_pinned(drain_timeout)
+    }
+
     pub fn readiness(&self) -> Readiness {
-        if !self.is_admitted() {
+        if self.operator.mode() == Mode::Disabled {
+            Readiness::Disabled
+        } else if self.operator.mode() == Mode::Draining {
+            Readiness::Draining
+        } else if !self.is_admitted() {
             Readiness::Checking
         } else if !self.is_healthy() {
             Readiness::Unhealthy
@@ -251,10 +293,10 @@ impl BackendState {
     /// ejection it is in (as Envoy's `successful_active_health_check_uneject_host`): the checks
     /// saw it recover. Returns whether it did.
     pub fn set_healthy(&self, healthy: bool, reason: String) -> bool {
-        let was_ready = self.is_ready();
+        let was_ready = self.is_up();
         self.healthy.store(healthy, Ordering::Relaxed);
         let unejected = healthy && self.end_ejection();
-        if self.is_ready() != was_ready {
+        if self.is_up() != was_ready {
             if healthy {
                 self.start_ramp();
             }
@@ -265,7 +307,7 @@ impl BackendState {
 
     /// A first passing check admitted the backend (it is up unless Pingora holds it unhealthy).
     pub fn record_admitted(&self) {
-        if self.is_ready() {
+        if self.is_up() {
             if self.joined {
                 self.start_ramp();
             }
@@ -309,7 +351,7 @@ impl BackendState {
         let n = self.ejections.load(Ordering::Relaxed).min(20);
         let time = base.saturating_mul(1u32 << n).min(max);
         let until = self.now_ms() + time.as_millis() as u64;
-        let was_ready = self.is_ready();
+        let was_ready = self.is_up();
         self.ejected_until
             .compare_exchange(0, until, Ordering::Relaxed, Ordering::Relaxed)
             .ok()?;
@@ -329,7 +371,7 @@ impl BackendState {
             return false;
         }
         let ended = self.end_ejection();
-        if ended && self.is_ready() {
+        if ended && self.is_up() {
             self.start_ramp();
             self.record(true, "ejection time is over".into());
         }

@@ -141,7 +141,15 @@ impl Sticky {
     /// which backends (pool indices) may take it: the pinned backend if it is ready, else the
     /// session's deterministic successor among the ready backends, else none (balance
     /// normally). A request without a valid cookie starts a new session.
-    pub fn pin(&self, req: &RequestHeader, now: u64, ready: impl Fn(usize) -> bool) -> Pinned {
+    /// `ready`: may take a new session; `keeps_pinned`: may still take the sessions pinned to it
+    /// (a drained backend does, until its pool's drain_timeout).
+    pub fn pin(
+        &self,
+        req: &RequestHeader,
+        now: u64,
+        ready: impl Fn(usize) -> bool,
+        keeps_pinned: impl Fn(usize) -> bool,
+    ) -> Pinned {
         let fresh = |decision| Pinned {
             decision,
             session: affinity::new_session(),
@@ -155,7 +163,7 @@ impl Sticky {
                 index,
                 session,
                 expires,
-            } if ready(index) => Pinned {
+            } if keeps_pinned(index) => Pinned {
                 decision: Decision::Hit,
                 session,
                 set_cookie: self.needs_refresh(expires, now),
@@ -272,12 +280,12 @@ mod tests {
     #[test]
     fn pin_follows_a_ready_backend_and_repins_from_one_that_is_not() {
         let s = sticky(&["0123456789abcdef0123"]);
-        let none = s.pin(&request("a=1"), 1000, |_| true);
+        let none = s.pin(&request("a=1"), 1000, |_| true, |_| true);
         assert_eq!(
             (none.decision, none.set_cookie, none.backend),
             (Decision::Miss, true, None)
         );
-        let bad = s.pin(&request("sid=garbage"), 1000, |_| true);
+        let bad = s.pin(&request("sid=garbage"), 1000, |_| true, |_| true);
         assert_eq!(
             (bad.decision, bad.set_cookie, bad.backend),
             (Decision::Invalid, true, None)
@@ -286,7 +294,7 @@ mod tests {
 
         let header = s.set_cookie(2, 77, 1000, false).unwrap();
         let cookie = request(header.split(';').next().unwrap());
-        let hit = s.pin(&cookie, 1000, |_| true);
+        let hit = s.pin(&cookie, 1000, |_| true, |_| true);
         assert_eq!(
             hit,
             Pinned {
@@ -297,16 +305,16 @@ mod tests {
             }
         );
         assert!(
-            s.pin(&cookie, 3000, |_| true).set_cookie,
+            s.pin(&cookie, 3000, |_| true, |_| true).set_cookie,
             "half its life gone"
         );
 
-        let moved = s.pin(&cookie, 1000, |i| i != 2);
+        let moved = s.pin(&cookie, 1000, |i| i != 2, |i| i != 2);
         assert_eq!((moved.decision, moved.session), (Decision::Repinned, 77));
         assert!(moved.set_cookie);
         assert_eq!(moved.backend, s.successor(77, [0, 1].into_iter()));
         assert!(moved.backend.is_some_and(|i| i != 2));
-        let nowhere = s.pin(&cookie, 1000, |_| false);
+        let nowhere = s.pin(&cookie, 1000, |_| false, |_| false);
         assert_eq!(
             (nowhere.decision, nowhere.backend),
             (Decision::Repinned, None)

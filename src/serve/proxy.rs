@@ -346,7 +346,12 @@ impl ProxyHttp for Proxy {
         let pinned = match (&pool.affinity, ctx.attempts) {
             (Some(sticky), 0) => {
                 let now = sticky::unix_now();
-                let pinned = sticky.pin(session.req_header(), now, |i| pool.is_ready(i));
+                let pinned = sticky.pin(
+                    session.req_header(),
+                    now,
+                    |i| pool.is_ready(i),
+                    |i| pool.keeps_pinned(i),
+                );
                 ctx.affinity = Some(pinned.decision);
                 ctx.session = pinned.session;
                 ctx.set_cookie = pinned.set_cookie;

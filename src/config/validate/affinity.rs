@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::parse::secret_text;
 use super::parse::{parse_duration, parse_host};
 use super::Checker;
 use crate::config::model::*;
@@ -54,39 +55,19 @@ pub(super) fn check_affinity(ck: &mut Checker, path: &str, raw: RawAffinity) -> 
             "SameSite=None needs a Secure cookie (browsers drop it otherwise)",
         );
     }
-    let text = match (&raw.keys_file, &raw.keys_env) {
-        (Some(_), Some(_)) => {
-            ck.error(path, "give `keys_file` or `keys_env`, not both");
-            None
-        }
-        (Some(file), None) => match std::fs::read_to_string(ck.base.join(file)) {
-            Ok(t) => Some((format!("{path}.keys_file"), t)),
-            Err(e) => {
-                ck.error(
-                    format!("{path}.keys_file"),
-                    format!("cannot read {file}: {e}"),
-                );
-                None
-            }
-        },
-        (None, Some(var)) => match std::env::var(var) {
-            Ok(t) => Some((format!("{path}.keys_env"), t)),
-            Err(_) => {
-                ck.error(
-                    format!("{path}.keys_env"),
-                    format!("environment variable {var} is not set"),
-                );
-                None
-            }
-        },
-        (None, None) => {
-            ck.warn(
-                path,
-                "no keys_file or keys_env: affinity cookies are unsigned (a client can pick its backend)",
-            );
-            None
-        }
-    };
+    let text = secret_text(
+        ck,
+        path,
+        "keys",
+        raw.keys_file.as_deref(),
+        raw.keys_env.as_deref(),
+    );
+    if raw.keys_file.is_none() && raw.keys_env.is_none() {
+        ck.warn(
+            path,
+            "no keys_file or keys_env: affinity cookies are unsigned (a client can pick its backend)",
+        );
+    }
     let mut keys = Vec::new();
     if let Some((kpath, text)) = text {
         // One key per line (or comma-separated); blank lines and `#` comments are skipped.

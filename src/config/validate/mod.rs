@@ -154,6 +154,7 @@ pub fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    config.text = std::sync::Arc::from(text);
     config.warnings = ck.warnings.iter().map(|w| render(&file_name, w)).collect();
     Ok(config)
 }
@@ -221,6 +222,7 @@ fn check_document(ck: &mut Checker, file: &Path, doc: Value) -> Option<Config> {
         pools: pools?,
         warnings: Vec::new(),
         hash: String::new(),
+        text: std::sync::Arc::from(""),
         admin: admin?,
         access_log: access_log?,
         resolvers,

@@ -76,6 +76,48 @@ pub(super) fn parse_duration(
     }
 }
 
+/// Secret text given by `{name}_file` (relative to the configuration's directory) or
+/// `{name}_env` (an environment variable), read once here: (the key path it came from, the
+/// text). None when neither is given or it cannot be read (then located errors are recorded).
+pub(super) fn secret_text(
+    ck: &mut Checker,
+    path: &str,
+    name: &str,
+    file: Option<&str>,
+    env: Option<&str>,
+) -> Option<(String, String)> {
+    match (file, env) {
+        (Some(_), Some(_)) => {
+            ck.error(
+                path,
+                format!("give `{name}_file` or `{name}_env`, not both"),
+            );
+            None
+        }
+        (Some(file), None) => match std::fs::read_to_string(ck.base.join(file)) {
+            Ok(t) => Some((format!("{path}.{name}_file"), t)),
+            Err(e) => {
+                ck.error(
+                    format!("{path}.{name}_file"),
+                    format!("cannot read {file}: {e}"),
+                );
+                None
+            }
+        },
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(t) => Some((format!("{path}.{name}_env"), t)),
+            Err(_) => {
+                ck.error(
+                    format!("{path}.{name}_env"),
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;

@@ -106,6 +106,12 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
     ck.in_range(&format!("{path}.max_h2_streams"), max_h2_streams as i128);
     let retries = raw.retries.unwrap_or(DEFAULT_RETRIES);
     ck.in_range(&format!("{path}.retries"), i128::from(retries));
+    let drain_timeout = parse_duration(
+        ck,
+        &format!("{path}.drain_timeout"),
+        raw.drain_timeout.as_deref(),
+        DEFAULT_DRAIN_TIMEOUT,
+    );
     (ck.problems.len() == errors_before).then(|| PoolConfig {
         name: name.to_string(),
         algorithm,
@@ -124,6 +130,7 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         protocol,
         upstream_tls,
         max_h2_streams,
+        drain_timeout,
         discovery,
     })
 }
@@ -330,7 +337,7 @@ mod tests {
                 "6:47: pools.p.backends[0].nmae: unknown key `nmae`, expected one of `address`, `weight`, `name`, `required`",
                 "7:9: pools.p.backends[1]: `address` is required",
                 "8:9: pools.p.backends[2]: a map, got `10.0.0.3:80`",
-                "9:5: pools.p.wieght: unknown key `wieght`, expected one of `algorithm`, `hash_key`, `backends`, `retries`, `timeouts`, `health_check`, `passive_health`, `slow_start`, `balance_factor`, `ewma_decay`, `feedback`, `retry_budget`, `affinity`, `protocol`, `tls`, `max_h2_streams`, `discover`",
+                "9:5: pools.p.wieght: unknown key `wieght`, expected one of `algorithm`, `hash_key`, `backends`, `retries`, `timeouts`, `health_check`, `passive_health`, `slow_start`, `balance_factor`, `ewma_decay`, `feedback`, `retry_budget`, `affinity`, `protocol`, `tls`, `max_h2_streams`, `drain_timeout`, `discover`",
             ]
         );
     }

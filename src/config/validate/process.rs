@@ -3,7 +3,7 @@
 
 use serde_norway::Value;
 
-use super::parse::parse_socket_addr;
+use super::parse::{parse_socket_addr, secret_text};
 use super::Checker;
 use crate::config::model::*;
 use crate::config::raw::*;
@@ -30,13 +30,35 @@ pub(super) fn check_admin(
                     format!("{listen} is not a loopback address: metrics and status are visible to the network"),
                 );
             }
-            Some(Some(AdminConfig { listen }))
+            let token = check_token(ck, raw.token_file.as_deref(), raw.token_env.as_deref());
+            Some(Some(AdminConfig { listen, token }))
         }
         Err(msg) => {
             ck.error("admin.listen", msg);
             None
         }
     }
+}
+
+/// Shortest runtime API token: 16 bytes (128 bits when random).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// `admin.token_file` / `admin.token_env`: the bearer token, read once here (surrounding
+/// whitespace trimmed).
+fn check_token(ck: &mut Checker, file: Option<&str>, env: Option<&str>) -> Option<Secrets> {
+    let (path, text) = secret_text(ck, "admin", "token", file, env)?;
+    let token = text.trim();
+    if token.len() < MIN_TOKEN_LEN {
+        ck.error(
+            path,
+            format!(
+                "the token is {} bytes long: it needs at least {MIN_TOKEN_LEN}",
+                token.len()
+            ),
+        );
+        return None;
+    }
+    Some(Secrets(vec![token.as_bytes().to_vec()]))
 }
 
 /// `access_log:` (absent: off). Outer None: invalid.

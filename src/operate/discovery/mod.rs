@@ -219,6 +219,19 @@ impl Fleet {
 
     /// Build and store the snapshot for `state` (called with the state locked: reloads and
     /// answers are applied one at a time, each on the snapshot the previous one stored).
+    /// Build the snapshot again from what is applied: the runtime API changed a weight.
+    pub fn rebuild_now(&self) {
+        if let Ok(state) = self.state.lock() {
+            self.swap(&state);
+        }
+    }
+
+    /// The configuration applied now: its file and its text as validated.
+    pub fn applied_text(&self) -> Option<(std::path::PathBuf, Arc<str>)> {
+        let state = self.state.lock().ok()?;
+        Some((state.config.source.clone(), state.config.text.clone()))
+    }
+
     fn swap(&self, state: &State) {
         let old = self.runtime.load_full();
         let mut next = Runtime::rebuild(
