@@ -18,23 +18,25 @@ impl Router {
     /// The pool (index) for a request to `host` (as sent: any case, maybe with a port) and
     /// `path`, or None when no route matches.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        self.matching(host, path).map(|(_, r)| r.pool)
+    }
+
+    /// The route (its index in `routes:`, and itself) a request to `host` and `path` takes.
+    pub fn matching(&self, host: Option<&str>, path: &str) -> Option<(usize, &RouteConfig)> {
         let host = host.map(normalize_host);
-        self.routes
-            .iter()
-            .find(|r| {
-                let host_ok = match (&r.host, host) {
-                    (None, _) => true,
-                    (Some(_), None) => false,
-                    (Some(HostMatch::Exact(want)), Some(h)) => h.eq_ignore_ascii_case(want),
-                    (Some(HostMatch::Suffix(suffix)), Some(h)) => {
-                        h.len() > suffix.len()
-                            && h.is_char_boundary(h.len() - suffix.len())
-                            && h[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                    }
-                };
-                host_ok && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
-            })
-            .map(|r| r.pool)
+        self.routes.iter().enumerate().find(|(_, r)| {
+            let host_ok = match (&r.host, host) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(HostMatch::Exact(want)), Some(h)) => h.eq_ignore_ascii_case(want),
+                (Some(HostMatch::Suffix(suffix)), Some(h)) => {
+                    h.len() > suffix.len()
+                        && h.is_char_boundary(h.len() - suffix.len())
+                        && h[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                }
+            };
+            host_ok && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+        })
     }
 }
 
@@ -47,6 +49,24 @@ pub fn normalize_host(host: &str) -> &str {
         host.rsplit_once(':').map_or(host, |(name, _port)| name)
     };
     host.strip_suffix('.').unwrap_or(host)
+}
+
+/// How a route matches, in words: `host a.test path /api/`, or `any` for a catch-all.
+pub fn route_text(r: &RouteConfig) -> String {
+    let mut out = Vec::new();
+    match &r.host {
+        Some(HostMatch::Exact(h)) => out.push(format!("host {h}")),
+        Some(HostMatch::Suffix(s)) => out.push(format!("host *{s}")),
+        None => {}
+    }
+    if let Some(p) = &r.path_prefix {
+        out.push(format!("path {p}"));
+    }
+    if out.is_empty() {
+        "any".into()
+    } else {
+        out.join(" ")
+    }
 }
 
 #[cfg(test)]

@@ -90,6 +90,7 @@ impl Runtime {
                     keepalive_secs: l.keepalive_timeout.as_secs().max(1),
                     h2c: l.h2c,
                     limits: l.limits,
+                    debug_trusted: l.debug_trusted.clone(),
                 })
                 .collect(),
             config_hash: config.hash.clone(),
@@ -153,6 +154,8 @@ pub struct ListenerInfo {
     /// Accepts HTTP/2 with prior knowledge beside HTTP/1.
     pub h2c: bool,
     pub limits: crate::config::ListenerLimits,
+    /// The clients that get `X-Fulcrum-Debug` (None: the header is off).
+    pub debug_trusted: Option<Vec<crate::config::Cidr>>,
 }
 
 /// Whether a listener bound to `listen` serves a connection to `local`.

@@ -15,6 +15,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::{client, Admin, Backend, Fulcrum};
 
@@ -157,6 +158,11 @@ async fn every_metric_contrib_uses_is_documented_and_exported() {
     .await;
     let resp = client().get(f.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    // The request is counted once it has ended (after its response): poll for it.
+    common::wait_for_async(Duration::from_secs(5), "the request counted", || async {
+        admin.metric("fulcrum_requests_total", &[]).await >= 1.0
+    })
+    .await;
     let exported = metric_names(&admin.metrics().await);
     for name in [
         "fulcrum_requests_total",

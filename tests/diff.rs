@@ -96,7 +96,9 @@ fn the_diff_names_what_a_reload_adds_removes_and_changes() {
     );
     let (_, out, _) = diff(dir.path(), &old, &limited);
     assert!(
-        out.contains("listener main: keepalive_timeout or limits changed (applied in place)"),
+        out.contains(
+            "listener main: keepalive_timeout, limits or debug settings changed (applied in place)"
+        ),
         "{out}"
     );
 

@@ -62,6 +62,37 @@ pub struct ServerSettings {
     pub listener_tasks_per_fd: Option<usize>,
 }
 
+/// An address block: `10.0.0.0/8`, `2001:db8::/32`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| -> (u128, u32) {
+            match a {
+                IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
+                IpAddr::V6(v) => (u128::from(v), 128),
+            }
+        };
+        let ((net, width), (x, xwidth)) = (bits(self.addr), bits(ip));
+        if width != xwidth {
+            return false;
+        }
+        let keep = u32::from(self.prefix).min(width);
+        let shift = width - keep;
+        keep == 0 || net.checked_shr(shift) == x.checked_shr(shift)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub name: String,
@@ -75,6 +106,8 @@ pub struct ListenerConfig {
     /// Plain listener that also accepts HTTP/2 with prior knowledge (h2c), e.g. for gRPC.
     pub h2c: bool,
     pub limits: ListenerLimits,
+    /// `debug_header: true`: the clients that get `X-Fulcrum-Debug` (None: nobody).
+    pub debug_trusted: Option<Vec<Cidr>>,
 }
 
 /// What one client may hold of a listener, and how slowly it may send (nginx's defaults).

@@ -40,6 +40,11 @@ pub struct RawListener {
     pub max_headers: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_connections_per_ip: Option<u64>,
+    /// Answer trusted clients with `X-Fulcrum-Debug` (route, pool, algorithm, attempts, the
+    /// backends passed over and why). Default false.
+    pub debug_header: Option<bool>,
+    /// The clients trusted with it: CIDRs (default: loopback only).
+    pub debug_trusted: Option<Vec<String>>,
 }
 
 /// `tls:` of a listener.

@@ -40,6 +40,9 @@ pub struct Entry<'a> {
     pub upstream_status: Option<u16>,
     pub request_id: &'a str,
     pub affinity: Option<&'a str>,
+    /// `X-Fulcrum-Debug`'s text, when the client got it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug: Option<&'a str>,
 }
 
 /// The request path's handle.

@@ -3,10 +3,9 @@
 //! another backend (computed on the two rings), and which affinity sessions re-pin.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use crate::config::{Algorithm, Config, HostMatch, PoolConfig, RouteConfig};
+use crate::config::{Algorithm, Config, PoolConfig, RouteConfig};
 use crate::pool::select::ketama::Ketama;
 
 /// How many keys the hash-share estimate draws (error about ±0.2% at this count).
@@ -66,6 +65,7 @@ fn listeners(old: &Config, new: &Config, out: &mut Vec<String>) {
                 let mut rest = o.clone();
                 rest.keepalive_timeout = l.keepalive_timeout;
                 rest.limits = l.limits;
+                rest.debug_trusted = l.debug_trusted.clone();
                 if rest != *l {
                     out.push(format!(
                         "listener {}: settings changed (needs an upgrade)",
@@ -73,7 +73,7 @@ fn listeners(old: &Config, new: &Config, out: &mut Vec<String>) {
                     ));
                 } else if o != l {
                     out.push(format!(
-                        "listener {}: keepalive_timeout or limits changed (applied in place)",
+                        "listener {}: keepalive_timeout, limits or debug settings changed (applied in place)",
                         l.name
                     ));
                 }
@@ -89,22 +89,8 @@ fn listeners(old: &Config, new: &Config, out: &mut Vec<String>) {
 }
 
 fn route_text(r: &RouteConfig, c: &Config) -> String {
-    let mut s = String::new();
-    match &r.host {
-        Some(HostMatch::Exact(h)) => {
-            let _ = write!(s, "host {h} ");
-        }
-        Some(HostMatch::Suffix(h)) => {
-            let _ = write!(s, "host *{h} ");
-        }
-        None => {}
-    }
-    if let Some(p) = &r.path_prefix {
-        let _ = write!(s, "path {p} ");
-    }
     let pool = c.pools.get(r.pool).map_or("?", |p| p.name.as_str());
-    let _ = write!(s, "-> {pool}");
-    s
+    format!("{} -> {pool}", crate::route::route_text(r))
 }
 
 fn routes(old: &Config, new: &Config, out: &mut Vec<String>) {

@@ -149,6 +149,7 @@ impl ReloadService {
             for (running, wanted) in listeners.iter_mut().zip(&applied.listeners) {
                 running.keepalive_timeout = wanted.keepalive_timeout;
                 running.limits = wanted.limits;
+                running.debug_trusted = wanted.debug_trusted.clone();
             }
         }
         applied.listeners = listeners;

@@ -21,6 +21,7 @@ use crate::observe::metrics::ErrorKind;
 use crate::pool::sticky::{self, Decision};
 use crate::pool::{hash_key, InflightGuard, Pool};
 use crate::runtime::{ListenerInfo, PoolObserver, Runtime, SharedRuntime};
+use crate::serve::debug_header;
 use crate::serve::forwarding::{self, request_host, Origin};
 use crate::serve::limits::ConnectionLimits;
 use crate::serve::own_response::{own_body, own_response, redirect, status_for};
@@ -120,6 +121,8 @@ pub struct RequestCtx {
     upstream_status: Option<u16>,
     /// The status fulcrum answered itself after a failure (0: client gone).
     error_status: Option<u16>,
+    /// `X-Fulcrum-Debug`'s text, when this client gets it.
+    debug: Option<String>,
 }
 
 impl RequestCtx {
@@ -239,6 +242,7 @@ impl ProxyHttp for Proxy {
             set_cookie: false,
             upstream_status: None,
             error_status: None,
+            debug: None,
         }
     }
 
@@ -546,6 +550,32 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         self.close_if_draining(session);
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(pool) = ctx
+            .pool
+            .as_ref()
+            .filter(|_| debug_header::trusted(ctx.listener(), client))
+        {
+            let req = session.req_header();
+            let route = ctx
+                .runtime
+                .router
+                .matching(request_host(req), req.uri.path())
+                .map(|(i, r)| (i, crate::route::route_text(r)));
+            let text = debug_header::Trace {
+                route,
+                pool,
+                affinity: ctx.affinity,
+                tried: &ctx.tried,
+                served: ctx.current.as_ref().map(|(i, _)| *i),
+            }
+            .render();
+            response.insert_header("x-fulcrum-debug", text.as_str())?;
+            ctx.debug = Some(text);
+        }
         if !ctx.set_cookie {
             return Ok(());
         }
@@ -690,6 +720,7 @@ impl ProxyHttp for Proxy {
                 upstream_status: ctx.upstream_status,
                 request_id: ctx.request_id.to_str().unwrap_or("-"),
                 affinity: ctx.affinity.map(Decision::as_str),
+                debug: ctx.debug.as_deref(),
             });
         }
         ctx.current = None;

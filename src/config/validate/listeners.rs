@@ -31,7 +31,7 @@ pub(super) fn check_listeners(
     let mut ok = true;
     for (i, item) in items.into_iter().enumerate() {
         let path = format!("listeners[{i}]");
-        let Some(raw) = ck.parse::<RawListener>(&path, item) else {
+        let Some(mut raw) = ck.parse::<RawListener>(&path, item) else {
             ok = false;
             continue;
         };
@@ -49,6 +49,7 @@ pub(super) fn check_listeners(
             ok = false;
         }
         let limits = check_limits(ck, &path, &raw);
+        let debug_trusted = check_debug(ck, &path, raw.debug_header, raw.debug_trusted.take());
         let tls = raw
             .tls
             .map(|t| super::tls::check_listener_tls(ck, &format!("{path}.tls"), t));
@@ -100,6 +101,7 @@ pub(super) fn check_listeners(
                     keepalive_timeout,
                     h2c,
                     limits,
+                    debug_trusted,
                 });
             }
             Err(msg) => {
@@ -143,6 +145,62 @@ fn check_limits(ck: &mut Checker, path: &str, raw: &RawListener) -> ListenerLimi
         max_connections: count("max_connections", raw.max_connections),
         max_connections_per_ip: count("max_connections_per_ip", raw.max_connections_per_ip),
     }
+}
+
+/// `debug_header` and `debug_trusted`: the CIDRs whose clients get `X-Fulcrum-Debug`
+/// (default loopback only); None when the header is off.
+fn check_debug(
+    ck: &mut Checker,
+    path: &str,
+    on: Option<bool>,
+    trusted: Option<Vec<String>>,
+) -> Option<Vec<Cidr>> {
+    if on != Some(true) {
+        if trusted.is_some() {
+            ck.error(
+                format!("{path}.debug_trusted"),
+                "applies with `debug_header: true`",
+            );
+        }
+        return None;
+    }
+    let Some(items) = trusted else {
+        return Some(vec![
+            Cidr {
+                addr: std::net::Ipv4Addr::LOCALHOST.into(),
+                prefix: 8,
+            },
+            Cidr {
+                addr: std::net::Ipv6Addr::LOCALHOST.into(),
+                prefix: 128,
+            },
+        ]);
+    };
+    let mut out = Vec::new();
+    for (i, text) in items.iter().enumerate() {
+        match parse_cidr(text) {
+            Some(c) => out.push(c),
+            None => ck.error(
+                format!("{path}.debug_trusted[{i}]"),
+                format!("`{text}` is not an address block: expected e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32"),
+            ),
+        }
+    }
+    Some(out)
+}
+
+/// `ADDR/PREFIX` or a single address.
+fn parse_cidr(text: &str) -> Option<Cidr> {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (
+            a.parse::<std::net::IpAddr>().ok()?,
+            Some(p.parse::<u8>().ok()?),
+        ),
+        None => (text.parse().ok()?, None),
+    };
+    let width = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = prefix.unwrap_or(width);
+    (prefix <= width).then_some(Cidr { addr, prefix })
 }
 
 #[cfg(test)]
