@@ -1,6 +1,7 @@
 //! The admin listener: GET /metrics (Prometheus text), /healthz (200 while serving, 503 once
 //! shutdown or an upgrade hand-over began), /status (JSON: pools, backends, config hash) and /
-//! (the HTML status page, operate/status_page.rs). Anything else is 404. It is its own Pingora service, never reachable through the proxy.
+//! (the HTML status page, operate/status_page.rs). Anything else is 404. It is its own Pingora
+//! service, never reachable through the proxy.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
