@@ -1,6 +1,7 @@
 //! The runtime snapshot: routes, pools and their metric handles, built from a validated
 //! `Config`. The request path loads it once per request; a reload swaps in a new one.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -58,7 +59,7 @@ impl Runtime {
                 Arc::new(Pool::rebuild(p, old.map(|o| o.as_ref())))
             })
             .collect();
-        let observers = pools
+        let observers: Vec<PoolObserver> = pools
             .iter()
             .map(|p| PoolObserver {
                 metrics: metrics.pool(
@@ -69,6 +70,9 @@ impl Runtime {
                 error_log: LogLimit::default(),
             })
             .collect();
+        if let Some(previous) = previous {
+            forget_gone_backends(metrics, previous, &observers);
+        }
         Runtime {
             router: Router::new(&config.routes),
             edge: crate::edge::EdgeRoutes::build(config, &metrics.edge, previous.map(|p| &p.edge)),
@@ -119,6 +123,28 @@ impl Runtime {
     }
 }
 
+/// Remove the per-backend series of the backends `previous` had and `observers` (the next
+/// snapshot's) no longer have, so that reloads and DNS changes do not grow the registry.
+fn forget_gone_backends(metrics: &Metrics, previous: &Runtime, observers: &[PoolObserver]) {
+    let kept: HashSet<(&str, &str)> = observers
+        .iter()
+        .flat_map(|o| {
+            let pool = o.metrics.name.as_str();
+            o.metrics
+                .backend_names()
+                .iter()
+                .map(move |b| (pool, b.as_str()))
+        })
+        .collect();
+    for o in &previous.observers {
+        for b in o.metrics.backend_names() {
+            if !kept.contains(&(o.metrics.name.as_str(), b.as_str())) {
+                metrics.forget_backend(&o.metrics.name, b);
+            }
+        }
+    }
+}
+
 /// What the request path needs to know about a listener.
 pub struct ListenerInfo {
     pub name: String,
@@ -155,6 +181,40 @@ pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rebuild_without_a_backend_removes_its_latency_series() {
+        let yaml = |backends: &str| {
+            format!("listeners: [{{name: a, listen: 127.0.0.1:8080}}]\nroutes: [{{pool: p}}]\npools:\n  p:\n    backends: [{backends}]\n")
+        };
+        let parse = |y: String| crate::config::parse(std::path::Path::new("t.yaml"), &y).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let both = parse(yaml(
+            "{address: 127.0.0.1:9000, name: x}, {address: 127.0.0.1:9001, name: y}",
+        ));
+        let first = Runtime::build(&both, &metrics);
+        first.observers[0].metrics.upstream_response(1, 0.01);
+        let series = |backend: &str| {
+            let text = metrics.render().unwrap();
+            text.lines()
+                .filter(|l| l.starts_with("fulcrum_upstream_response_seconds"))
+                .filter(|l| l.contains(&format!("backend=\"{backend}\"")))
+                .count()
+        };
+        assert_eq!(series("y"), 17, "14 bounds, +Inf, sum and count");
+        let only_x = parse(yaml("{address: 127.0.0.1:9000, name: x}"));
+        let second = Runtime::rebuild(&only_x, &metrics, Some(&first));
+        assert_eq!(series("y"), 0);
+        assert_eq!(series("x"), 17, "x stays");
+        // y comes back (DNS answers it again): a fresh series.
+        let third = Runtime::rebuild(&both, &metrics, Some(&second));
+        assert_eq!(series("y"), 17);
+        assert!(metrics
+            .render()
+            .unwrap()
+            .contains("fulcrum_upstream_response_seconds_count{backend=\"y\",pool=\"p\"} 0"));
+        drop(third);
+    }
 
     #[test]
     fn a_local_address_no_listener_serves_has_no_listener() {

@@ -7,6 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use pingora_prometheus::prometheus::core::Collector;
+use pingora_prometheus::prometheus::proto::MetricFamily;
 use pingora_prometheus::prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     Result as PromResult, TextEncoder,
@@ -15,6 +16,12 @@ use pingora_prometheus::prometheus::{
 /// Buckets for a proxy: from 0.5 ms to 30 s.
 const DURATION_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Buckets of `fulcrum_upstream_response_seconds`: a backend's time to its response header,
+/// from 1 ms to 10 s (a longer wait is a timeout to fix, not a latency to resolve finely).
+const UPSTREAM_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
 /// Status codes whose request counters are resolved once and kept; others are looked up.
@@ -73,6 +80,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    upstream_response: HistogramVec,
     upstream_errors: IntCounterVec,
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounterVec,
@@ -104,6 +112,14 @@ impl Metrics {
             )
             .buckets(DURATION_BUCKETS.to_vec()),
             &["pool"],
+        )?;
+        let upstream_response = HistogramVec::new(
+            HistogramOpts::new(
+                "fulcrum_upstream_response_seconds",
+                "Time from sending the request to a backend to its response header (connection setup and response body not included), by pool and backend.",
+            )
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
+            &["pool", "backend"],
         )?;
         let upstream_errors = counter_vec(
             "fulcrum_upstream_errors_total",
@@ -163,6 +179,7 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(upstream_response.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(
             pingora_prometheus::prometheus::process_collector::ProcessCollector::for_self(),
@@ -176,6 +193,7 @@ impl Metrics {
             registry,
             requests,
             duration,
+            upstream_response,
             upstream_errors,
             retries,
             retry_budget_exhausted,
@@ -212,6 +230,18 @@ impl Metrics {
         self.reloads.with_label_values(&[result]).inc();
     }
 
+    /// Remove the series of `pool`'s `backend`, gone from the configuration or from DNS (a
+    /// snapshot still serving a request with it observes into a handle no scrape sees).
+    pub fn forget_backend(&self, pool: &str, backend: &str) {
+        // Err: the series never existed; nothing to remove.
+        let _ = self.upstream_response.remove_label_values(&[pool, backend]);
+    }
+
+    /// The registry's current samples (what the status page reads).
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+
     /// Handles for one pool (`pool` empty: requests no route matched) and its `backends`, by
     /// name in pool order.
     pub fn pool<'a>(
@@ -238,6 +268,13 @@ impl Metrics {
             no_backend: self.no_backend.with_label_values(&[pool]),
             affinity: AFFINITY_RESULTS.map(|r| self.affinity.with_label_values(&[pool, r])),
             requests: backend_names.iter().map(|b| per_listener(b)).collect(),
+            upstream_response: backend_names
+                .iter()
+                .map(|b| {
+                    self.upstream_response
+                        .with_label_values(&[pool, b.as_str()])
+                })
+                .collect(),
             requests_without_backend: per_listener(""),
             upstream_errors: self.upstream_errors.clone(),
             backend_names,
@@ -289,6 +326,8 @@ pub struct PoolMetrics {
     requests: Vec<Vec<CodeCounters>>,
     /// [listener] as above: requests that reached no backend.
     requests_without_backend: Vec<CodeCounters>,
+    /// `fulcrum_upstream_response_seconds`, by backend.
+    upstream_response: Vec<Histogram>,
     upstream_errors: IntCounterVec,
     backend_names: Vec<String>,
 }
@@ -312,6 +351,18 @@ impl PoolMetrics {
             c.inc(code);
         }
         self.duration.observe(seconds);
+    }
+
+    /// `backend`'s response header arrived `seconds` after the request was sent to it.
+    pub fn upstream_response(&self, backend: usize, seconds: f64) {
+        if let Some(h) = self.upstream_response.get(backend) {
+            h.observe(seconds);
+        }
+    }
+
+    /// The pool's backends, by name in pool order (as the handles were built).
+    pub fn backend_names(&self) -> &[String] {
+        &self.backend_names
     }
 
     pub fn retry(&self) {

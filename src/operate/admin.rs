@@ -1,6 +1,7 @@
 //! The admin listener: GET /metrics (Prometheus text), /healthz (200 while serving, 503 once
-//! shutdown or an upgrade hand-over began) and /status (JSON: pools, backends, config hash).
-//! Anything else is 404. It is its own Pingora service, never reachable through the proxy.
+//! shutdown or an upgrade hand-over began), /status (JSON: pools, backends, config hash) and /
+//! (the HTML status page, operate/status_page.rs). Anything else is 404. It is its own Pingora
+//! service, never reachable through the proxy.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ pub struct AdminApp {
     metrics_failing: Outage,
     /// The runtime API under /api/v1/ (None: 404 there).
     api: Option<Api>,
+    status_page: crate::operate::status_page::StatusPage,
 }
 
 /// Largest runtime API request body read.
@@ -41,6 +43,7 @@ impl AdminApp {
             draining,
             metrics_failing: Outage::default(),
             api: None,
+            status_page: Default::default(),
         }
     }
 
@@ -198,6 +201,13 @@ impl ServeHttp for AdminApp {
         let get = req.method == http::Method::GET || req.method == http::Method::HEAD;
         match (get, req.uri.path()) {
             (true, "/metrics") => self.metrics_reply(),
+            (true, "/") => reply(
+                200,
+                "text/html; charset=utf-8",
+                self.status_page
+                    .render(&self.status(), &self.runtime.load(), &self.metrics)
+                    .into_bytes(),
+            ),
             (true, "/healthz") if self.draining.load(Ordering::Relaxed) => {
                 reply(503, "text/plain", b"draining\n".to_vec())
             }

@@ -15,4 +15,5 @@ pub mod parent_ready;
 pub mod ready_line;
 pub mod reload;
 pub mod shutdown;
+pub mod status_page;
 pub mod systemd;

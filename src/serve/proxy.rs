@@ -108,6 +108,9 @@ pub struct RequestCtx {
     /// The status to answer when no further attempt is possible after failures.
     failure_status: u16,
     started: Instant,
+    /// When the current attempt's request header went to its backend (None: not yet, or its
+    /// response header was timed already): `fulcrum_upstream_response_seconds`.
+    sent: Option<Instant>,
     /// What affinity decided (None: the pool has no affinity).
     affinity: Option<Decision>,
     /// The affinity session the request belongs to (set with `affinity`).
@@ -128,6 +131,7 @@ impl RequestCtx {
         if let Some((i, _guard)) = self.current.take() {
             self.tried.push(i);
         }
+        self.sent = None;
         self.failure_status = status;
     }
 
@@ -232,6 +236,7 @@ impl ProxyHttp for Proxy {
             attempts: 0,
             failure_status: 502,
             started: Instant::now(),
+            sent: None,
             affinity: None,
             session: 0,
             set_cookie: false,
@@ -493,6 +498,15 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
+        // Timed to the final header: a 1xx (100 Continue) is not the backend's answer yet.
+        if status >= 200 {
+            if let (Some(sent), Some((i, _)), Some(o)) =
+                (ctx.sent.take(), &ctx.current, ctx.observer())
+            {
+                o.metrics
+                    .upstream_response(*i, sent.elapsed().as_secs_f64());
+            }
+        }
         let failed = ctx
             .pool
             .as_ref()
@@ -516,6 +530,7 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.sent = Some(Instant::now());
         let tls = ctx.listener().is_some_and(|l| l.tls);
         let backend = ctx
             .pool
