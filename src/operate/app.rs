@@ -19,6 +19,7 @@ use pingora::services::ServiceHandle;
 use crate::config::{Config, ServerSettings};
 use crate::observe::access_log;
 use crate::observe::metrics::Metrics;
+use crate::operate::acme;
 use crate::operate::admin::{AdminApp, DrainWatch};
 use crate::operate::backend_metrics::BackendCollector;
 use crate::operate::discovery::{DiscoveryService, Fleet};
@@ -29,6 +30,7 @@ use crate::operate::reload::ReloadService;
 use crate::operate::shutdown::ExitWhenDone;
 use crate::operate::systemd::{Notifier, NotifyService, RestoreStderr};
 use crate::runtime::SharedRuntime;
+use crate::serve::challenge::Challenges;
 use crate::serve::keepalive::KeepAlive;
 use crate::serve::limits::ConnectionLimits;
 use crate::serve::proxy::Proxy;
@@ -110,6 +112,8 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
             access_log.clone(),
         ),
     ));
+    // ACME HTTP-01 answers, shared by the proxies and the ACME service.
+    let challenges = Arc::new(Challenges::new(acme::state_dirs(config)));
     let proxy_logic = || {
         Proxy::new(
             runtime.clone(),
@@ -117,6 +121,7 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
             draining.clone(),
             limits.clone(),
         )
+        .with_challenges(challenges.clone())
     };
     // Pingora turns h2c on per proxy: connections that open with the HTTP/2 preface on an
     // `h2c` listener go to a second proxy with it on (the keep-alive loop tells them apart).
@@ -134,6 +139,7 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         ),
     );
     let mut certificates = Vec::new();
+    let mut managed = Vec::new();
     for listener in &config.listeners {
         let addr = listener.addr.to_string();
         let endpoint = ListenerConfig::tcp(addr.clone()).l4_buffer(l4_buffer());
@@ -141,10 +147,20 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
             proxy.add_listener(endpoint);
             continue;
         };
+        let resolver = match &tls.acme {
+            None => SniResolver::new(&tls.loaded()),
+            Some(a) => acme::resolver(&listener.name, a, &tls.loaded())?,
+        };
         let resolver = Arc::new(
-            SniResolver::new(&tls.loaded())
-                .ok_or_else(|| format!("listener {}: no certificate", listener.name))?,
+            resolver.ok_or_else(|| format!("listener {}: no certificate", listener.name))?,
         );
+        if let Some(a) = &tls.acme {
+            managed.push(acme::Managed {
+                listener: listener.name.clone(),
+                config: a.clone(),
+                resolver: resolver.clone(),
+            });
+        }
         // The paths are not used: certificates come from the resolver, with what validation
         // loaded and checked (Pingora's rustls listener would panic on a bad file).
         let mut settings = TlsSettings::intermediate("", "")
@@ -170,6 +186,12 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&health);
     proxy.add_dependency(&bootstrap);
+    if !managed.is_empty() {
+        // Orders start once the plain listeners can answer the challenges.
+        let service = acme::AcmeService::new(managed, challenges);
+        let acme = server.add_service(background_service("acme", service));
+        acme.add_dependency(&proxy);
+    }
     let mut listening = vec![proxy];
     health.add_dependency(&bootstrap);
 

@@ -1,6 +1,7 @@
 //! Running the process: assembling the Pingora server, reload, upgrade hand-over, shutdown,
 //! systemd, the admin listener, the health-check service, and the demo.
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod backend_metrics;

@@ -1,6 +1,7 @@
 //! The request path: the connection loop, the checks on what a client sends, and the
 //! `ProxyHttp` implementation that forwards a request to a backend picked by its pool.
 
+pub mod challenge;
 pub mod forwarding;
 pub mod keepalive;
 pub mod limits;

@@ -12,13 +12,17 @@ pub(super) fn check_listener_tls(
     path: &str,
     raw: RawListenerTls,
 ) -> Option<ListenerTls> {
-    if raw.certificates.is_empty() {
+    if raw.certificates.is_empty() && raw.acme.is_none() {
         ck.error(
             format!("{path}.certificates"),
-            "needs at least one {cert, key} pair",
+            "needs at least one {cert, key} pair (or `acme`)",
         );
         return None;
     }
+    let acme = match raw.acme {
+        Some(a) => Some(super::acme::check_acme(ck, &format!("{path}.acme"), a)),
+        None => None,
+    };
     let now = crate::tls::unix_now();
     let mut ok = true;
     let mut certificates = Vec::new();
@@ -38,9 +42,15 @@ pub(super) fn check_listener_tls(
             }
         }
     }
+    let acme = match acme {
+        Some(None) => return None,
+        Some(a) => a,
+        None => None,
+    };
     ok.then_some(ListenerTls {
         certificates,
         http2: raw.http2.unwrap_or(true),
+        acme,
     })
 }
 
