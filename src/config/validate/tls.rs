@@ -19,10 +19,9 @@ pub(super) fn check_listener_tls(
         );
         return None;
     }
-    let acme = match raw.acme {
-        Some(a) => Some(super::acme::check_acme(ck, &format!("{path}.acme"), a)),
-        None => None,
-    };
+    let acme = raw
+        .acme
+        .map(|a| super::acme::check_acme(ck, &format!("{path}.acme"), a));
     let now = crate::tls::unix_now();
     let mut ok = true;
     let mut certificates = Vec::new();
