@@ -18,12 +18,14 @@ setup:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake; }
 
 # What the tests use beyond Rust: promtool (Debian's prometheus package), curl, systemd-analyze,
-# and for the package test man (systemd-analyze verify looks the unit's man page up).
+# for the package test man (systemd-analyze verify looks the unit's man page up), and pebble
+# (the ACME server tests/acme.rs runs on 127.0.0.1).
 test-tools:
 	@command -v promtool >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 \
-	  && command -v systemd-analyze >/dev/null 2>&1 && command -v man >/dev/null 2>&1 || { \
-	  echo "installing promtool, curl, systemd-analyze and man"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus curl systemd man-db; }
+	  && command -v systemd-analyze >/dev/null 2>&1 && command -v man >/dev/null 2>&1 \
+	  && command -v pebble >/dev/null 2>&1 || { \
+	  echo "installing promtool, curl, systemd-analyze, man and pebble"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus curl systemd man-db pebble; }
 
 # cargo-deb, pinned (the package test packages the debug build, which later versions may refuse).
 CARGO_DEB_VERSION := 3.8.0

@@ -12,7 +12,13 @@ pub(super) fn check_listener_tls(
     path: &str,
     raw: RawListenerTls,
 ) -> Option<ListenerTls> {
+    let certs_path = format!("{path}.certificates");
+    // A list whose items had the wrong shape was reported already (and read as empty).
+    let reported = ck.problems.iter().any(|p| p.path.starts_with(&certs_path));
     if raw.certificates.is_empty() && raw.acme.is_none() {
+        if reported {
+            return None;
+        }
         ck.error(
             format!("{path}.certificates"),
             "needs at least one {cert, key} pair (or `acme`)",
