@@ -270,6 +270,22 @@ impl SniResolver {
         self.update(|s| s.files = certs.to_vec());
     }
 
+    /// What is served now, in order: (where it comes from, the certificate). `"acme"` first,
+    /// then `"file"`; `"fallback"` only while there is neither.
+    pub fn served(&self) -> Vec<(&'static str, LoadedCert)> {
+        let s = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(&'static str, LoadedCert)> = s
+            .managed
+            .iter()
+            .map(|c| ("acme", c.clone()))
+            .chain(s.files.iter().map(|c| ("file", c.clone())))
+            .collect();
+        if out.is_empty() {
+            out.extend(s.fallback.iter().map(|c| ("fallback", c.clone())));
+        }
+        out
+    }
+
     /// Serve `certs` (managed by fulcrum) first, beside the files, from the next handshake on.
     pub fn set_managed(&self, certs: &[LoadedCert]) {
         self.update(|s| s.managed = certs.to_vec());

@@ -114,6 +114,7 @@ impl Drop for Pebble {
 /// fulcrum with a plain listener on `plain` (first, where readiness is checked) and an ACME
 /// listener on `tls`.
 fn acme_yaml(
+    top: &str,
     dir: &Path,
     plain: u16,
     tls: u16,
@@ -123,7 +124,7 @@ fn acme_yaml(
     backend: &Backend,
 ) -> String {
     format!(
-        "{}listeners:\n  - name: web\n    listen: 127.0.0.1:{plain}\n  - name: secure\n    listen: 127.0.0.1:{tls}\n    tls:\n      acme:\n        directory: {}\n        email: ops@fulcrum.test\n        domains: [{DOMAIN}]\n        ca_file: {}\n        state_dir: {}\n{extra}routes: [{{pool: p}}]\npools:\n  p: {{backends: [{{address: \"{}\"}}]}}\n",
+        "{}{top}listeners:\n  - name: web\n    listen: 127.0.0.1:{plain}\n  - name: secure\n    listen: 127.0.0.1:{tls}\n    tls:\n      acme:\n        directory: {}\n        email: ops@fulcrum.test\n        domains: [{DOMAIN}]\n        ca_file: {}\n        state_dir: {}\n{extra}routes: [{{pool: p}}]\npools:\n  p: {{backends: [{{address: \"{}\"}}]}}\n",
         Fulcrum::server_block(dir),
         pebble.directory(),
         pebble.pki.ca_path().display(),
@@ -133,6 +134,7 @@ fn acme_yaml(
 }
 
 async fn start_fulcrum(
+    top: &str,
     pebble: &Pebble,
     plain: u16,
     tls: u16,
@@ -141,7 +143,7 @@ async fn start_fulcrum(
     backend: &Backend,
 ) -> Fulcrum {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = acme_yaml(dir.path(), plain, tls, pebble, state, extra, backend);
+    let yaml = acme_yaml(top, dir.path(), plain, tls, pebble, state, extra, backend);
     Fulcrum::start_yaml(dir, plain, &yaml).await
 }
 
@@ -252,8 +254,10 @@ async fn issues_serves_stores_and_renews_without_a_restart() {
     let backend = Backend::start("app").await;
     let state = tempfile::tempdir().unwrap();
     let state_dir: PathBuf = state.path().join("acme");
+    let admin = Admin::new();
     // Renewal after 4s (pebble's certificates live for years): see README, `renew_after`.
     let f = start_fulcrum(
+        &admin.yaml(),
         &pebble,
         plain,
         tls,
@@ -291,6 +295,20 @@ async fn issues_serves_stores_and_renews_without_a_restart() {
         assert!(state_dir.join(file).exists(), "{file} not stored");
     }
     eprintln!("issued after {took:?}");
+    // /status and /metrics say what is served.
+    let status = admin.status().await;
+    let secure = &status["certificates"]["secure"];
+    assert_eq!(secure["serving_fallback"], false, "{status}");
+    assert_eq!(secure["served"][0]["source"], "acme", "{status}");
+    assert_eq!(secure["served"][0]["names"][0], DOMAIN, "{status}");
+    assert_eq!(secure["acme"]["failures"], 0, "{status}");
+    let expiry = admin
+        .metric(
+            "fulcrum_certificate_expiry_seconds",
+            &[("listener", "secure"), ("name", DOMAIN)],
+        )
+        .await;
+    assert!(expiry > 86400.0, "{expiry}");
     // Renewed in place: another certificate, the process the same.
     let started = Instant::now();
     let renewed = wait_cert(
@@ -315,7 +333,7 @@ async fn issues_serves_stores_and_renews_without_a_restart() {
     assert_eq!(status, 404);
     drop(f);
     // A restart serves the stored certificate at once.
-    let f = start_fulcrum(&pebble, plain, tls, &state_dir, "", &backend).await;
+    let f = start_fulcrum("", &pebble, plain, tls, &state_dir, "", &backend).await;
     let stored = std::fs::read_to_string(state_dir.join("cert.pem")).unwrap();
     assert!(!stored.is_empty());
     assert!(
@@ -340,7 +358,9 @@ async fn a_failing_challenge_keeps_the_fallback_and_backs_off() {
     let pebble = Pebble::start(free_port(), dns.addr).await;
     let backend = Backend::start("app").await;
     let state = tempfile::tempdir().unwrap();
+    let admin = Admin::new();
     let f = start_fulcrum(
+        &admin.yaml(),
         &pebble,
         plain,
         tls,
@@ -359,6 +379,26 @@ async fn a_failing_challenge_keeps_the_fallback_and_backs_off() {
     assert!(log.contains("the fallback certificate stays"), "{log}");
     assert!(self_signed_for_domain(&any_cert(tls).await));
     assert!(!state.path().join("acme/cert.pem").exists());
+    let status = admin.status().await;
+    let secure = &status["certificates"]["secure"];
+    assert_eq!(secure["serving_fallback"], true, "{status}");
+    assert_eq!(secure["served"][0]["source"], "fallback", "{status}");
+    assert_eq!(secure["acme"]["failures"], 1, "{status}");
+    let error = secure["acme"]["last_error"].as_str().unwrap();
+    assert!(error.contains(DOMAIN), "{status}");
+    eprintln!("failure: {error}");
+    let metrics = admin.metrics().await;
+    let labels = [("listener", "secure")];
+    assert_eq!(
+        metric_sum(&metrics, "fulcrum_certificate_fallback", &labels),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&metrics, "fulcrum_acme_failures_total", &labels),
+        1.0
+    );
+    // The fallback's expiry is reported too (rcgen's default validity runs to 4096).
+    assert!(metric_sum(&metrics, "fulcrum_certificate_expiry_seconds", &labels) > 0.0);
     // No second attempt before the back-off.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!f.log().contains("attempt 2 failed"), "{}", f.log());
@@ -375,8 +415,8 @@ async fn two_instances_sharing_a_state_dir_order_once() {
     let state = tempfile::tempdir().unwrap();
     let dir = state.path().join("acme");
     let (a, b) = tokio::join!(
-        start_fulcrum(&pebble, plain_a, tls_a, &dir, "", &backend),
-        start_fulcrum(&pebble, plain_b, tls_b, &dir, "", &backend),
+        start_fulcrum("", &pebble, plain_a, tls_a, &dir, "", &backend),
+        start_fulcrum("", &pebble, plain_b, tls_b, &dir, "", &backend),
     );
     let root = pebble.root_pem().await;
     let cert_a = wait_cert(

@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::observe::log_limit::Outage;
 use crate::observe::metrics::Metrics;
+use crate::operate::certificates::Certificates;
 use crate::runtime::SharedRuntime;
 
 /// The admin endpoints' logic.
@@ -25,6 +26,8 @@ pub struct AdminApp {
     draining: Arc<AtomicBool>,
     /// Whether /metrics cannot be rendered now (said once each way).
     metrics_failing: Outage,
+    /// What the TLS listeners serve (the `certificates` section of /status).
+    certificates: Option<Arc<Certificates>>,
 }
 
 impl AdminApp {
@@ -34,7 +37,14 @@ impl AdminApp {
             runtime,
             draining,
             metrics_failing: Outage::default(),
+            certificates: None,
         }
+    }
+
+    /// Report what the TLS listeners serve in /status.
+    pub fn with_certificates(mut self, certificates: Arc<Certificates>) -> Self {
+        self.certificates = Some(certificates);
+        self
     }
 
     /// The /metrics answer: the exposition, or 500 when it cannot be rendered (logged when
@@ -118,6 +128,7 @@ impl AdminApp {
                 "loaded_at": humantime::format_rfc3339_seconds(rt.loaded_at).to_string(),
             },
             "pools": pools,
+            "certificates": self.certificates.as_ref().map(|c| c.json()),
         })
     }
 }

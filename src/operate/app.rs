@@ -22,6 +22,7 @@ use crate::observe::metrics::Metrics;
 use crate::operate::acme;
 use crate::operate::admin::{AdminApp, DrainWatch};
 use crate::operate::backend_metrics::BackendCollector;
+use crate::operate::certificates::{AcmeState, CertificateCollector, Certificates, ListenerCerts};
 use crate::operate::discovery::{DiscoveryService, Fleet};
 use crate::operate::health::HealthService;
 use crate::operate::parent_ready::ParentReady;
@@ -140,6 +141,7 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
     );
     let mut certificates = Vec::new();
     let mut managed = Vec::new();
+    let mut served = Certificates::default();
     for listener in &config.listeners {
         let addr = listener.addr.to_string();
         let endpoint = ListenerConfig::tcp(addr.clone()).l4_buffer(l4_buffer());
@@ -154,13 +156,21 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         let resolver = Arc::new(
             resolver.ok_or_else(|| format!("listener {}: no certificate", listener.name))?,
         );
-        if let Some(a) = &tls.acme {
+        let acme_state = tls.acme.as_ref().map(|a| {
+            let state = Arc::new(AcmeState::new(a.domains.clone()));
             managed.push(acme::Managed {
                 listener: listener.name.clone(),
                 config: a.clone(),
                 resolver: resolver.clone(),
+                state: state.clone(),
             });
-        }
+            state
+        });
+        served.listeners.push(ListenerCerts {
+            listener: listener.name.clone(),
+            resolver: resolver.clone(),
+            acme: acme_state,
+        });
         // The paths are not used: certificates come from the resolver, with what validation
         // loaded and checked (Pingora's rustls listener would panic on a bad file).
         let mut settings = TlsSettings::intermediate("", "")
@@ -174,6 +184,10 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         proxy.add_listener(endpoint.tls(settings));
         certificates.push((listener.name.clone(), resolver));
     }
+    let served = Arc::new(served);
+    metrics
+        .register(Box::new(CertificateCollector::new(served.clone())))
+        .map_err(|e| format!("metrics: {e}"))?;
     server.add_service(background_service(
         "discovery",
         DiscoveryService::new(fleet.clone()),
@@ -198,7 +212,7 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
     if let Some(admin) = &config.admin {
         let mut service = Service::new(
             "admin".to_string(),
-            AdminApp::new(metrics.clone(), runtime.clone(), draining),
+            AdminApp::new(metrics.clone(), runtime.clone(), draining).with_certificates(served),
         );
         service.add_tcp(&admin.listen.to_string());
         let admin = server.add_service(service);

@@ -5,6 +5,7 @@ pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod backend_metrics;
+pub mod certificates;
 pub mod demo;
 pub mod diff;
 pub mod discovery;

@@ -20,6 +20,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::model::AcmeConfig;
+use crate::operate::certificates::AcmeState;
 use crate::serve::challenge::Challenges;
 use crate::tls::{unix_now, LoadedCert, SniResolver};
 use store::Store;
@@ -114,6 +115,8 @@ pub struct Managed {
     pub listener: String,
     pub config: AcmeConfig,
     pub resolver: Arc<SniResolver>,
+    /// What /status and /metrics report of it.
+    pub state: Arc<AcmeState>,
 }
 
 /// The background service that keeps every ACME listener's certificate.
@@ -150,6 +153,7 @@ async fn keep(m: &Managed, challenges: &Challenges) {
         let wait = match round(m, challenges, &mut serving).await {
             Ok(wait) => {
                 failures = 0;
+                m.state.succeeded(unix_now().saturating_add(secs(wait)));
                 wait
             }
             Err(e) => {
@@ -160,6 +164,7 @@ async fn keep(m: &Managed, challenges: &Challenges) {
                 } else {
                     "the fallback certificate stays"
                 };
+                m.state.failed(&e, unix_now().saturating_add(secs(wait)));
                 tracing::warn!(
                     "acme: listener {}: {e}; {what}; attempt {failures} failed, next in {}s",
                     m.listener,
@@ -170,6 +175,10 @@ async fn keep(m: &Managed, challenges: &Challenges) {
         };
         tokio::time::sleep(wait).await;
     }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// Serve `cert` if it is not what is served already.
