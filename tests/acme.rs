@@ -113,14 +113,14 @@ impl Drop for Pebble {
 
 /// fulcrum with a plain listener on `plain` (first, where readiness is checked) and an ACME
 /// listener on `tls`.
+/// `top` goes before `listeners:` (e.g. `admin:`), `extra` into `acme:`.
 fn acme_yaml(
-    top: &str,
+    (top, extra): (&str, &str),
     dir: &Path,
     plain: u16,
     tls: u16,
     pebble: &Pebble,
     state: &Path,
-    extra: &str,
     backend: &Backend,
 ) -> String {
     format!(
@@ -134,16 +134,14 @@ fn acme_yaml(
 }
 
 async fn start_fulcrum(
-    top: &str,
+    top_extra: (&str, &str),
     pebble: &Pebble,
-    plain: u16,
-    tls: u16,
+    (plain, tls): (u16, u16),
     state: &Path,
-    extra: &str,
     backend: &Backend,
 ) -> Fulcrum {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = acme_yaml(top, dir.path(), plain, tls, pebble, state, extra, backend);
+    let yaml = acme_yaml(top_extra, dir.path(), plain, tls, pebble, state, backend);
     Fulcrum::start_yaml(dir, plain, &yaml).await
 }
 
@@ -257,12 +255,10 @@ async fn issues_serves_stores_and_renews_without_a_restart() {
     let admin = Admin::new();
     // Renewal after 4s (pebble's certificates live for years): see README, `renew_after`.
     let f = start_fulcrum(
-        &admin.yaml(),
+        (&admin.yaml(), "        renew_after: 4s\n"),
         &pebble,
-        plain,
-        tls,
+        (plain, tls),
         &state_dir,
-        "        renew_after: 4s\n",
         &backend,
     )
     .await;
@@ -333,7 +329,7 @@ async fn issues_serves_stores_and_renews_without_a_restart() {
     assert_eq!(status, 404);
     drop(f);
     // A restart serves the stored certificate at once.
-    let f = start_fulcrum("", &pebble, plain, tls, &state_dir, "", &backend).await;
+    let f = start_fulcrum(("", ""), &pebble, (plain, tls), &state_dir, &backend).await;
     let stored = std::fs::read_to_string(state_dir.join("cert.pem")).unwrap();
     assert!(!stored.is_empty());
     assert!(
@@ -360,12 +356,10 @@ async fn a_failing_challenge_keeps_the_fallback_and_backs_off() {
     let state = tempfile::tempdir().unwrap();
     let admin = Admin::new();
     let f = start_fulcrum(
-        &admin.yaml(),
+        (&admin.yaml(), ""),
         &pebble,
-        plain,
-        tls,
+        (plain, tls),
         &state.path().join("acme"),
-        "",
         &backend,
     )
     .await;
@@ -415,8 +409,8 @@ async fn two_instances_sharing_a_state_dir_order_once() {
     let state = tempfile::tempdir().unwrap();
     let dir = state.path().join("acme");
     let (a, b) = tokio::join!(
-        start_fulcrum("", &pebble, plain_a, tls_a, &dir, "", &backend),
-        start_fulcrum("", &pebble, plain_b, tls_b, &dir, "", &backend),
+        start_fulcrum(("", ""), &pebble, (plain_a, tls_a), &dir, &backend),
+        start_fulcrum(("", ""), &pebble, (plain_b, tls_b), &dir, &backend),
     );
     let root = pebble.root_pem().await;
     let cert_a = wait_cert(
