@@ -205,3 +205,67 @@ impl Collector for CertificateCollector {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(name: &str) -> crate::tls::LoadedCert {
+        crate::operate::acme::fallback(&[name.to_string()]).unwrap()
+    }
+
+    #[test]
+    fn the_fallback_is_served_until_a_managed_certificate_and_files_come_first_after_it() {
+        let resolver = Arc::new(SniResolver::with_fallback(&[], Some(cert("a.example"))).unwrap());
+        let state = Arc::new(AcmeState::new(vec!["a.example".into()]));
+        let certs = Arc::new(Certificates {
+            listeners: vec![ListenerCerts {
+                listener: "tls".into(),
+                resolver: resolver.clone(),
+                acme: Some(state.clone()),
+            }],
+        });
+        let j = certs.json();
+        assert_eq!(j["tls"]["serving_fallback"], true, "{j}");
+        assert_eq!(j["tls"]["served"][0]["source"], "fallback", "{j}");
+        state.failed("connection refused", 0);
+        let collector = CertificateCollector::new(certs.clone());
+        let text = {
+            use pingora_prometheus::prometheus::{Encoder, TextEncoder};
+            let mut out = Vec::new();
+            TextEncoder::new()
+                .encode(&collector.collect(), &mut out)
+                .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert!(
+            text.contains("fulcrum_certificate_fallback{listener=\"tls\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fulcrum_acme_failures_total{listener=\"tls\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "fulcrum_certificate_expiry_seconds{listener=\"tls\",name=\"a.example\"}"
+            ),
+            "{text}"
+        );
+
+        resolver.set_managed(&[cert("a.example")]);
+        resolver.replace(&[cert("b.example")]);
+        state.succeeded(0);
+        let j = certs.json();
+        let sources: Vec<_> = j["tls"]["served"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["source"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(sources, ["acme", "file"], "{j}");
+        assert_eq!(j["tls"]["serving_fallback"], false, "{j}");
+        assert_eq!(j["tls"]["acme"]["failures"], 1, "{j}");
+        assert!(j["tls"]["acme"]["last_error"].is_null(), "{j}");
+    }
+}
