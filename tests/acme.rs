@@ -443,4 +443,72 @@ async fn two_instances_sharing_a_state_dir_order_once() {
         a.log(),
         b.log()
     );
+    let (who, waited) = if orders(&a) == 1 {
+        ("a", &b)
+    } else {
+        ("b", &a)
+    };
+    eprintln!("instance {who} ordered (pebble validates on a's port)");
+    let other = waited.log();
+    assert!(
+        other.contains("waiting for its order") || other.contains("serving the certificate"),
+        "{other}"
+    );
+    // Either instance answers a challenge whose token only the shared state directory holds.
+    std::fs::write(
+        dir.join("challenges/shared-token"),
+        "shared-token.thumbprint",
+    )
+    .unwrap();
+    for f in [&a, &b] {
+        let url = f.url("/.well-known/acme-challenge/shared-token");
+        let resp = client().get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(backend_of(&resp), "", "a challenge went to the backend");
+        assert_eq!(resp.text().await.unwrap(), "shared-token.thumbprint");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_answers_the_challenge_of_an_order_another_placed() {
+    let dns = dns_for_domain().await;
+    let (plain_a, tls_a, plain_b, tls_b) = (free_port(), free_port(), free_port(), free_port());
+    // Pebble validates on a's port; a cannot reach the ACME server (its directory is a closed
+    // port), so only b can order, and only a can answer: from the shared state directory.
+    let pebble = Pebble::start(plain_a, dns.addr).await;
+    let backend = Backend::start("app").await;
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("acme");
+    let a_dir = tempfile::tempdir().unwrap();
+    let dead = format!("https://127.0.0.1:{}/dir", free_port());
+    let yaml = acme_yaml(
+        ("", ""),
+        a_dir.path(),
+        plain_a,
+        tls_a,
+        &pebble,
+        &dir,
+        &backend,
+    )
+    .replace(&pebble.directory(), &dead);
+    let a = Fulcrum::start_yaml(a_dir, plain_a, &yaml).await;
+    let b = start_fulcrum(("", ""), &pebble, (plain_b, tls_b), &dir, &backend).await;
+    let root = pebble.root_pem().await;
+    wait_cert(
+        &root,
+        tls_b,
+        Duration::from_secs(60),
+        "b's certificate",
+        &b,
+        None,
+    )
+    .await;
+    assert!(b.log().contains("ordering a certificate"), "{}", b.log());
+    // a tried its own order and failed to reach the ACME server: the answer came from it anyway.
+    assert!(
+        a.log().contains("ACME account: client error"),
+        "{}",
+        a.log()
+    );
+    assert!(!a.log().contains("serving the certificate"), "{}", a.log());
 }
