@@ -73,6 +73,12 @@ pub(super) fn check_acme(ck: &mut Checker, path: &str, raw: RawAcme) -> Option<A
         .renew_after
         .as_deref()
         .map(|t| parse_duration(ck, &format!("{path}.renew_after"), Some(t), Duration::ZERO));
+    if renew_after.is_some_and(|d| !d.is_zero() && d < Duration::from_secs(86400)) {
+        ck.warn(
+            format!("{path}.renew_after"),
+            "below a day: a new certificate that often meets a public CA's rate limits (Let's Encrypt: 5 a week for the same names); meant for test CAs",
+        );
+    }
     ok.then_some(AcmeConfig {
         directory,
         email: raw.email,

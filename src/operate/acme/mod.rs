@@ -177,6 +177,20 @@ async fn keep(m: &Managed, challenges: &Challenges) {
     }
 }
 
+/// An error with its causes (hyper's "client error (Connect)" says why only in its sources).
+fn why(e: &instant_acme::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
+}
+
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
@@ -263,7 +277,7 @@ async fn account(m: &Managed, store: &Store) -> Result<Account, String> {
         Some(ca) => Account::builder_with_root(ca),
         None => Account::builder(),
     };
-    let e = |e: instant_acme::Error| format!("ACME account: {e}");
+    let e = |e: instant_acme::Error| format!("ACME account: {}", why(&e));
     if let Some(json) = store.account() {
         let credentials: AccountCredentials = serde_json::from_str(&json)
             .map_err(|e| format!("{}: {e}", store.path(store::ACCOUNT).display()))?;
@@ -314,14 +328,14 @@ async fn order(
     let mut order = account
         .new_order(&NewOrder::new(&ids))
         .await
-        .map_err(|e| format!("new order: {e}"))?;
+        .map_err(|e| format!("new order: {}", why(&e)))?;
     let mut tokens = Vec::new();
     let answered = answer_challenges(&mut order, store, challenges, &mut tokens).await;
     let ready = match answered {
         Ok(()) => order
             .poll_ready(&RetryPolicy::new().timeout(VALIDATION_TIMEOUT))
             .await
-            .map_err(|e| format!("validation: {e}")),
+            .map_err(|e| format!("validation: {}", why(&e))),
         Err(e) => Err(e),
     };
     for t in &tokens {
@@ -338,11 +352,11 @@ async fn order(
     let key = order
         .finalize()
         .await
-        .map_err(|e| format!("finalize: {e}"))?;
+        .map_err(|e| format!("finalize: {}", why(&e)))?;
     let chain = order
         .poll_certificate(&RetryPolicy::new().timeout(ISSUE_TIMEOUT))
         .await
-        .map_err(|e| format!("certificate: {e}"))?;
+        .map_err(|e| format!("certificate: {}", why(&e)))?;
     Ok((chain, key))
 }
 
@@ -355,7 +369,7 @@ async fn answer_challenges(
 ) -> Result<(), String> {
     let mut authorizations = order.authorizations();
     while let Some(a) = authorizations.next().await {
-        let mut authz = a.map_err(|e| format!("authorization: {e}"))?;
+        let mut authz = a.map_err(|e| format!("authorization: {}", why(&e)))?;
         match authz.status {
             AuthorizationStatus::Pending => {}
             AuthorizationStatus::Valid => continue,
@@ -378,7 +392,7 @@ async fn answer_challenges(
         challenge
             .set_ready()
             .await
-            .map_err(|e| format!("challenge for {name}: {e}"))?;
+            .map_err(|e| format!("challenge for {name}: {}", why(&e)))?;
     }
     Ok(())
 }
