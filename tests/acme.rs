@@ -49,6 +49,10 @@ impl Pebble {
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
         }});
+        // fulcrum's ca_file: an unrelated CA first, then the one that signed pebble's certificate
+        // (every certificate of the file is trusted, not only the first).
+        let bundle = format!("{}{}", TestPki::new().ca_pem(), pki.ca_pem());
+        std::fs::write(dir.path().join("ca-bundle.pem"), bundle).unwrap();
         let conf = dir.path().join("pebble.json");
         std::fs::write(&conf, config.to_string()).unwrap();
         let log = std::fs::File::create(dir.path().join("pebble.log")).unwrap();
@@ -127,7 +131,7 @@ fn acme_yaml(
         "{}{top}listeners:\n  - name: web\n    listen: 127.0.0.1:{plain}\n  - name: secure\n    listen: 127.0.0.1:{tls}\n    tls:\n      acme:\n        directory: {}\n        email: ops@fulcrum.test\n        domains: [{DOMAIN}]\n        ca_file: {}\n        state_dir: {}\n{extra}routes: [{{pool: p}}]\npools:\n  p: {{backends: [{{address: \"{}\"}}]}}\n",
         Fulcrum::server_block(dir),
         pebble.directory(),
-        pebble.pki.ca_path().display(),
+        pebble.dir.path().join("ca-bundle.pem").display(),
         state.display(),
         backend.addr,
     )

@@ -270,27 +270,47 @@ fn until_renewal(m: &Managed, cert: &LoadedCert) -> Duration {
     Duration::from_secs(u64::try_from(secs).unwrap_or(0)).min(MAX_SLEEP)
 }
 
+/// An HTTPS client for the ACME server that trusts every certificate of `ca_file` (and no
+/// other root).
+fn https_trusting(ca_file: &std::path::Path) -> Result<Box<dyn instant_acme::HttpClient>, String> {
+    let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    let mut roots = pingora::tls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let c = c.map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    }
+    let tls = pingora::tls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(https);
+    Ok(Box::new(client))
+}
+
 /// The account of the state directory, created on first use.
 async fn account(m: &Managed, store: &Store) -> Result<Account, String> {
     pingora::tls::install_default_crypto_provider();
     let builder = || match &m.config.ca_file {
-        Some(ca) => Account::builder_with_root(ca),
-        None => Account::builder(),
+        Some(ca) => https_trusting(ca).map(Account::builder_with_http),
+        None => Account::builder().map_err(|e| why(&e)),
     };
     let e = |e: instant_acme::Error| format!("ACME account: {}", why(&e));
     if let Some(json) = store.account() {
         let credentials: AccountCredentials = serde_json::from_str(&json)
             .map_err(|e| format!("{}: {e}", store.path(store::ACCOUNT).display()))?;
-        return builder()
-            .map_err(e)?
-            .from_credentials(credentials)
-            .await
-            .map_err(e);
+        return builder()?.from_credentials(credentials).await.map_err(e);
     }
     let contact = m.config.email.as_ref().map(|a| format!("mailto:{a}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
-    let (account, credentials) = builder()
-        .map_err(e)?
+    let (account, credentials) = builder()?
         .create(
             &NewAccount {
                 contact: &contacts,
