@@ -309,6 +309,10 @@ async fn issues_serves_stores_and_renews_without_a_restart() {
         )
         .await;
     assert!(expiry > 86400.0, "{expiry}");
+    eprintln!(
+        "pebble certificate lifetime left: {:.1} days",
+        expiry / 86400.0
+    );
     // Renewed in place: another certificate, the process the same.
     let started = Instant::now();
     let renewed = wait_cert(
