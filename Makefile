@@ -19,14 +19,16 @@ setup:
 
 # What the tests use beyond Rust: promtool (Debian's prometheus package), curl, systemd-analyze,
 # chromium (the status page, rendered headless), for the package test man (systemd-analyze
-# verify looks the unit's man page up), and redis-server (fleet-wide rate limits; tests/edge.rs
-# starts its own on an ephemeral port).
+# verify looks the unit's man page up), redis-server (fleet-wide rate limits; tests/edge.rs
+# starts its own on an ephemeral port) and pebble (the ACME server tests/acme.rs runs on
+# 127.0.0.1).
 test-tools:
 	@command -v promtool >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 \
 	  && command -v systemd-analyze >/dev/null 2>&1 && command -v man >/dev/null 2>&1 \
-	  && command -v redis-server >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing promtool, curl, systemd-analyze, man, redis-server and chromium"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus curl systemd man-db redis-server chromium; }
+	  && command -v redis-server >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 \
+	  && command -v pebble >/dev/null 2>&1 || { \
+	  echo "installing promtool, curl, systemd-analyze, man, redis-server, chromium and pebble"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus curl systemd man-db redis-server chromium pebble; }
 
 # cargo-deb, pinned (the package test packages the debug build, which later versions may refuse).
 CARGO_DEB_VERSION := 3.8.0

@@ -29,6 +29,9 @@ pub struct LoadedCert {
     pub key: Arc<CertifiedKey>,
     /// DNS names from the leaf's subjectAltName (or its CN), lower-case; may start with `*.`.
     pub names: Vec<String>,
+    /// The leaf's validity, unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
 }
 
 /// The same certificate chain for the same names (the key goes with the chain).
@@ -68,35 +71,56 @@ pub fn load_pair(cert: &Path, key: &Path, now: i64) -> Result<LoadedCert, (Part,
     let private: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| (Part::Key, format!("{}: not PEM: {e}", key.display())))?
         .ok_or_else(|| (Part::Key, format!("{} holds no private key", key.display())))?;
+    check_pair(
+        chain,
+        private,
+        &cert.display().to_string(),
+        &key.display().to_string(),
+        now,
+    )
+}
 
+/// Like `load_pair`, from PEM text already in memory (`what` names it in messages).
+pub fn load_pem(cert_pem: &str, key_pem: &str, what: &str, now: i64) -> Result<LoadedCert, String> {
+    let chain: Result<Vec<_>, _> = rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect();
+    let chain = chain.map_err(|e| format!("{what}: certificate not PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("{what} holds no PEM certificate"));
+    }
+    let private = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| format!("{what}: key not PEM: {e}"))?
+        .ok_or_else(|| format!("{what} holds no private key"))?;
+    check_pair(chain, private, what, what, now).map_err(|(_, e)| e)
+}
+
+fn check_pair(
+    chain: Vec<CertificateDer<'static>>,
+    private: PrivateKeyDer<'static>,
+    cert: &str,
+    key: &str,
+    now: i64,
+) -> Result<LoadedCert, (Part, String)> {
     // `certificates` refuses a file without one, so the chain has a first (leaf) certificate.
-    let first = chain.first().ok_or_else(|| {
-        (
-            Part::Cert,
-            format!("{} holds no PEM certificate", cert.display()),
-        )
-    })?;
-    let (_, leaf) = X509Certificate::from_der(first.as_ref()).map_err(|e| {
-        (
-            Part::Cert,
-            format!("{}: not an X.509 certificate: {e}", cert.display()),
-        )
-    })?;
+    let first = chain
+        .first()
+        .ok_or_else(|| (Part::Cert, format!("{cert} holds no PEM certificate")))?;
+    let (_, leaf) = X509Certificate::from_der(first.as_ref())
+        .map_err(|e| (Part::Cert, format!("{cert}: not an X.509 certificate: {e}")))?;
     let validity = leaf.validity();
+    let (not_before, not_after) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
     if validity.not_after.timestamp() < now {
         return Err((
             Part::Cert,
-            format!("{} expired on {}", cert.display(), validity.not_after),
+            format!("{cert} expired on {}", validity.not_after),
         ));
     }
     if validity.not_before.timestamp() > now {
         return Err((
             Part::Cert,
-            format!(
-                "{} is not valid before {}",
-                cert.display(),
-                validity.not_before
-            ),
+            format!("{cert} is not valid before {}", validity.not_before),
         ));
     }
     let mut names: Vec<String> = leaf
@@ -126,15 +150,13 @@ pub fn load_pair(cert: &Path, key: &Path, now: i64) -> Result<LoadedCert, (Part,
     pingora::tls::install_default_crypto_provider();
     let provider = CryptoProvider::get_default()
         .ok_or_else(|| (Part::Key, "no TLS crypto provider".to_string()))?;
-    let certified = CertifiedKey::from_der(chain, private, provider).map_err(|e| {
-        (
-            Part::Key,
-            format!("{} does not go with {}: {e}", key.display(), cert.display()),
-        )
-    })?;
+    let certified = CertifiedKey::from_der(chain, private, provider)
+        .map_err(|e| (Part::Key, format!("{key} does not go with {cert}: {e}")))?;
     Ok(LoadedCert {
         key: Arc::new(certified),
         names,
+        not_before,
+        not_after,
     })
 }
 
@@ -184,25 +206,89 @@ impl CertTable {
     }
 }
 
-/// Chooses a listener's certificate by SNI; its table can be replaced (SIGHUP) while serving.
+/// What a resolver's table is built from.
+#[derive(Debug, Default)]
+struct Sources {
+    /// From the configuration's files (replaced on SIGHUP).
+    files: Vec<LoadedCert>,
+    /// Managed by fulcrum (ACME); they come first, so they win for their names.
+    managed: Vec<LoadedCert>,
+    /// Served only while there is nothing else (an ACME listener before its first order).
+    fallback: Option<LoadedCert>,
+}
+
+impl Sources {
+    fn table(&self) -> Option<CertTable> {
+        let all: Vec<LoadedCert> = self.managed.iter().chain(&self.files).cloned().collect();
+        if all.is_empty() {
+            return CertTable::new(self.fallback.as_slice());
+        }
+        CertTable::new(&all)
+    }
+}
+
+/// Chooses a listener's certificate by SNI; its table can be replaced (SIGHUP, ACME) while
+/// serving.
 #[derive(Debug)]
 pub struct SniResolver {
     table: ArcSwap<CertTable>,
+    sources: std::sync::Mutex<Sources>,
 }
 
 impl SniResolver {
     /// None when `certs` is empty.
     pub fn new(certs: &[LoadedCert]) -> Option<SniResolver> {
+        SniResolver::with_fallback(certs, None)
+    }
+
+    /// Serves `certs`, or `fallback` while there is no other certificate. None: neither.
+    pub fn with_fallback(
+        certs: &[LoadedCert],
+        fallback: Option<LoadedCert>,
+    ) -> Option<SniResolver> {
+        let sources = Sources {
+            files: certs.to_vec(),
+            managed: Vec::new(),
+            fallback,
+        };
         Some(SniResolver {
-            table: ArcSwap::from_pointee(CertTable::new(certs)?),
+            table: ArcSwap::from_pointee(sources.table()?),
+            sources: std::sync::Mutex::new(sources),
         })
     }
 
-    /// Serve `certs` from the next handshake on.
-    pub fn replace(&self, certs: &[LoadedCert]) {
-        if let Some(t) = CertTable::new(certs) {
+    fn update(&self, change: impl FnOnce(&mut Sources)) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut sources);
+        if let Some(t) = sources.table() {
             self.table.store(Arc::new(t));
         }
+    }
+
+    /// Serve `certs` (the configuration's files) from the next handshake on.
+    pub fn replace(&self, certs: &[LoadedCert]) {
+        self.update(|s| s.files = certs.to_vec());
+    }
+
+    /// What is served now, in order: (where it comes from, the certificate). `"acme"` first,
+    /// then `"file"`; `"fallback"` only while there is neither.
+    pub fn served(&self) -> Vec<(&'static str, LoadedCert)> {
+        let s = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(&'static str, LoadedCert)> = s
+            .managed
+            .iter()
+            .map(|c| ("acme", c.clone()))
+            .chain(s.files.iter().map(|c| ("file", c.clone())))
+            .collect();
+        if out.is_empty() {
+            out.extend(s.fallback.iter().map(|c| ("fallback", c.clone())));
+        }
+        out
+    }
+
+    /// Serve `certs` (managed by fulcrum) first, beside the files, from the next handshake on.
+    pub fn set_managed(&self, certs: &[LoadedCert]) {
+        self.update(|s| s.managed = certs.to_vec());
     }
 }
 

@@ -82,7 +82,7 @@ fn dashboard_queries() -> Vec<String> {
 #[test]
 fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     let checked = promtool(&["check", "rules", RULES]);
-    assert!(checked.contains("SUCCESS: 9 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 10 rules found"), "{checked}");
     promtool(&["test", "rules", RULE_TESTS]);
     for alert in [
         "FulcrumBackendDown",
@@ -90,6 +90,7 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
         "FulcrumHighErrorRatio",
         "FulcrumRetryBudgetExhausted",
         "FulcrumReloadFailed",
+        "FulcrumCertificateExpiresSoon",
     ] {
         let tests = std::fs::read_to_string(RULE_TESTS).unwrap();
         assert!(

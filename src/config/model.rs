@@ -147,6 +147,25 @@ pub struct ListenerTls {
     pub certificates: Vec<CertPair>,
     /// Offer h2 by ALPN (default true).
     pub http2: bool,
+    /// Certificates ordered from an ACME server, served beside `certificates`.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `tls.acme:` of a listener: where to order a certificate for `domains`, and where to keep it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The ACME directory URL (https).
+    pub directory: String,
+    /// Contact of the account (`mailto:`), if given.
+    pub email: Option<String>,
+    /// DNS names of the certificate, lower-case, no wildcard (HTTP-01 cannot prove one).
+    pub domains: Vec<String>,
+    /// The CA bundle that verifies the ACME server (None: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Account, key, certificate, lock and pending challenges; may be shared by a fleet.
+    pub state_dir: PathBuf,
+    /// Renew once the certificate is this old (None: at 2/3 of its lifetime).
+    pub renew_after: Option<Duration>,
 }
 
 impl ListenerTls {

@@ -51,8 +51,23 @@ pub struct RawListener {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTls {
+    #[serde(default)]
     pub certificates: Vec<RawCertPair>,
     pub http2: Option<bool>,
+    /// Certificates from an ACME server (issue #17), instead of or beside `certificates`.
+    pub acme: Option<RawAcme>,
+}
+
+/// `tls.acme:` of a listener.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: String,
+    pub email: Option<String>,
+    pub domains: Vec<String>,
+    pub ca_file: Option<String>,
+    pub state_dir: String,
+    pub renew_after: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use crate::observe::log_limit::Outage;
 use crate::observe::metrics::Metrics;
 use crate::operate::api::{self, Api, Call};
+use crate::operate::certificates::Certificates;
 use crate::runtime::SharedRuntime;
 
 /// The admin endpoints' logic.
@@ -30,6 +31,8 @@ pub struct AdminApp {
     /// The runtime API under /api/v1/ (None: 404 there).
     api: Option<Api>,
     status_page: crate::operate::status_page::StatusPage,
+    /// What the TLS listeners serve (the `certificates` section of /status).
+    certificates: Option<Arc<Certificates>>,
 }
 
 /// Largest runtime API request body read.
@@ -44,6 +47,7 @@ impl AdminApp {
             metrics_failing: Outage::default(),
             api: None,
             status_page: Default::default(),
+            certificates: None,
         }
     }
 
@@ -91,6 +95,12 @@ impl AdminApp {
             resp.headers_mut().insert("x-fulcrum-config-path", path);
         }
         resp
+    }
+
+    /// Report what the TLS listeners serve in /status.
+    pub fn with_certificates(mut self, certificates: Arc<Certificates>) -> Self {
+        self.certificates = Some(certificates);
+        self
     }
 
     /// The /metrics answer: the exposition, or 500 when it cannot be rendered (logged when
@@ -175,6 +185,7 @@ impl AdminApp {
                 "loaded_at": humantime::format_rfc3339_seconds(rt.loaded_at).to_string(),
             },
             "pools": pools,
+            "certificates": self.certificates.as_ref().map(|c| c.json()),
         })
     }
 }

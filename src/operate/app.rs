@@ -19,9 +19,11 @@ use pingora::services::ServiceHandle;
 use crate::config::{Config, ServerSettings};
 use crate::observe::access_log;
 use crate::observe::metrics::Metrics;
+use crate::operate::acme;
 use crate::operate::admin::{AdminApp, DrainWatch};
 use crate::operate::api::Api;
 use crate::operate::backend_metrics::BackendCollector;
+use crate::operate::certificates::{AcmeState, CertificateCollector, Certificates, ListenerCerts};
 use crate::operate::discovery::{DiscoveryService, Fleet};
 use crate::operate::health::HealthService;
 use crate::operate::parent_ready::ParentReady;
@@ -30,6 +32,7 @@ use crate::operate::reload::ReloadService;
 use crate::operate::shutdown::ExitWhenDone;
 use crate::operate::systemd::{Notifier, NotifyService, RestoreStderr};
 use crate::runtime::SharedRuntime;
+use crate::serve::challenge::Challenges;
 use crate::serve::keepalive::KeepAlive;
 use crate::serve::limits::ConnectionLimits;
 use crate::serve::proxy::Proxy;
@@ -111,6 +114,8 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
             access_log.clone(),
         ),
     ));
+    // ACME HTTP-01 answers, shared by the proxies and the ACME service.
+    let challenges = Arc::new(Challenges::new(acme::state_dirs(config)));
     let proxy_logic = || {
         Proxy::new(
             runtime.clone(),
@@ -118,6 +123,7 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
             draining.clone(),
             limits.clone(),
         )
+        .with_challenges(challenges.clone())
     };
     // Pingora turns h2c on per proxy: connections that open with the HTTP/2 preface on an
     // `h2c` listener go to a second proxy with it on (the keep-alive loop tells them apart).
@@ -135,6 +141,8 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         ),
     );
     let mut certificates = Vec::new();
+    let mut managed = Vec::new();
+    let mut served = Certificates::default();
     for listener in &config.listeners {
         let addr = listener.addr.to_string();
         let endpoint = ListenerConfig::tcp(addr.clone()).l4_buffer(l4_buffer());
@@ -142,10 +150,28 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
             proxy.add_listener(endpoint);
             continue;
         };
+        let resolver = match &tls.acme {
+            None => SniResolver::new(&tls.loaded()),
+            Some(a) => acme::resolver(&listener.name, a, &tls.loaded())?,
+        };
         let resolver = Arc::new(
-            SniResolver::new(&tls.loaded())
-                .ok_or_else(|| format!("listener {}: no certificate", listener.name))?,
+            resolver.ok_or_else(|| format!("listener {}: no certificate", listener.name))?,
         );
+        let acme_state = tls.acme.as_ref().map(|a| {
+            let state = Arc::new(AcmeState::new(a.domains.clone()));
+            managed.push(acme::Managed {
+                listener: listener.name.clone(),
+                config: a.clone(),
+                resolver: resolver.clone(),
+                state: state.clone(),
+            });
+            state
+        });
+        served.listeners.push(ListenerCerts {
+            listener: listener.name.clone(),
+            resolver: resolver.clone(),
+            acme: acme_state,
+        });
         // The paths are not used: certificates come from the resolver, with what validation
         // loaded and checked (Pingora's rustls listener would panic on a bad file).
         let mut settings = TlsSettings::intermediate("", "")
@@ -159,6 +185,10 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
         proxy.add_listener(endpoint.tls(settings));
         certificates.push((listener.name.clone(), resolver));
     }
+    let served = Arc::new(served);
+    metrics
+        .register(Box::new(CertificateCollector::new(served.clone())))
+        .map_err(|e| format!("metrics: {e}"))?;
     server.add_service(background_service(
         "discovery",
         DiscoveryService::new(fleet.clone()),
@@ -171,18 +201,26 @@ pub fn build_server(opt: Opt, config: &Config) -> Result<Assembled, String> {
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&health);
     proxy.add_dependency(&bootstrap);
+    if !managed.is_empty() {
+        // Orders start once the plain listeners can answer the challenges.
+        let service = acme::AcmeService::new(managed, challenges);
+        let acme = server.add_service(background_service("acme", service));
+        acme.add_dependency(&proxy);
+    }
     let mut listening = vec![proxy];
     health.add_dependency(&bootstrap);
 
     if let Some(admin) = &config.admin {
         let mut service = Service::new(
             "admin".to_string(),
-            AdminApp::new(metrics.clone(), runtime.clone(), draining).with_api(Api::new(
-                runtime.clone(),
-                fleet.clone(),
-                admin.token.clone(),
-                &metrics,
-            )),
+            AdminApp::new(metrics.clone(), runtime.clone(), draining)
+                .with_api(Api::new(
+                    runtime.clone(),
+                    fleet.clone(),
+                    admin.token.clone(),
+                    &metrics,
+                ))
+                .with_certificates(served),
         );
         service.add_tcp(&admin.listen.to_string());
         let admin = server.add_service(service);

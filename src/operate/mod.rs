@@ -1,10 +1,12 @@
 //! Running the process: assembling the Pingora server, reload, upgrade hand-over, shutdown,
 //! systemd, the admin listener, the health-check service, and the demo.
 
+pub mod acme;
 pub mod admin;
 pub mod api;
 pub mod app;
 pub mod backend_metrics;
+pub mod certificates;
 pub mod ctl;
 pub mod demo;
 pub mod diff;

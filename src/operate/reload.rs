@@ -25,6 +25,8 @@ fn same_sockets(a: &Config, b: &Config) -> bool {
                 && x.h2c == y.h2c
                 && x.tls.is_some() == y.tls.is_some()
                 && x.tls.as_ref().map(|t| t.http2) == y.tls.as_ref().map(|t| t.http2)
+                // The ACME service keeps the `acme` it started with.
+                && x.tls.as_ref().map(|t| &t.acme) == y.tls.as_ref().map(|t| &t.acme)
         })
 }
 

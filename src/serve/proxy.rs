@@ -21,6 +21,7 @@ use crate::observe::metrics::ErrorKind;
 use crate::pool::sticky::{self, Decision};
 use crate::pool::{hash_key, InflightGuard, Pool};
 use crate::runtime::{ListenerInfo, PoolObserver, Runtime, SharedRuntime};
+use crate::serve::challenge::Challenges;
 use crate::serve::debug_header;
 use crate::serve::forwarding::{self, request_host, Origin};
 use crate::serve::limits::ConnectionLimits;
@@ -36,6 +37,8 @@ pub struct Proxy {
     draining: Arc<AtomicBool>,
     /// Where cuts by a listener limit are counted.
     limits: Arc<ConnectionLimits>,
+    /// Pending ACME HTTP-01 challenges, answered on plain listeners before routing.
+    challenges: Option<Arc<Challenges>>,
 }
 
 impl Proxy {
@@ -50,7 +53,43 @@ impl Proxy {
             access_log,
             draining,
             limits,
+            challenges: None,
         }
+    }
+
+    /// Answer ACME HTTP-01 challenges from `challenges` (issue #17).
+    pub fn with_challenges(mut self, challenges: Arc<Challenges>) -> Self {
+        self.challenges = Some(challenges);
+        self
+    }
+
+    /// A request for an ACME HTTP-01 challenge on a plain listener: answered with the key
+    /// authorization (or 404). None: not such a request.
+    async fn acme_challenge(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+    ) -> Option<Result<bool>> {
+        if ctx.listener().is_none_or(|l| l.tls) {
+            return None;
+        }
+        let answer = self
+            .challenges
+            .as_ref()?
+            .answer(session.req_header().uri.path())?;
+        let Some(key_authorization) = answer else {
+            return Some(self.answer(session, ctx, 404).await);
+        };
+        let body = bytes::Bytes::from(key_authorization);
+        let write = async {
+            let mut resp = own_response(200, &ctx.request_id, &body)?;
+            resp.insert_header(http::header::CONTENT_TYPE, "application/octet-stream")?;
+            self.close_if_draining(session);
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await?;
+            Ok(true)
+        };
+        Some(write.await)
     }
 
     /// `redirect_https`: 308 to the same host (on the https `port`) and path.
@@ -313,6 +352,9 @@ impl ProxyHttp for Proxy {
         // is left alone.
         if session.get_keepalive() == Some(0) {
             session.set_keepalive(listener.map(|l| l.keepalive_secs));
+        }
+        if let Some(done) = self.acme_challenge(session, ctx).await {
+            return done;
         }
         if let Some(port) = listener.and_then(|l| l.redirect_to) {
             return self.redirect_https(session, ctx, port).await;

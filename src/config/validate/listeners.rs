@@ -110,6 +110,7 @@ pub(super) fn check_listeners(
             }
         }
     }
+    ok &= super::acme::check_acme_listeners(ck, &out);
     ok.then_some(out)
 }
 
@@ -251,7 +252,7 @@ mod tests {
             [
                 "2:39: listeners[0].h2c: h2c is HTTP/2 without TLS; a TLS listener offers h2 by ALPN (`tls.http2`)",
                 "2:50: listeners[0].redirect_https: only a plain listener redirects to https; this one has `tls`",
-                "2:78: listeners[0].tls.certificates: needs at least one {cert, key} pair",
+                "2:78: listeners[0].tls.certificates: needs at least one {cert, key} pair (or `acme`)",
             ]
         );
     }

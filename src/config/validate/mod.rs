@@ -2,6 +2,7 @@
 //! (syntax, shape and meaning) with its location instead of stopping at the first. Each
 //! section of the file is checked by its own module.
 
+mod acme;
 mod affinity;
 mod balancing;
 mod edge;

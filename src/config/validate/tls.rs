@@ -12,13 +12,22 @@ pub(super) fn check_listener_tls(
     path: &str,
     raw: RawListenerTls,
 ) -> Option<ListenerTls> {
-    if raw.certificates.is_empty() {
+    let certs_path = format!("{path}.certificates");
+    // A list whose items had the wrong shape was reported already (and read as empty).
+    let reported = ck.problems.iter().any(|p| p.path.starts_with(&certs_path));
+    if raw.certificates.is_empty() && raw.acme.is_none() {
+        if reported {
+            return None;
+        }
         ck.error(
             format!("{path}.certificates"),
-            "needs at least one {cert, key} pair",
+            "needs at least one {cert, key} pair (or `acme`)",
         );
         return None;
     }
+    let acme = raw
+        .acme
+        .map(|a| super::acme::check_acme(ck, &format!("{path}.acme"), a));
     let now = crate::tls::unix_now();
     let mut ok = true;
     let mut certificates = Vec::new();
@@ -38,9 +47,15 @@ pub(super) fn check_listener_tls(
             }
         }
     }
+    let acme = match acme {
+        Some(None) => return None,
+        Some(a) => a,
+        None => None,
+    };
     ok.then_some(ListenerTls {
         certificates,
         http2: raw.http2.unwrap_or(true),
+        acme,
     })
 }
 
