@@ -249,6 +249,17 @@ impl Pool {
         self.backends.get(i).is_some_and(|s| s.is_ready())
     }
 
+    /// Whether backend `i` is ready but holds all that the pool's bounded load allows now
+    /// (consistent_hash/ip_hash with `balance_factor`; false for other pools).
+    pub fn at_bound(&self, i: usize) -> bool {
+        match (&self.selector, self.backends.get(i)) {
+            (Selector::Hash(_, Some(bound)), Some(s)) => {
+                s.is_ready() && bound.is_full(s, s.effective_weight_milli(self.slow_start))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether backend `i` may take a request pinned to it (see `BackendState::keeps_pinned`).
     pub fn keeps_pinned(&self, i: usize) -> bool {
         self.backends
@@ -615,6 +626,36 @@ mod tests {
         assert!((ms - 7.0).abs() < 0.1, "{ms}");
         let _g = InflightGuard::acquire(again.backends()[0].clone());
         assert_eq!(total(&new), 0, "no longer counted in the bounded pool");
+    }
+
+    #[test]
+    fn a_backend_holding_its_whole_bound_is_at_bound_and_others_are_not() {
+        let backends = pool(Algorithm::ConsistentHash, &[1, 1])
+            .backends()
+            .iter()
+            .map(|s| BackendConfig {
+                name: s.name.clone(),
+                addr: s.addr,
+                weight: 1,
+            })
+            .collect::<Vec<_>>();
+        let mut config = PoolConfig::with_defaults("p", Algorithm::ConsistentHash, backends);
+        config.balance_factor = Some(1.25);
+        let p = Pool::build(&config);
+        assert!(!p.at_bound(0) && !p.at_bound(1));
+        // 3 in flight on backend 0, none on 1: the bound of 0 is ceil(1.25 * 4 / 2) = 3.
+        let _held: Vec<_> = (0..3)
+            .map(|_| InflightGuard::acquire(p.backends()[0].clone()))
+            .collect();
+        assert!(p.at_bound(0), "3 of 3");
+        assert!(!p.at_bound(1));
+        // Unbounded pools never are.
+        config.balance_factor = None;
+        let q = Pool::build(&config);
+        let _more: Vec<_> = (0..5)
+            .map(|_| InflightGuard::acquire(q.backends()[0].clone()))
+            .collect();
+        assert!(!q.at_bound(0));
     }
 
     #[test]

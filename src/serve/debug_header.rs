@@ -1,7 +1,7 @@
 //! `X-Fulcrum-Debug`: why a request went where it went, for the trusted clients of a listener
 //! with `debug_header: true`: the route, the pool and its algorithm, affinity, each attempt,
 //! and the backends passed over with the reason (not ready: checking, unhealthy, ejected,
-//! draining, disabled). The access log carries the same text in its `debug` field.
+//! draining, disabled; or `bounded`: at its bounded-load limit). The access log carries the same text in its `debug` field.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -65,8 +65,16 @@ impl Trace<'_> {
             .backends()
             .iter()
             .enumerate()
-            .filter(|(i, b)| !b.is_ready() && !self.tried.contains(i) && Some(*i) != self.served)
-            .map(|(_, b)| format!("{}({})", b.name, b.readiness().as_str()))
+            .filter(|(i, _)| !self.tried.contains(i) && Some(*i) != self.served)
+            .filter_map(|(i, b)| {
+                if !b.is_ready() {
+                    Some(format!("{}({})", b.name, b.readiness().as_str()))
+                } else if self.pool.at_bound(i) {
+                    Some(format!("{}(bounded)", b.name))
+                } else {
+                    None
+                }
+            })
             .collect();
         if !passed.is_empty() {
             let _ = write!(out, "; passed_over={}", passed.join(","));

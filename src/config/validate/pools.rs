@@ -14,8 +14,11 @@ use crate::config::raw::*;
 
 /// Largest backend weight (as HAProxy's 256): keeps the smooth round-robin table small.
 pub const MAX_WEIGHT: i64 = 256;
-/// Most backends in a pool: the bound the hashing ring is built for.
-pub use crate::pool::select::ketama::MAX_BACKENDS;
+/// Most backends a pool may have. The hashing ring's positions are u32 (pool/select/ketama.rs
+/// checks at compile time that the largest pool at the largest weight fits; the hard limit
+/// would be ~104,000 backends); 10,000 is what the configuration's size bound is sized for, and
+/// keeps a ring rebuilt on each reload small (1.6 M points at weight 1).
+pub const MAX_BACKENDS: usize = 10_000;
 /// Largest `retries` (Pingora stops at 16 attempts in all).
 pub const MAX_RETRIES: u32 = 10;
 /// Largest `max_h2_streams`.

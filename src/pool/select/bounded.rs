@@ -69,6 +69,17 @@ impl Bound {
         &self.total
     }
 
+    /// Whether `s` (of effective weight `weight_milli`) holds all the bound allows now, so
+    /// that a walk of the ring passes over it (for `X-Fulcrum-Debug`).
+    pub fn is_full(&self, s: &BackendState, weight_milli: u64) -> bool {
+        let total = self.total.load(Ordering::Relaxed) as f64;
+        let w = self.ready_weight.load(Ordering::Relaxed).max(1) as f64;
+        let limit = Limit {
+            per_milli: self.factor * (total + 1.0) / w,
+        };
+        !limit.admits(s, weight_milli)
+    }
+
     /// The bound for a pick among `c`: re-sums the ready weight when it is due.
     pub fn limit(&self, c: &Candidates) -> Limit {
         let now = now_us();

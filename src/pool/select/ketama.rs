@@ -15,12 +15,9 @@ const POINTS_PER_WEIGHT: u32 = 160;
 /// The index covers the top bits of the 32-bit hash.
 const INDEX_BITS: u32 = 16;
 
-/// Most backends a pool may have (the configuration refuses more, located). Ring positions and
-/// backend numbers are u32: even with every backend at the largest weight the ring must hold
-/// fewer than 2^32 points (checked below; the hard limit would be ~104,000 backends). 10,000
-/// is what the configuration's size bound is sized for, and keeps a ring rebuilt on each
-/// reload small (1.6 M points at weight 1).
-pub const MAX_BACKENDS: usize = 10_000;
+/// Ring positions and backend numbers are u32: even with every backend of the largest pool the
+/// configuration allows at the largest weight, the ring must hold fewer than 2^32 points.
+use crate::config::validate::MAX_BACKENDS;
 const _: () = assert!(
     MAX_BACKENDS as u64 * crate::config::validate::MAX_WEIGHT as u64 * POINTS_PER_WEIGHT as u64
         <= u32::MAX as u64
