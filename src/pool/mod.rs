@@ -584,16 +584,8 @@ mod tests {
         }
     }
 
-    /// The in-flight total of a bounded pool.
-    fn total(p: &Pool) -> usize {
-        match &p.selector {
-            Selector::Hash(_, Some(b)) => b.total().load(Ordering::Relaxed),
-            _ => usize::MAX,
-        }
-    }
-
-    #[test]
-    fn a_rebuild_keeps_in_flight_totals_balanced_and_latencies() {
+    /// A consistent-hash pool of two equal backends with bounded load (factor 1.25).
+    fn bounded_ring() -> PoolConfig {
         let backends = pool(Algorithm::ConsistentHash, &[1, 1])
             .backends()
             .iter()
@@ -605,6 +597,20 @@ mod tests {
             .collect::<Vec<_>>();
         let mut config = PoolConfig::with_defaults("p", Algorithm::ConsistentHash, backends);
         config.balance_factor = Some(1.25);
+        config
+    }
+
+    /// The in-flight total of a bounded pool.
+    fn total(p: &Pool) -> usize {
+        match &p.selector {
+            Selector::Hash(_, Some(b)) => b.total().load(Ordering::Relaxed),
+            _ => usize::MAX,
+        }
+    }
+
+    #[test]
+    fn a_rebuild_keeps_in_flight_totals_balanced_and_latencies() {
+        let mut config = bounded_ring();
         let old = Pool::build(&config);
         assert_eq!(old.balance_factor(), Some(1.25));
         let started_before = InflightGuard::acquire(old.backends()[0].clone());
@@ -630,17 +636,7 @@ mod tests {
 
     #[test]
     fn a_backend_holding_its_whole_bound_is_at_bound_and_others_are_not() {
-        let backends = pool(Algorithm::ConsistentHash, &[1, 1])
-            .backends()
-            .iter()
-            .map(|s| BackendConfig {
-                name: s.name.clone(),
-                addr: s.addr,
-                weight: 1,
-            })
-            .collect::<Vec<_>>();
-        let mut config = PoolConfig::with_defaults("p", Algorithm::ConsistentHash, backends);
-        config.balance_factor = Some(1.25);
+        let mut config = bounded_ring();
         let p = Pool::build(&config);
         assert!(!p.at_bound(0) && !p.at_bound(1));
         // 3 in flight on backend 0, none on 1: the bound of 0 is ceil(1.25 * 4 / 2) = 3.
