@@ -229,7 +229,9 @@ async fn drain_keeps_pinned_sessions_until_drain_timeout_and_disable_moves_them_
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"state\": \"draining\""), "{out}");
     let drained_at = Instant::now();
-    assert_eq!(admin.backend("web", "b").await["state"], "draining");
+    let b_status = admin.backend("web", "b").await;
+    assert_eq!(b_status["state"], "draining");
+    assert_eq!(b_status["reason"], "drained through the runtime API");
     // New sessions never land on b; the pinned one stays there.
     let shares = spread(&f, 60).await;
     assert_eq!(shares.get("b"), None, "{shares:?}");

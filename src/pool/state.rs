@@ -209,6 +209,15 @@ impl BackendState {
         if changed && mode == Mode::Active && self.is_up() {
             self.start_ramp();
         }
+        if changed {
+            // Said in /status (not a health transition: no counter moves).
+            let reason = match mode {
+                Mode::Active => "enabled through the runtime API",
+                Mode::Draining => "drained through the runtime API",
+                Mode::Disabled => "disabled through the runtime API",
+            };
+            self.set_reason(reason.into());
+        }
         changed
     }
 
@@ -273,6 +282,11 @@ impl BackendState {
         } else {
             self.went_down.fetch_add(1, Ordering::Relaxed);
         }
+        self.set_reason(reason);
+    }
+
+    /// The last change and why, as /status shows it.
+    fn set_reason(&self, reason: String) {
         let t = Transition {
             at: SystemTime::now(),
             reason,
