@@ -143,36 +143,19 @@ async fn the_api_needs_its_token_and_serves_the_running_configuration() {
     // Unknown pool or backend: 404; wrong method: 405; bad weight: 400.
     let api = |p: &str| format!("http://127.0.0.1:{}/api/v1/{p}", admin.port);
     let status = |r: reqwest::Response| r.status().as_u16();
-    assert_eq!(
-        status(
-            cl.post(api("pools/nope/backends/a/drain"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-        ),
-        404
-    );
-    assert_eq!(
-        status(
-            cl.post(api("pools/web/backends/zz/drain"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-        ),
-        404
-    );
-    assert_eq!(
-        status(
-            cl.get(api("pools/web/backends/a/drain"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-        ),
-        405
-    );
+    for (method, path, want) in [
+        (reqwest::Method::POST, "pools/nope/backends/a/drain", 404),
+        (reqwest::Method::POST, "pools/web/backends/zz/drain", 404),
+        (reqwest::Method::GET, "pools/web/backends/a/drain", 405),
+    ] {
+        let r = cl
+            .request(method.clone(), api(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status(r), want, "{method} {path}");
+    }
     for bad in [
         "{\"weight\": 0}",
         "{\"weight\": 257}",

@@ -5,6 +5,8 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 use serde_norway::Value;
 
+use crate::config::schema::named;
+
 /// `rate_limit:` of a route.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -95,14 +97,6 @@ pub struct RawBasicAuth {
 
 /// `key:` of a rate limit.
 pub fn rate_limit_key(_: &mut SchemaGenerator) -> Schema {
-    let named = |key: &str| {
-        json_schema!({
-            "type": "object",
-            "properties": {key: {"type": "string", "minLength": 1}},
-            "required": [key],
-            "additionalProperties": false,
-        })
-    };
     json_schema!({
         "description": "What requests share a budget: client_ip (default), route, {header: NAME} or {cookie: NAME}.",
         "oneOf": [

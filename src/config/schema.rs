@@ -51,16 +51,18 @@ pub fn schema_json() -> String {
     serde_json::to_string_pretty(&schema()).unwrap_or_default()
 }
 
+/// `{KEY: NAME}`: a map of one key to a non-empty string (`{header: X-User}`, ...).
+pub fn named(key: &str) -> Schema {
+    json_schema!({
+        "type": "object",
+        "properties": {key: {"type": "string", "minLength": 1}},
+        "required": [key],
+        "additionalProperties": false,
+    })
+}
+
 /// `hash_key:` of a pool.
 pub fn hash_key(_: &mut SchemaGenerator) -> Schema {
-    let named = |key: &str| {
-        json_schema!({
-            "type": "object",
-            "properties": {key: {"type": "string", "minLength": 1}},
-            "required": [key],
-            "additionalProperties": false,
-        })
-    };
     json_schema!({
         "description": "What consistent_hash hashes: client_ip, path, uri, or one of {header: NAME}, {cookie: NAME}, {query: NAME}.",
         "oneOf": [
