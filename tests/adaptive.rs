@@ -352,3 +352,54 @@ async fn reported_load_scales_a_backends_share() {
         d_share * 100.0
     );
 }
+
+/// The active check's body carries the report: a backend that gets no request (or answers
+/// without the header) still says how loaded it is, as HAProxy's agent check does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_load_reported_in_the_health_checks_body_scales_a_backends_share() {
+    let bs = start_backends(&["a", "b"], Mode::Normal).await;
+    let refs: Vec<&Backend> = bs.iter().collect();
+    bs[0].set_health_body("0.1\n");
+    bs[1].set_health_body("0.75 busy\n");
+    let admin = Admin::new();
+    let f = Fulcrum::start(&pool_yaml(
+        &admin,
+        &[
+            "health_check: {http: {path: /healthz}, interval: 200ms, timeout: 200ms}",
+            "feedback: {check_body: true, min_weight: 10%, allow_drain: true}",
+        ],
+        &refs,
+    ))
+    .await;
+    let url = f.url("/");
+    wait_for_async(Duration::from_secs(5), "b's check report taken", || async {
+        admin.backend("p", "b").await["effective_weight"] == 0.25
+    })
+    .await;
+    let loaded = spray(&url, None, 2000, 4).await;
+    let b_share = share(&loaded, "b");
+    assert!(
+        (0.17..=0.27).contains(&b_share),
+        "b (load 0.75 in its check) took {:.1}%, ideal 21.7%: {:?}",
+        b_share * 100.0,
+        tally(&loaded)
+    );
+    // `drain` in the check's body, allowed: no new request while a is usable.
+    bs[1].set_health_body("drain");
+    wait_for_async(Duration::from_secs(5), "b's drain taken", || async {
+        admin.backend("p", "b").await["effective_weight"] == 0.0
+    })
+    .await;
+    let drained = spray(&url, None, 500, 4).await;
+    assert_eq!(share(&drained, "b"), 0.0, "{:?}", tally(&drained));
+    // Back to idle: full weight again.
+    bs[1].set_health_body("0");
+    wait_for_async(Duration::from_secs(5), "b back at full weight", || async {
+        admin.backend("p", "b").await["effective_weight"] == 1.0
+    })
+    .await;
+    eprintln!(
+        "feedback by check body: b at 0.75 took {:.1}% (ideal 21.7%); drained: 0 of 500",
+        b_share * 100.0
+    );
+}

@@ -340,11 +340,14 @@ pub struct PoolConfig {
     pub discovery: Option<super::discovery::PoolDiscovery>,
 }
 
-/// `feedback:`: a response header in which backends report their load; it scales their weight.
+/// `feedback:`: where backends report their load (a response header, the health check's body);
+/// it scales their weight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedbackConfig {
-    /// Header name, lower-case.
-    pub header: String,
+    /// Header name, lower-case: read on proxied answers and on the active check's.
+    pub header: Option<String>,
+    /// Whether the first word of the HTTP health check's body is a report.
+    pub check_body: bool,
     /// The least share of its weight a backend keeps (0 < min_weight <= 1).
     pub min_weight: f64,
     /// Whether `drain` takes the weight to zero (else to `min_weight`).

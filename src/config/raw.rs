@@ -164,12 +164,15 @@ pub struct RawDiscover {
     pub max_ttl: Option<String>,
 }
 
-/// `feedback:` of a pool: backends report their load in a response header.
+/// `feedback:` of a pool: backends report their load in a response header (of proxied answers
+/// and of the active check's) or in the active check's body.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFeedback {
     /// The response header: a utilisation from 0 to 1, or `drain`.
-    pub header: String,
+    pub header: Option<String>,
+    /// Whether the first word of the HTTP health check's body is a report (default false).
+    pub check_body: Option<bool>,
     /// The least share of its weight a loaded backend keeps, a percentage (default `10%`).
     pub min_weight: Option<String>,
     /// Whether `drain` takes the backend's weight to zero (default false: to `min_weight`).

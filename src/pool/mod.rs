@@ -4,6 +4,7 @@
 
 pub mod affinity;
 pub mod hash_key;
+pub mod http_check;
 pub mod mix;
 pub mod operator;
 pub mod probe;
@@ -142,7 +143,10 @@ impl Pool {
         let checks = config
             .health_check
             .as_ref()
-            .map(|h| check_registry(&backends, Probe::new(&config.name, h, backends.clone())));
+            .map(|h| {
+                let probe = Probe::new(&config.name, h, config.feedback.clone(), backends.clone());
+                check_registry(&backends, probe)
+            });
         let index_of = |addr: SocketAddr| backends.binary_search_by_key(&addr, |s| s.addr).ok();
         let selector = match config.algorithm {
             Algorithm::RoundRobin | Algorithm::Random => {
@@ -392,7 +396,12 @@ impl Pool {
         let (Some(f), Some(s)) = (&self.feedback, self.backends.get(i)) else {
             return;
         };
-        let Some(value) = headers.get(f.header.as_str()).and_then(|v| v.to_str().ok()) else {
+        let Some(value) = f
+            .header
+            .as_deref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+        else {
             return;
         };
         if let Some(share) = feedback_share(f, value) {
@@ -461,7 +470,8 @@ mod tests {
     fn with_feedback(algorithm: Algorithm, n: usize) -> PoolConfig {
         let mut c = config(algorithm, &vec![1; n]);
         c.feedback = Some(crate::config::FeedbackConfig {
-            header: "x-backend-load".into(),
+            header: Some("x-backend-load".into()),
+            check_body: false,
             min_weight: 0.1,
             allow_drain: true,
         });
@@ -518,7 +528,8 @@ mod tests {
     #[test]
     fn feedback_scales_weight_within_bounds() {
         let f = crate::config::FeedbackConfig {
-            header: "x-backend-load".into(),
+            header: Some("x-backend-load".into()),
+            check_body: false,
             min_weight: 0.1,
             allow_drain: false,
         };

@@ -1,6 +1,7 @@
-//! The active check of one pool: Pingora's Http/TcpHealthCheck wrapped in a `Probe` that bounds
-//! each check by the pool's timeout and gates new backends until they pass. When checks run is
-//! the health service's business (operate/health.rs).
+//! The active check of one pool: fulcrum's HTTP check (http_check.rs) or Pingora's
+//! TcpHealthCheck in a `Probe` that bounds each check by the pool's timeout, gates new backends
+//! until they pass and hands on the load they report. When checks run is the health service's
+//! business (operate/health.rs).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,18 +9,22 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pingora::{Error, ErrorType, Result};
-use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::health_check::{HealthCheck, TcpHealthCheck};
 use pingora_load_balancing::Backend;
 
-use crate::config::{CheckKind, HealthCheckConfig};
-use crate::pool::BackendState;
+use crate::config::{CheckKind, FeedbackConfig, HealthCheckConfig};
+use crate::pool::http_check::HttpCheck;
+use crate::pool::{feedback_share, BackendState};
 
-/// The check of one pool: Pingora's probes (one per backend for HTTP, so that each sends its
-/// own address as Host unless the config names one), bounded by `timeout`.
+/// The check of one pool: fulcrum's HTTP check (each backend gets its own address as Host unless
+/// the config names one; the load a backend reports in the answer scales its weight) or
+/// Pingora's TCP check, bounded by `timeout`.
 pub struct Probe {
     pool: String,
     config: HealthCheckConfig,
-    http: HashMap<SocketAddr, HttpHealthCheck>,
+    /// Where backends report their load, if they do (the HTTP check reads it).
+    feedback: Option<FeedbackConfig>,
+    http: Option<HttpCheck>,
     tcp: Option<Box<TcpHealthCheck>>,
     /// The pool's backends, sorted by address.
     states: Arc<[Arc<BackendState>]>,
@@ -43,50 +48,37 @@ fn failure_reason(e: &Error) -> String {
 }
 
 impl Probe {
-    pub fn new(pool: &str, config: &HealthCheckConfig, states: Arc<[Arc<BackendState>]>) -> Self {
-        let mut http = HashMap::new();
-        let mut tcp = None;
-        match &config.kind {
+    pub fn new(
+        pool: &str,
+        config: &HealthCheckConfig,
+        feedback: Option<FeedbackConfig>,
+        states: Arc<[Arc<BackendState>]>,
+    ) -> Self {
+        let (http, tcp) = match &config.kind {
             CheckKind::Http {
                 path,
                 expect_status,
                 host,
             } => {
-                for s in states.iter() {
-                    let host = host.clone().unwrap_or_else(|| s.addr.to_string());
-                    let mut check = HttpHealthCheck::new(&host, false);
-                    // The validator checked that the path parses as a URI.
-                    check.req.set_uri(
-                        path.parse::<http::Uri>()
-                            .unwrap_or_else(|_| http::Uri::from_static("/")),
-                    );
-                    check.peer_template.options.connection_timeout = Some(config.timeout);
-                    check.peer_template.options.read_timeout = Some(config.timeout);
-                    check.peer_template.options.write_timeout = Some(config.timeout);
-                    let expected = expect_status.clone();
-                    check.validator = Some(Box::new(move |resp| {
-                        let status = resp.status.as_u16();
-                        if expected.contains(&status) {
-                            Ok(())
-                        } else {
-                            Error::e_explain(
-                                ErrorType::CustomCode("unexpected status", status),
-                                format!("health check answered {status}"),
-                            )
-                        }
-                    }));
-                    http.insert(s.addr, check);
-                }
+                let check = HttpCheck::new(
+                    path,
+                    host.clone(),
+                    expect_status.clone(),
+                    config.timeout,
+                    feedback.clone(),
+                );
+                (Some(check), None)
             }
             CheckKind::Tcp => {
                 let mut check = TcpHealthCheck::new();
                 check.peer_template.options.connection_timeout = Some(config.timeout);
-                tcp = Some(check);
+                (None, Some(check))
             }
-        }
+        };
         Probe {
             pool: pool.to_string(),
             config: config.clone(),
+            feedback,
             http,
             tcp,
             states,
@@ -100,14 +92,12 @@ impl Probe {
         self.states.get(i)
     }
 
-    async fn probe(&self, target: &Backend) -> Result<()> {
-        let addr = target.addr.as_inet().copied();
-        if let Some(check) = addr.and_then(|a| self.http.get(&a)) {
-            check.check(target).await
-        } else if let Some(check) = &self.tcp {
-            check.check(target).await
-        } else {
-            Error::e_explain(ErrorType::InternalError, "no probe for this backend")
+    /// Probe `target`: Ok with the load it reported (feedback), if any.
+    async fn probe(&self, target: &Backend) -> Result<Option<String>> {
+        match (&self.http, &self.tcp, target.addr.as_inet()) {
+            (Some(check), _, Some(addr)) => check.check(*addr).await,
+            (_, Some(check), _) => check.check(target).await.map(|()| None),
+            _ => Error::e_explain(ErrorType::InternalError, "no probe for this backend"),
         }
     }
 }
@@ -123,8 +113,15 @@ impl HealthCheck for Probe {
             ),
         };
         match &result {
-            Ok(()) => {
+            Ok(report) => {
                 if let Some(state) = self.state(target) {
+                    let share = report
+                        .as_deref()
+                        .zip(self.feedback.as_ref())
+                        .and_then(|(value, f)| feedback_share(f, value));
+                    if let Some(share) = share {
+                        state.report_share(share);
+                    }
                     if state.check_passed() {
                         state.record_admitted();
                         // Backends of the file a process started with are summed up by the
@@ -147,7 +144,7 @@ impl HealthCheck for Probe {
                 }
             }
         }
-        result
+        result.map(|_| ())
     }
 
     async fn health_status_change(&self, target: &Backend, healthy: bool) {

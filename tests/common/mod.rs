@@ -86,6 +86,8 @@ struct Shared {
     peak: AtomicUsize,
     /// A header every answer to a request carries (`set_header`).
     header: Mutex<Option<(String, String)>>,
+    /// The body `/healthz` answers with (`set_health_body`; default `health`).
+    health_body: Mutex<Option<Bytes>>,
 }
 
 /// Counts one request in `Shared::busy` while it is being answered.
@@ -189,6 +191,11 @@ impl Backend {
         self.shared.health_status.store(status, Ordering::SeqCst);
     }
 
+    /// The body `/healthz` answers from now on.
+    pub fn set_health_body(&self, body: &str) {
+        *self.shared.health_body.lock().unwrap() = Some(Bytes::from(body.to_string()));
+    }
+
     /// How requests (not health checks) are answered from now on.
     pub fn set_mode(&self, mode: Mode) {
         *self.shared.mode.lock().unwrap() = Some(mode);
@@ -258,13 +265,15 @@ async fn answer(
     if req.uri().path() == "/healthz" {
         shared.health_checks.lock().unwrap().push(Instant::now());
         let status = shared.health_status.load(Ordering::SeqCst);
+        let body = shared
+            .health_body
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| Bytes::from_static(b"health"));
         return Ok(Response::builder()
             .status(status)
-            .body(
-                Full::new(Bytes::from_static(b"health"))
-                    .map_err(|e| match e {})
-                    .boxed(),
-            )
+            .body(Full::new(body).map_err(|e| match e {}).boxed())
             .unwrap());
     }
     shared.hits.fetch_add(1, Ordering::SeqCst);

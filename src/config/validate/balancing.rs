@@ -145,12 +145,33 @@ pub(super) fn check_ewma_decay(
     d
 }
 
-/// `feedback`: a valid header name, `min_weight` a percentage from 1% to 100%.
-pub(super) fn check_feedback(ck: &mut Checker, path: &str, raw: RawFeedback) -> FeedbackConfig {
-    if http::HeaderName::from_bytes(raw.header.as_bytes()).is_err() {
+/// `feedback`: a valid header name or the check's body (which needs an HTTP health check:
+/// `http_check`), `min_weight` a percentage from 1% to 100%.
+pub(super) fn check_feedback(
+    ck: &mut Checker,
+    path: &str,
+    raw: RawFeedback,
+    http_check: bool,
+) -> FeedbackConfig {
+    if let Some(header) = &raw.header {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            ck.error(
+                format!("{path}.header"),
+                format!("`{header}` is not a header name"),
+            );
+        }
+    }
+    let check_body = raw.check_body.unwrap_or(false);
+    if raw.header.is_none() && !check_body {
         ck.error(
-            format!("{path}.header"),
-            format!("`{}` is not a header name", raw.header),
+            path,
+            "say where backends report their load: `header: NAME`, `check_body: true`, or both",
+        );
+    }
+    if check_body && !http_check {
+        ck.error(
+            format!("{path}.check_body"),
+            "needs an HTTP `health_check` on the pool (its answers carry the report)",
         );
     }
     let min_weight = match raw.min_weight.as_deref() {
@@ -171,7 +192,8 @@ pub(super) fn check_feedback(ck: &mut Checker, path: &str, raw: RawFeedback) -> 
         },
     };
     FeedbackConfig {
-        header: raw.header.to_ascii_lowercase(),
+        header: raw.header.map(|h| h.to_ascii_lowercase()),
+        check_body,
         min_weight,
         allow_drain: raw.allow_drain.unwrap_or(false),
     }
@@ -283,5 +305,26 @@ mod tests {
             pool("    balance_factor: lots\n"),
             ["6:5: pools.p.balance_factor: a number above 1 and at most 10, got `lots`"]
         );
+    }
+
+    #[test]
+    fn feedback_names_where_reports_come_from() {
+        assert_eq!(
+            pool("    feedback: {min_weight: 20%}
+"),
+            ["6:5: pools.p.feedback: say where backends report their load: `header: NAME`, `check_body: true`, or both"]
+        );
+        assert_eq!(
+            pool("    health_check: {tcp: {}}
+    feedback: {check_body: true}
+"),
+            ["7:16: pools.p.feedback.check_body: needs an HTTP `health_check` on the pool (its answers carry the report)"]
+        );
+        assert!(pool(
+            "    health_check: {http: {path: /load}}
+    feedback: {check_body: true, header: X-Load}
+"
+        )
+        .is_empty());
     }
 }

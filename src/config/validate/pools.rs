@@ -94,9 +94,12 @@ fn check_pool(ck: &mut Checker, name: &str, value: Value) -> Option<PoolConfig> 
         Some(a) => balancing::check_ewma_decay(ck, &path, a, raw.ewma_decay.as_deref()),
         None => DEFAULT_EWMA_DECAY,
     };
+    let http_check = health_check
+        .as_ref()
+        .is_some_and(|h| matches!(h.kind, CheckKind::Http { .. }));
     let feedback = raw
         .feedback
-        .map(|f| balancing::check_feedback(ck, &format!("{path}.feedback"), f));
+        .map(|f| balancing::check_feedback(ck, &format!("{path}.feedback"), f, http_check));
     let retry_budget = check_retry_budget(ck, &format!("{path}.retry_budget"), raw.retry_budget);
     let affinity = raw
         .affinity
