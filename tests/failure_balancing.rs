@@ -13,6 +13,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,15 +44,53 @@ async fn start_backends(names: &[&str]) -> Vec<Backend> {
     bs
 }
 
-fn random_key() -> String {
-    format!("k{:016x}", fastrand::u64(..))
+/// A random key of the kind `algorithm` hashes (none for the others).
+fn random_key(algorithm: &str) -> Key {
+    match algorithm {
+        "consistent_hash" => Key::Header(format!("k{:016x}", fastrand::u64(..))),
+        "ip_hash" => Key::From(IpAddr::from([
+            127,
+            2,
+            fastrand::u8(..),
+            fastrand::u8(1..255),
+        ])),
+        _ => Key::None,
+    }
 }
 
-/// GET `url` (with `X-Key: key` when given) and read the whole body, which must be the name of
-/// the backend that answered 200.
-async fn fetch(c: &reqwest::Client, url: &str, key: Option<&str>) -> Outcome {
-    let mut req = c.get(url);
-    if let Some(k) = key {
+/// The keys of the share measurement: fixed, so that the ring's shares are known (see
+/// `RING_ADDRESSES`).
+fn fixed_keys(algorithm: &str, requests: usize) -> Vec<Key> {
+    (0..requests)
+        .map(|i| match algorithm {
+            "consistent_hash" => Key::Header(format!("k{:016x}", i as u64)),
+            "ip_hash" => Key::From(IpAddr::from([127, 1, (i / 200) as u8, (i % 200 + 1) as u8])),
+            _ => Key::None,
+        })
+        .collect()
+}
+
+/// What picks a request's backend on a hashing pool: nothing, its `X-Key` header, or the address
+/// it comes from (ip_hash).
+#[derive(Clone, Debug)]
+enum Key {
+    None,
+    Header(String),
+    From(IpAddr),
+}
+
+/// GET `url` as `key` says (with `X-Key`, or from its address with a client of its own) and read
+/// the whole body, which must be the name of the backend that answered 200.
+async fn fetch(c: &reqwest::Client, url: &str, key: &Key) -> Outcome {
+    let own;
+    let mut req = match key {
+        Key::From(ip) => {
+            own = client_from(*ip);
+            own.get(url)
+        }
+        _ => c.get(url),
+    };
+    if let Key::Header(k) = key {
         req = req.header("x-key", k);
     }
     let resp = req.send().await.map_err(|e| format!("request: {e}"))?;
@@ -71,10 +110,10 @@ async fn fetch(c: &reqwest::Client, url: &str, key: Option<&str>) -> Outcome {
 }
 
 /// One request per entry of `keys`, from `concurrency` clients at once; outcomes in `keys` order.
-async fn spray(url: &str, keys: &[Option<String>], concurrency: usize) -> Vec<Outcome> {
+async fn spray(url: &str, keys: &[Key], concurrency: usize) -> Vec<Outcome> {
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
-        let mine: Vec<(usize, Option<String>)> = keys
+        let mine: Vec<(usize, Key)> = keys
             .iter()
             .enumerate()
             .skip(worker)
@@ -86,7 +125,7 @@ async fn spray(url: &str, keys: &[Option<String>], concurrency: usize) -> Vec<Ou
             let c = client();
             let mut got = Vec::new();
             for (i, key) in mine {
-                got.push((i, fetch(&c, &url, key.as_deref()).await));
+                got.push((i, fetch(&c, &url, &key).await));
             }
             got
         }));
@@ -101,8 +140,8 @@ async fn spray(url: &str, keys: &[Option<String>], concurrency: usize) -> Vec<Ou
 }
 
 /// `n` requests without a key.
-fn no_keys(n: usize) -> Vec<Option<String>> {
-    vec![None; n]
+fn no_keys(n: usize) -> Vec<Key> {
+    vec![Key::None; n]
 }
 
 /// The failures among `outcomes`: how many, and the first few distinct reasons.
@@ -211,7 +250,7 @@ async fn wait_all_ready(admin: &Admin) {
 // ---------------------------------------------------------------------------------------------
 // 1. A lost backend's share, by algorithm and by the way it is lost.
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Loss {
     /// Its health check fails (`set_health(500)`).
     HealthCheck,
@@ -222,6 +261,10 @@ enum Loss {
 }
 
 const WEIGHTS: [(&str, u32); 4] = [("a", 1), ("b", 2), ("c", 3), ("d", 4)];
+/// least_latency weighs latency first (cost = EWMA x (in flight + 1) / weight): with equal
+/// backends of unequal weights its shares are not the weights' (measured 12-29% off), so its
+/// case checks that a lost backend's share spreads evenly over equal survivors.
+const EQUAL: [(&str, u32); 4] = [("a", 1), ("b", 1), ("c", 1), ("d", 1)];
 /// Least connections follows weights through the in-flight counts: every request takes this
 /// long, and 24 clients keep survivors weighing 1, 2 and 3 at 4, 8 and 12 requests in flight
 /// (measured today, with fulcrum's own time per request, a is ~5% over its ideal at 25 ms and
@@ -229,40 +272,80 @@ const WEIGHTS: [(&str, u32); 4] = [("a", 1), ("b", 2), ("c", 3), ("d", 4)];
 const LC_DELAY: Duration = Duration::from_millis(25);
 const LC_CLIENTS: usize = 24;
 
+/// Where the backends of a hashing pool listen, per algorithm and way of losing one (each
+/// case its own addresses: a dropped backend's listener may not be closed yet when the next
+/// case starts). A ring's shares depend on its backends' addresses, and ketama's 160 points
+/// per unit of weight leave a survivor's share off its weight's by 6.5% for the median set of
+/// addresses (12.5% at the 90th percentile, computed with pingora-ketama over 50 sets). With
+/// these the ring after the loss is within 3.8% of the weights for the X-Key keys
+/// (consistent_hash) and the client addresses (ip_hash) the test sends, so it measures how the
+/// lost share spreads, not the ring's own unevenness.
+const RING_ADDRESSES: [(&str, Loss, u8); 6] = [
+    ("consistent_hash", Loss::HealthCheck, 57),
+    ("consistent_hash", Loss::Ejection, 41),
+    ("consistent_hash", Loss::Killed, 52),
+    ("ip_hash", Loss::HealthCheck, 23),
+    ("ip_hash", Loss::Ejection, 39),
+    ("ip_hash", Loss::Killed, 28),
+];
+const RING_PORT: u16 = 27500;
+
 /// Lose one backend of four (weights 1..4) the way `loss` says, under `algorithm`, then check
 /// that the survivors share the traffic by weight and that no client saw an error.
 async fn lose_one(algorithm: &'static str, loss: Loss) {
     let what = format!("{algorithm}, backend lost by {loss:?}");
-    let hashing = algorithm == "consistent_hash";
-    let bs = start_backends(&["a", "b", "c", "d"]).await;
-    // The ring's own unevenness is ~1/sqrt(points) per backend: losing the lightest keeps the
-    // survivors' points (320+) high enough for the 25% band; the others lose the heaviest.
-    let lost = if hashing { 0 } else { 3 };
-    let (requests, clients, tolerance) = match algorithm {
-        // binomial: 10% of the smallest survivor's 1/6 is 4 standard deviations at 8,000
-        "random" => (8_000, 8, 0.10),
-        "least_connections" => (2_000, LC_CLIENTS, 0.10),
-        "consistent_hash" => (3_000, 8, 0.25),
-        _ => (2_000, 8, 0.10),
+    let hashing = matches!(algorithm, "consistent_hash" | "ip_hash");
+    let bs = if hashing {
+        let third = RING_ADDRESSES
+            .iter()
+            .find(|(a, l, _)| *a == algorithm && *l == loss)
+            .map(|(_, _, t)| *t)
+            .unwrap();
+        let mut bs = Vec::new();
+        for (i, name) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            let addr = SocketAddr::from(([127, 0, third, i as u8 + 1], RING_PORT));
+            bs.push(Backend::start_on(name, addr, Behaviour::Normal).await);
+        }
+        bs
+    } else {
+        start_backends(&["a", "b", "c", "d"]).await
     };
-    if algorithm == "least_connections" {
+    let lost = 3;
+    let (requests, clients) = match algorithm {
+        // binomial: 10% of the smallest survivor's 1/6 is 4 standard deviations at 8,000
+        "random" => (8_000, 8),
+        // both weigh in-flight requests: they must take a while (LC_DELAY)
+        "least_connections" => (2_000, LC_CLIENTS),
+        // its picks follow latency samples, which wander more than in-flight counts
+        "least_latency" => (4_000, LC_CLIENTS),
+        "consistent_hash" => (6_000, 8),
+        "ip_hash" => (3_000, 8),
+        _ => (2_000, 8),
+    };
+    let tolerance = 0.10;
+    if matches!(algorithm, "least_connections" | "least_latency") {
         for b in &bs {
             b.set_mode(Mode::Delay(LC_DELAY));
         }
     }
     let admin = Admin::new();
     let mut lines = vec![format!("algorithm: {algorithm}")];
-    if hashing {
+    if algorithm == "consistent_hash" {
         lines.push("hash_key: {header: X-Key}".into());
     }
     if let Loss::HealthCheck = loss {
         lines.push(format!("health_check: {CHECK}"));
     }
-    let list: Vec<(&Backend, u32)> = bs.iter().zip(WEIGHTS).map(|(b, (_, w))| (b, w)).collect();
+    let weights = if algorithm == "least_latency" {
+        EQUAL
+    } else {
+        WEIGHTS
+    };
+    let list: Vec<(&Backend, u32)> = bs.iter().zip(weights).map(|(b, (_, w))| (b, w)).collect();
     let f = Fulcrum::start(&pool_yaml(&admin, &lines, &list)).await;
     wait_all_ready(&admin).await;
     let url = f.url("/");
-    let keys: Vec<Option<String>> = (0..requests).map(|_| hashing.then(random_key)).collect();
+    let keys = fixed_keys(algorithm, requests);
     let before = if hashing {
         let before = spray(&url, &keys, clients).await;
         assert_eq!(
@@ -295,7 +378,7 @@ async fn lose_one(algorithm: &'static str, loss: Loss) {
                 counts(&during),
                 f.log().lines().filter(|l| l.contains(&victim.addr.to_string())).collect::<Vec<_>>()
             );
-            let batch: Vec<Option<String>> = (0..40).map(|_| hashing.then(random_key)).collect();
+            let batch: Vec<Key> = (0..40).map(|_| random_key(algorithm)).collect();
             during.extend(spray(&url, &batch, 8).await);
         }
     }
@@ -316,7 +399,7 @@ async fn lose_one(algorithm: &'static str, loss: Loss) {
         !got.contains_key(&victim.name),
         "{what}: the lost backend still answered: {got:?}"
     );
-    let survivors: Vec<(&str, u32)> = WEIGHTS
+    let survivors: Vec<(&str, u32)> = weights
         .iter()
         .copied()
         .filter(|(n, _)| *n != victim.name)
@@ -352,8 +435,10 @@ async fn every_algorithm_spreads_a_lost_backends_share_by_weight() {
     for algorithm in [
         "round_robin",
         "least_connections",
+        "least_latency",
         "random",
         "consistent_hash",
+        "ip_hash",
     ] {
         let cases: Vec<_> = [Loss::HealthCheck, Loss::Ejection, Loss::Killed]
             .into_iter()
@@ -418,6 +503,17 @@ async fn retry_case(
             "{algorithm}, dead backend of weight {dead_weight} among a, b, c of {weights:?}: {e}"
         );
     }
+    // The dead backend was picked first by its weight's share, and each of those was retried
+    // once (a retry never goes back to it).
+    let retries = admin
+        .metric("fulcrum_retries_total", &[("pool", "p")])
+        .await;
+    let total: u32 = weights.iter().sum::<u32>() + dead_weight;
+    let expected = requests as f64 * f64::from(dead_weight) / f64::from(total);
+    assert!(
+        (retries - expected).abs() <= expected * 0.10,
+        "{algorithm}: {retries} retries, expected {expected:.0} (the dead backend's share of {requests})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,7 +643,7 @@ impl Load {
                     let c = client();
                     let deadline = Instant::now() + Duration::from_secs(60);
                     while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                        let outcome = fetch(&c, &url, None).await;
+                        let outcome = fetch(&c, &url, &Key::None).await;
                         if outcome.is_err() {
                             failed.fetch_add(1, Ordering::SeqCst);
                         }
@@ -605,20 +701,45 @@ fn share_of(outcomes: &[Outcome], name: &str) -> (f64, usize) {
     (n as f64 / outcomes.len().max(1) as f64, n)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_start_ramps_a_returning_backend() {
+    let cases = [
+        tokio::spawn(slow_start_case("round_robin")),
+        tokio::spawn(slow_start_case("least_connections")),
+    ];
+    let mut panics = Vec::new();
+    for case in cases {
+        if let Err(e) = case.await {
+            panics.push(panic_message(e));
+        }
+    }
+    assert!(panics.is_empty(), "{}", panics.join("\n"));
+}
+
+/// Take d of four equal backends out by health check, bring it back, and check that under
+/// `algorithm` its share ramps: small in its first 0.5 s back, its full quarter after 3 s.
+async fn slow_start_case(algorithm: &'static str) {
     let bs = start_backends(&["a", "b", "c", "d"]).await;
     let admin = Admin::new();
     // Weight 10 so that 10% of it is a whole number, should effective weights be integers.
     let list: Vec<(&Backend, u32)> = bs.iter().map(|b| (b, 10)).collect();
     let lines = [
-        "algorithm: round_robin".to_string(),
+        format!("algorithm: {algorithm}"),
         "slow_start: 3s".into(),
         format!("health_check: {CHECK}"),
     ];
+    // Least connections follows weights through in-flight counts: requests must take a while.
+    let clients = if algorithm == "least_connections" {
+        for b in &bs {
+            b.set_mode(Mode::Delay(LC_DELAY));
+        }
+        LC_CLIENTS
+    } else {
+        4
+    };
     let f = Fulcrum::start(&pool_yaml(&admin, &lines, &list)).await;
     let d = &bs[3];
-    let load = Load::start(f.url("/"), 4);
+    let load = Load::start(f.url("/"), clients);
     wait_for(Duration::from_secs(5), "traffic on d", || d.hits() > 20).await;
 
     d.set_health(500);
@@ -644,7 +765,7 @@ async fn slow_start_ramps_a_returning_backend() {
     let (early_share, early_n) = share_of(&early, "d");
     let (late_share, late_n) = share_of(&after, "d");
     eprintln!(
-        "slow start: d got {early_n} of {} early, {late_n} of {} late; /status at ready: {ramping}",
+        "slow start, {algorithm}: d got {early_n} of {} early, {late_n} of {} late; /status at ready: {ramping}",
         early.len(),
         after.len()
     );
@@ -658,13 +779,13 @@ async fn slow_start_ramps_a_returning_backend() {
     );
     assert!(
         early_share < 0.15,
-        "d's share over the first 0.5 s back is {:.1}% ({early_n} of {}): not ramping",
+        "{algorithm}: d's share over the first 0.5 s back is {:.1}% ({early_n} of {}): not ramping",
         early_share * 100.0,
         early.len()
     );
     assert!(
         (late_share - 0.25).abs() <= 0.025,
-        "d's share after the ramp is {:.1}% ({late_n} of {}), want 25% +- 10%",
+        "{algorithm}: d's share after the ramp is {:.1}% ({late_n} of {}), want 25% +- 10%",
         late_share * 100.0,
         after.len()
     );
@@ -805,10 +926,13 @@ async fn short_fault(fault: Mode) -> Result<String, String> {
     let summary = format!(
         "{fault:?} for 1 s: d back {back:?} after its recovery; transitions {downs} down, {ups} up; log: {ejected} 'ejected', {returned} 'returns to service'; {sent} requests, {failed} failed"
     );
-    let ok = back.is_some_and(|b| b <= Duration::from_millis(3_500))
-        && downs >= 1.0
+    // Ejected within ~0.5 s of the fault's start (stalls need the 300 ms read timeout), the
+    // fault ends 1 s in, the ejection 2 s after it began: d is back ~1-1.5 s after recovering.
+    // One ejection only: requests that were in flight when it began do not eject again.
+    let ok = back.is_some_and(|b| b <= Duration::from_millis(2_500))
+        && downs == 1.0
         && ups == downs
-        && ejected >= 1
+        && ejected == 1
         && ejected == returned;
     if ok {
         Ok(summary)
@@ -828,7 +952,7 @@ async fn a_short_fault_under_load_ends_within_the_first_back_off() {
     let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failed.is_empty(),
-        "want d back within 3.5 s and one return per ejection:\n{failed:#?}"
+        "want d back within 2.5 s of recovering, ejected once, and one return per ejection:\n{failed:#?}"
     );
 }
 

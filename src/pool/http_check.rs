@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
-use pingora::http::RequestHeader;
 
 use crate::config::FeedbackConfig;
 
@@ -113,7 +113,10 @@ mod tests {
     #[test]
     fn the_report_is_the_bodys_first_word() {
         assert_eq!(first_word(b"0.75\n"), Some("0.75".into()));
-        assert_eq!(first_word(b"  drain  because maintenance"), Some("drain".into()));
+        assert_eq!(
+            first_word(b"  drain  because maintenance"),
+            Some("drain".into())
+        );
         assert_eq!(first_word(b"\n\t "), None);
         assert_eq!(first_word(b""), None);
     }

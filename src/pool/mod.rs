@@ -140,13 +140,10 @@ impl Pool {
             .collect();
         states.sort_by_key(|s| s.addr);
         let backends: Arc<[Arc<BackendState>]> = states.into();
-        let checks = config
-            .health_check
-            .as_ref()
-            .map(|h| {
-                let probe = Probe::new(&config.name, h, config.feedback.clone(), backends.clone());
-                check_registry(&backends, probe)
-            });
+        let checks = config.health_check.as_ref().map(|h| {
+            let probe = Probe::new(&config.name, h, config.feedback.clone(), backends.clone());
+            check_registry(&backends, probe)
+        });
         let index_of = |addr: SocketAddr| backends.binary_search_by_key(&addr, |s| s.addr).ok();
         let selector = match config.algorithm {
             Algorithm::RoundRobin | Algorithm::Random => {
