@@ -719,3 +719,55 @@ async fn routine_client_failures_write_no_error_lines() {
         noisy.join("\n")
     );
 }
+
+/// TLS 1.2 offers forward-secret AEAD suites only (rustls has no other): a client that offers
+/// only CBC, RSA key exchange or 3DES suites is refused, and one that offers the strong ones
+/// gets one of them. Which of those is used follows the client's order: Pingora 0.9.1's
+/// `TlsSettings` cannot set rustls's `ignore_client_order` (see README, "TLS").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_offers_only_forward_secret_aead_suites() {
+    let pki = TestPki::new();
+    let site = pki.leaf("site", &["site.test"], false);
+    let backend = Backend::start("app").await;
+    let (_f, port) = start_tls(&certs_yaml(&[&site]), "", &one_pool(&backend)).await;
+    let ca = pki.ca_path();
+    let resolve = format!("site.test:{port}:127.0.0.1");
+    let url = format!("https://site.test:{port}/");
+    let handshake = |ciphers: &str| {
+        std::process::Command::new("curl")
+            .args(["-sv", "-o", "/dev/null", "--tlsv1.2", "--tls-max", "1.2"])
+            .args(["--ciphers", ciphers, "--cacert", ca.to_str().unwrap()])
+            .args(["--resolve", &resolve, &url])
+            .output()
+            .expect("curl")
+    };
+    let weak = handshake(
+        "AES128-SHA:AES256-SHA:AES128-GCM-SHA256:AES256-GCM-SHA384:DES-CBC3-SHA:\
+         ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA",
+    );
+    assert!(
+        !weak.status.success(),
+        "a client offering only weak TLS 1.2 suites was served: {}",
+        String::from_utf8_lossy(&weak.stderr)
+    );
+    let strong = [
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+    ];
+    let ok = handshake(&format!("AES128-SHA:DES-CBC3-SHA:{}", strong.join(":")));
+    let log = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{log}");
+    let used = log
+        .lines()
+        .find_map(|l| l.split("SSL connection using TLSv1.2 / ").nth(1))
+        .unwrap_or_else(|| panic!("no TLS 1.2 connection line: {log}"));
+    let suite = used.split_whitespace().next().unwrap_or("");
+    assert!(
+        strong.contains(&suite),
+        "TLS 1.2 negotiated {suite}, not a forward-secret AEAD suite"
+    );
+}
