@@ -931,7 +931,7 @@ fn http1_cases() -> Vec<Case> {
         .body_error(),
         // --- bare LF, bare CR, obs-fold ------------------------------------------------------
         good("bare-lf-everywhere", "RFC 9112 2.2", "GET / HTTP/1.1\nHost: t.example\n\n", get_root())
-            .note("The RFC lets a recipient accept a bare LF (nginx does); fulcrum refuses it."),
+            .note("The RFC lets a recipient accept a bare LF (nginx does); fulcrum accepts it too."),
         good("bare-lf-request-line", "RFC 9112 2.2", "GET / HTTP/1.1\nHost: t.example\r\n\r\n", get_root()),
         good(
             "bare-lf-header-line",
