@@ -2285,6 +2285,76 @@ async fn rapid_reset(r: &Rig, i: usize, post: bool) -> Option<Failure> {
     })
 }
 
+/// Rapid reset in small batches over many connections, the pattern that stays under h2's own
+/// per-connection limit (20 resets before a stream is accepted): `RECONNECTS` connections in a
+/// row from one address, each with `BATCH` HEADERS + RST_STREAM(CANCEL) pairs. fulcrum counts
+/// resets per client address across connections: past 30 in 10 s the address is cut off (its
+/// new connections are closed at once, its streams not forwarded).
+const RECONNECTS: usize = 30;
+const BATCH: u32 = 10;
+
+async fn rapid_reset_reconnects(r: &Rig, i: usize) -> Option<Failure> {
+    let ip = case_ip(i);
+    let fields: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":authority", b"t.example"),
+        (b":path", b"/rr"),
+    ];
+    let (mut refused, mut goaways, mut first_refused) = (0, 0, None);
+    for c in 0..RECONNECTS {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(IpAddr::V4(ip), 0)).unwrap();
+        let Ok(mut s) = socket
+            .connect(SocketAddr::from(([127, 0, 0, 1], r.h2c)))
+            .await
+        else {
+            refused += 1;
+            continue;
+        };
+        let _ = s
+            .write_all(&cat(&[PREFACE, &frame(SETTINGS, 0, 0, &[])]))
+            .await;
+        for k in 0..BATCH {
+            let id = 1 + 2 * k;
+            let mut pair = frame(HEADERS, END_STREAM | END_HEADERS, id, &block(&fields));
+            pair.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+            if s.write_all(&pair).await.is_err() {
+                break;
+            }
+        }
+        let events = read_events(&mut s, u32::MAX, Duration::from_millis(300)).await;
+        if events.iter().any(|e| matches!(e, Event::GoAway(_))) {
+            goaways += 1;
+        } else if events == [Event::Closed] {
+            refused += 1;
+            first_refused.get_or_insert(c);
+        }
+    }
+    // Requests that were let through reach the backend soon after; read until a deadline.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = RECONNECTS * BATCH as usize;
+    let forwarded = attribute(&r.rec.state.lock().unwrap(), ip).requests.len();
+    println!(
+        "rapid reset over {RECONNECTS} connections of {BATCH}: {forwarded} of {sent} forwarded, \
+         {goaways} GOAWAY, {refused} refused (the first: connection {first_refused:?})"
+    );
+    let ok = forwarded <= sent / 20 && refused >= RECONNECTS / 2;
+    (!ok).then(|| Failure {
+        name: "h2-rapid-reset-reconnects".into(),
+        want: format!(
+            "client: cut off (at least half of {RECONNECTS} connections refused); backend: at most {} of {sent} reset requests",
+            sent / 20
+        ),
+        got: format!(
+            "{refused} connections refused, {goaways} GOAWAY; backend: {forwarded} requests"
+        ),
+    })
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -2398,8 +2468,9 @@ async fn http2_corpus() {
     failures.extend(rapid_reset(&r, n, false).await);
     failures.extend(rapid_reset(&r, n + 1, true).await);
     failures.extend(continuation_flood(&r, n + 2).await);
-    println!("{} cases in {:?}", n + 3, start.elapsed());
-    report("HTTP/2 corpus", n + 3, &failures);
+    failures.extend(rapid_reset_reconnects(&r, n + 3).await);
+    println!("{} cases in {:?}", n + 4, start.elapsed());
+    report("HTTP/2 corpus", n + 4, &failures);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2441,6 +2512,7 @@ fn verdict_table(h1: &[Case], h2: &[H2Case]) -> String {
     }
     out.push_str("| `h2-rapid-reset` | RFC 9113 5.4.2, 6.4; CVE-2023-44487 | GOAWAY | at most 5 of the 100 reset requests (one whose reset is read after it is already on its way) | 100 HEADERS + RST_STREAM(CANCEL) pairs, one write each |\n");
     out.push_str("| `h2-rapid-reset-post` | RFC 9113 5.4.2, 6.4; CVE-2023-44487 | GOAWAY | no whole request; a connection that carried a head is closed | the same with POST heads whose body never comes |\n");
+    out.push_str("| `h2-rapid-reset-reconnects` | RFC 9113 5.4.2; CVE-2023-44487 | its address cut off: later connections closed at once | at most 15 of the 300 reset requests | 30 connections from one address, 10 HEADERS + RST_STREAM(CANCEL) pairs each |\n");
     out.push_str("| `h2-continuation-flood` | RFC 9113 6.10; CVE-2024-27316 family | GOAWAY or close before 32 MiB is sent | nothing | memory grows by less than 64 MiB |\n");
     out
 }

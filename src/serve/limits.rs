@@ -1,7 +1,8 @@
 //! Limits on client connections: how many a listener and one client address may hold at once,
 //! how near the process may come to its file-descriptor limit (idle keep-alive connections are
-//! then closed to make room, as nginx does), and the deadline of a request header. Each cut is
-//! counted in `fulcrum_limit_total{listener,limit}`.
+//! then closed to make room, as nginx does), the deadline of a request header, and addresses cut
+//! off for resetting HTTP/2 streams (resets.rs). Each cut is counted in
+//! `fulcrum_limit_total{listener,limit}`.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -11,9 +12,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+
+use super::resets::{self, ResetLedger};
 
 use crate::config::{ListenerConfig, ListenerLimits};
 use crate::observe::metrics::Metrics;
@@ -107,6 +110,8 @@ pub struct ConnectionLimits {
     shed_budget: AtomicIsize,
     /// Whether the process is at its soft cap (logged once per change).
     pressed: AtomicBool,
+    /// HTTP/2 streams each client address reset, and the addresses cut off for it.
+    resets: ResetLedger,
     metrics: Arc<Metrics>,
 }
 
@@ -147,6 +152,7 @@ impl ConnectionLimits {
             shed: watch::Sender::new(0),
             shed_budget: AtomicIsize::new(0),
             pressed: AtomicBool::new(false),
+            resets: ResetLedger::default(),
             metrics,
         })
     }
@@ -173,6 +179,10 @@ impl ConnectionLimits {
         limits: &ListenerLimits,
     ) -> Option<ConnectionGuard> {
         let listener = self.listener_of(local);
+        if peer.is_some_and(|ip| self.resets.cut_off(ip, Instant::now())) {
+            self.count(listener, "h2_resets");
+            return None;
+        }
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         // From here on the guard undoes what was counted, whatever the verdict.
         let mut guard = ConnectionGuard {
@@ -257,10 +267,29 @@ impl ConnectionLimits {
     pub fn cut(&self, listener: &str, limit: &str) {
         self.metrics.limit(listener, limit);
     }
+
+    /// `ip` reset an HTTP/2 stream on `listener` (by name) before it was answered; past
+    /// `resets::MAX_RESETS` within `resets::WINDOW` the address is cut off (logged, counted).
+    pub fn client_reset(&self, listener: &str, ip: IpAddr) {
+        if self.resets.reset(ip, Instant::now()) {
+            self.metrics.limit(listener, "h2_resets");
+            tracing::warn!(
+                "client {ip} reset {} HTTP/2 streams within {:?}: its connections are refused and its streams not forwarded for {:?}",
+                resets::MAX_RESETS,
+                resets::WINDOW,
+                resets::PENALTY
+            );
+        }
+    }
+
+    /// Whether `ip` is cut off for resetting HTTP/2 streams.
+    pub fn cut_off(&self, ip: IpAddr) -> bool {
+        self.resets.cut_off(ip, Instant::now())
+    }
 }
 
 /// Every limit a listener's series exist for from the start (so that alerts see 0 first).
-const LIMITS: [&str; 8] = [
+const LIMITS: [&str; 9] = [
     "header_timeout",
     "max_header_bytes",
     "max_headers",
@@ -269,6 +298,7 @@ const LIMITS: [&str; 8] = [
     "open_files",
     "idle_closed",
     "body_timeout",
+    "h2_resets",
 ];
 
 impl Drop for ConnectionGuard {

@@ -9,4 +9,5 @@ pub mod keepalive;
 pub mod limits;
 pub mod own_response;
 pub mod proxy;
+pub mod resets;
 pub mod strict;

@@ -251,6 +251,14 @@ fn header_bytes(req: &RequestHeader) -> usize {
 
 /// Whether the request is an HTTP/2 stream its client has already reset (`RST_STREAM`): one look,
 /// without waiting. HTTP/1 has no such signal (a closed connection shows up on the first write).
+/// The client's address, without its port.
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
 fn client_reset_its_stream(session: &mut Session) -> bool {
     session
         .as_downstream_mut()
@@ -319,6 +327,15 @@ impl ProxyHttp for Proxy {
             return Error::e_explain(
                 ErrorType::HTTPStatus(431),
                 format!("request header over the listener's {limit}"),
+            );
+        }
+        // A client cut off for resetting streams: nothing more of it reaches a backend, also
+        // on the connections it opened before.
+        if session.is_http2() && client_ip(session).is_some_and(|ip| self.limits.cut_off(ip)) {
+            self.limits.cut(name, "h2_resets");
+            return Error::e_explain(
+                ErrorType::HTTPStatus(429),
+                "client cut off for resetting HTTP/2 streams",
             );
         }
         session
@@ -391,6 +408,10 @@ impl ProxyHttp for Proxy {
         };
         if ctx.attempts == 0 && client_reset_its_stream(session) {
             // Rapid reset (CVE-2023-44487): h2 hands over streams the client already reset.
+            if let Some(ip) = client_ip(session) {
+                let listener = ctx.listener().map_or("", |l| l.name.as_str());
+                self.limits.client_reset(listener, ip);
+            }
             return Err(Error::create(
                 ErrorType::ConnectionClosed,
                 ErrorSource::Downstream,
