@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use crate::serve::idle::IdleConnections;
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
@@ -25,7 +26,6 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use pingora::time::timeout;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::watch;
 
 use crate::config::{ListenerLimits, DEFAULT_KEEPALIVE_TIMEOUT};
 use crate::runtime::SharedRuntime;
@@ -179,14 +179,13 @@ impl KeepAlive {
     ) {
         let idle = Duration::from_secs(terms.idle_secs);
         let mut settings = None;
-        let mut shed = self.limits.shed_requests();
         let mut fresh = true;
         loop {
             // Pipelined requests already read wait in the settings, not in the socket.
             let pipelined = settings.as_ref().is_some_and(has_pipelined_prefix);
             if !pipelined
                 && !self
-                    .await_request(&mut stream, idle, &mut shutdown, &mut shed, local, fresh)
+                    .await_request(&mut stream, idle, &mut shutdown, local, fresh)
                     .await
             {
                 return;
@@ -207,7 +206,7 @@ impl KeepAlive {
     }
 
     /// Wait until the next request starts to arrive (true), or the connection should close:
-    /// idle for `idle`, the server shutting down, or asked to make room (once idle a while).
+    /// idle for `idle`, the server shutting down, or asked to make room (among the oldest idle).
     /// A `fresh` connection (no request yet) is not closed by a shutdown at once: it was
     /// accepted a moment ago and its first request is on the way.
     async fn await_request(
@@ -215,32 +214,25 @@ impl KeepAlive {
         stream: &mut Stream,
         idle: Duration,
         shutdown: &mut ShutdownWatch,
-        shed: &mut watch::Receiver<u64>,
         local: Option<SocketAddr>,
         fresh: bool,
     ) -> bool {
         let idle_since = Instant::now();
-        loop {
-            let sheddable_at = idle_since + limits::SHED_MIN_IDLE;
-            match next_request(
-                stream,
-                idle_since + idle,
-                sheddable_at,
-                shutdown,
-                shed,
-                fresh,
-            )
-            .await
-            {
-                Waited::Request => return true,
-                Waited::Closed => return false,
-                Waited::AskedToMakeRoom => {
-                    if idle_since.elapsed() >= limits::SHED_MIN_IDLE
-                        && self.limits.take_shed_slot(local)
-                    {
-                        return false;
-                    }
-                }
+        match next_request(
+            stream,
+            idle_since,
+            idle,
+            shutdown,
+            self.limits.idle(),
+            fresh,
+        )
+        .await
+        {
+            Waited::Request => true,
+            Waited::Closed => false,
+            Waited::AskedToMakeRoom => {
+                self.limits.closed_to_make_room(local);
+                false
             }
         }
     }
@@ -322,19 +314,33 @@ const FRESH_GRACE: Duration = Duration::from_secs(1);
 /// request to make room.
 async fn next_request(
     stream: &mut Stream,
-    deadline: Instant,
-    sheddable_at: Instant,
+    idle_since: Instant,
+    idle: Duration,
     shutdown: &mut ShutdownWatch,
-    shed: &mut watch::Receiver<u64>,
+    registry: &IdleConnections,
     fresh: bool,
 ) -> Waited {
+    let deadline = idle_since + idle;
+    let sheddable_at = idle_since + limits::SHED_MIN_IDLE;
     let now = Instant::now();
     let idle = deadline.saturating_duration_since(now);
     let mut readable = Readable::new(stream);
     // Only a connection idle since `sheddable_at` may be asked to make room: until then the
-    // wait listens for nothing else (most requests arrive sooner, and pay for one timer).
+    // wait listens for nothing else (most requests arrive sooner, and pay for one timer); from
+    // then on it is in the registry of idle connections, which asks the oldest first.
     let first = sheddable_at.saturating_duration_since(now).min(idle);
+    let mut ticket = None;
     for (span, sheddable) in [(first, false), (idle.saturating_sub(first), true)] {
+        if sheddable {
+            ticket = Some(registry.register(idle_since));
+        }
+        let asked = async {
+            match &ticket {
+                Some(t) => t.asked.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(asked);
         let wait = timeout(span, &mut readable);
         tokio::pin!(wait);
         loop {
@@ -357,7 +363,7 @@ async fn next_request(
                         };
                     }
                 }
-                Ok(()) = shed.changed(), if sheddable => return Waited::AskedToMakeRoom,
+                () = &mut asked, if sheddable => return Waited::AskedToMakeRoom,
             }
         }
     }

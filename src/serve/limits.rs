@@ -9,20 +9,19 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-
+use super::idle::IdleConnections;
 use super::resets::{self, ResetLedger};
 
 use crate::config::{ListenerConfig, ListenerLimits};
 use crate::observe::metrics::Metrics;
 
 /// Idle connections closed per connection that arrives beyond the soft cap (nginx drains 32).
-const SHED_BATCH: isize = 32;
+const SHED_BATCH: usize = 32;
 /// Only connections idle at least this long are closed to make room.
 pub const SHED_MIN_IDLE: Duration = Duration::from_secs(1);
 
@@ -105,9 +104,8 @@ pub struct ConnectionLimits {
     /// accept() never fails for want of a descriptor.
     soft_cap: usize,
     hard_cap: usize,
-    /// Bumped to ask idle connections to close; `shed_budget` says how many more may.
-    shed: watch::Sender<u64>,
-    shed_budget: AtomicIsize,
+    /// Keep-alive connections idle long enough to be closed to make room, oldest first.
+    idle: IdleConnections,
     /// Whether the process is at its soft cap (logged once per change).
     pressed: AtomicBool,
     /// HTTP/2 streams each client address reset, and the addresses cut off for it.
@@ -149,8 +147,7 @@ impl ConnectionLimits {
             open: AtomicUsize::new(0),
             soft_cap: files.saturating_sub(reserve).max(8),
             hard_cap,
-            shed: watch::Sender::new(0),
-            shed_budget: AtomicIsize::new(0),
+            idle: IdleConnections::default(),
             pressed: AtomicBool::new(false),
             resets: ResetLedger::default(),
             metrics,
@@ -234,8 +231,7 @@ impl ConnectionLimits {
                 self.hard_cap
             );
         }
-        self.shed_budget.store(SHED_BATCH, Ordering::Relaxed);
-        self.shed.send_modify(|g| *g = g.wrapping_add(1));
+        self.idle.close_oldest(SHED_BATCH);
     }
 
     /// Client connections open now, on every listener.
@@ -243,19 +239,14 @@ impl ConnectionLimits {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// What an idle connection waits on: a change means "close if you can".
-    pub fn shed_requests(&self) -> watch::Receiver<u64> {
-        self.shed.subscribe()
+    /// The idle keep-alive connections that may be asked to make room.
+    pub fn idle(&self) -> &IdleConnections {
+        &self.idle
     }
 
-    /// Whether an idle connection on `local`, asked to make room, should close (it takes one
-    /// place of the batch); counted.
-    pub fn take_shed_slot(&self, local: Option<SocketAddr>) -> bool {
-        let took = self.shed_budget.fetch_sub(1, Ordering::Relaxed) > 0;
-        if took {
-            self.count(self.listener_of(local), "idle_closed");
-        }
-        took
+    /// Count an idle connection on `local` closed to make room.
+    pub fn closed_to_make_room(&self, local: Option<SocketAddr>) {
+        self.count(self.listener_of(local), "idle_closed");
     }
 
     /// Count a request header that did not arrive in time on `local`.

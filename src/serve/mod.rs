@@ -5,6 +5,7 @@ pub mod challenge;
 pub mod debug_header;
 pub mod edge;
 pub mod forwarding;
+pub mod idle;
 pub mod keepalive;
 pub mod limits;
 pub mod own_response;
