@@ -20,14 +20,15 @@ use crate::observe::log_limit::LogLimit;
 
 /// Pingora messages that describe what clients and networks routinely do, or that fulcrum
 /// says better itself.
-const ROUTINE: [&str; 6] = [
+const ROUTINE: [&str; 7] = [
     // A health check flipped a backend: the probe logs it with pool, backend and a short reason
     // (Pingora's line dumps the whole peer, ~900 characters).
     "becomes unhealthy",
     // A client closed or reset its connection while sending a request header.
     "Fail to proxy: Downstream",
-    // A TLS handshake failed (scanners, old clients, wrong names).
+    // A TLS handshake failed (scanners, old clients, wrong names) or never finished.
     "Downstream handshake error",
+    "Downstream handshake timeout",
     // An idle upstream keep-alive connection was closed by the backend.
     "failed to acquire reusable stream",
     // A new process waiting for the old one's sockets during an upgrade.

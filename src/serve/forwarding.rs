@@ -233,6 +233,67 @@ mod tests {
                 want.extend_from_slice(client.as_bytes());
                 prop_assert_eq!(got.as_bytes(), &want[..]);
             }
+
+            /// Whatever the client's Host (or its absence), protocol, TLS and prior forwarding
+            /// headers: never a panic; X-Forwarded-Host is the client's Host byte for byte (or
+            /// the authority); X-Forwarded-Proto matches TLS; exactly one X-Request-Id; an
+            /// HTTP/1 request without Host gets the backend's address, an HTTP/2 one none.
+            #[test]
+            fn apply_sets_every_header_from_the_origin(
+                host in proptest::option::of("[a-z0-9.-]{1,30}(:[0-9]{1,5})?"),
+                authority in proptest::option::of("[a-z0-9.-]{1,20}"),
+                tls in any::<bool>(),
+                http2 in any::<bool>(),
+                ip in proptest::option::of(any::<IpAddr>()),
+                priors in proptest::collection::vec(prior(), 0..3),
+                client_proto in proptest::option::of(prior()),
+            ) {
+                let uri = match &authority {
+                    Some(a) => format!("http://{a}/p?q=1"),
+                    None => "/p?q=1".to_string(),
+                };
+                let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+                req.set_uri(uri.parse::<http::Uri>().unwrap());
+                if let Some(h) = &host {
+                    req.insert_header(HOST, h.as_str()).unwrap();
+                }
+                for p in &priors {
+                    req.append_header(X_FORWARDED_FOR, p.clone()).unwrap();
+                }
+                if let Some(p) = &client_proto {
+                    req.insert_header(X_FORWARDED_PROTO, p.clone()).unwrap();
+                    req.insert_header(X_REQUEST_ID, p.clone()).unwrap();
+                }
+                let mut upstream = req.clone();
+                let id = HeaderValue::from_static("0123456789abcdef");
+                let backend: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+                let origin = Origin {
+                    request: &req,
+                    client_ip: ip,
+                    tls,
+                    request_id: &id,
+                    http2,
+                    backend: Some(backend),
+                };
+                apply(&mut upstream, &origin).unwrap();
+                let want_host = host.clone().or_else(|| authority.clone());
+                let xfh = upstream.headers.get(X_FORWARDED_HOST).map(|v| v.as_bytes().to_vec());
+                prop_assert_eq!(xfh, want_host.map(String::into_bytes));
+                let protos: Vec<_> = upstream.headers.get_all(X_FORWARDED_PROTO).iter().collect();
+                prop_assert_eq!(protos, vec![if tls { "https" } else { "http" }]);
+                let ids: Vec<_> = upstream.headers.get_all(X_REQUEST_ID).iter().collect();
+                prop_assert_eq!(ids, vec![&id]);
+                let xff = upstream.headers.get_all(X_FORWARDED_FOR).iter().count();
+                prop_assert_eq!(xff, if ip.is_some() { 1 } else { priors.len() });
+                let upstream_host = upstream.headers.get(HOST).map(|v| v.as_bytes().to_vec());
+                match (&host, http2) {
+                    (Some(h), _) => prop_assert_eq!(upstream_host, Some(h.clone().into_bytes())),
+                    (None, false) => {
+                        prop_assert_eq!(upstream_host, Some(backend.to_string().into_bytes()))
+                    }
+                    (None, true) => prop_assert_eq!(upstream_host, None),
+                }
+            }
         }
     }
 }
