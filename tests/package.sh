@@ -58,6 +58,17 @@ grep -q '^fulcrum:' "$root/etc/passwd" || fail "no fulcrum user in the root's /e
 uid=$(awk -F: '$1 == "fulcrum" {print $3}' "$root/etc/passwd")
 [ "$(stat -c %u "$root/var/log/fulcrum")" = "$uid" ] || fail "/var/log/fulcrum not owned by fulcrum"
 [ "$(stat -c %a "$root/var/log/fulcrum")" = 750 ] || fail "/var/log/fulcrum mode"
+# /run is a tmpfs at boot: tmpfiles.d recreates /run/fulcrum (the unit's RuntimeDirectory= too).
+grep -qx 'd /run/fulcrum 0750 fulcrum fulcrum -' "$root/usr/lib/tmpfiles.d/fulcrum.conf" \
+    || fail "tmpfiles.d does not create /run/fulcrum"
+if [ -e "$root/run/fulcrum" ]; then
+    [ "$(stat -c %u "$root/run/fulcrum")" = "$uid" ] || fail "/run/fulcrum not owned by fulcrum"
+fi
+grep -q 'RuntimeDirectory=fulcrum' "$root/lib/systemd/system/fulcrum.service" || fail "no RuntimeDirectory"
+# logrotate: the access log, reopened by SIGUSR1 to the main process only.
+grep -q '^/var/log/fulcrum/\*\.log {' "$root/etc/logrotate.d/fulcrum" || fail "logrotate: no log path"
+grep -q 'systemctl kill --kill-who=main --signal=USR1 fulcrum.service' "$root/etc/logrotate.d/fulcrum" \
+    || fail "logrotate: no SIGUSR1 to the main process"
 [ -L "$root/etc/systemd/system/multi-user.target.wants/fulcrum.service" ] || fail "unit not enabled"
 
 step "fulcrum -t on the installed configuration, man page, completions"

@@ -88,6 +88,9 @@ fn shape_mistakes_do_not_validate() {
         (format!("{}resolvers: 127.0.0.1\n", pools("{discover: {srv: x.consul}}")), "resolvers not a list"),
         ("routes: [{pool: web}]\npools: {web: {backends: []}}\nlisteners: []\n".to_string(), "no listener"),
         ("listeners: [{name: main}]\nroutes: [{pool: web}]\npools: {web: {}}\n".to_string(), "listener without listen"),
+        ("listeners: [{name: main, listen: 127.0.0.1:80, max_headers: 0}]\nroutes: [{pool: web}]\npools: {web: {backends: [{address: 10.0.0.1:80}]}}\n".to_string(), "max_headers below 1"),
+        ("listeners: [{name: main, listen: 127.0.0.1:80, max_header_bytes: 100}]\nroutes: [{pool: web}]\npools: {web: {backends: [{address: 10.0.0.1:80}]}}\n".to_string(), "max_header_bytes below 1 KiB"),
+        (pools("{algorithm: fastest, backends: [{address: 10.0.0.1:80}]}"), "unknown algorithm"),
     ] {
         assert!(!errors(&v, &bad).is_empty(), "{why} validated:\n{bad}");
     }
@@ -108,4 +111,57 @@ fn man_page_and_completions() {
     assert!(run(&["completions", "fish"]).contains("complete -c fulcrum"));
     let help = run(&["--help"]);
     assert!(help.contains("Examples:") && help.contains("Exit status:"));
+}
+
+/// The invalid examples of `-t` (tests/invalid/) against the schema: each file says whether an
+/// editor would already flag it (`# schema: rejects`: a shape mistake: unknown key, wrong type,
+/// out-of-range number) or whether only fulcrum's validation finds its errors (`# schema:
+/// accepts`: references between sections, duration ranges, names, files). The schema must agree
+/// with every file's line, so a schema that stops catching a shape mistake fails here.
+#[test]
+fn the_invalid_examples_are_judged_as_they_say() {
+    let v = validator();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/invalid");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        let verdict = yaml
+            .lines()
+            .find_map(|l| l.strip_prefix("# schema: "))
+            .unwrap_or_else(|| panic!("{}: no `# schema:` line", path.display()));
+        let Ok(doc) = serde_norway::from_str::<serde_json::Value>(&yaml) else {
+            assert!(
+                verdict.starts_with("unparsable"),
+                "{}: not YAML, but says `{verdict}`",
+                path.display()
+            );
+            checked += 1;
+            continue;
+        };
+        let errs: Vec<String> = v
+            .iter_errors(&doc)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        eprintln!("{}: {} schema errors", path.display(), errs.len());
+        if verdict.starts_with("rejects") {
+            assert!(
+                !errs.is_empty(),
+                "{}: the schema accepts it",
+                path.display()
+            );
+        } else {
+            assert!(
+                verdict.starts_with("accepts"),
+                "{}: `# schema: {verdict}`",
+                path.display()
+            );
+            assert!(errs.is_empty(), "{}: {errs:#?}", path.display());
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} files in tests/invalid/");
 }

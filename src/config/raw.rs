@@ -36,9 +36,13 @@ pub struct RawListener {
     pub h2c: Option<bool>,
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
+    #[schemars(range(min = 1024, max = 1_048_575))]
     pub max_header_bytes: Option<u64>,
+    #[schemars(range(min = 1, max = 256))]
     pub max_headers: Option<u64>,
+    #[schemars(range(min = 1, max = 10_000_000))]
     pub max_connections: Option<u64>,
+    #[schemars(range(min = 1, max = 10_000_000))]
     pub max_connections_per_ip: Option<u64>,
     /// Answer trusted clients with `X-Fulcrum-Debug` (route, pool, algorithm, attempts, the
     /// backends passed over and why). Default false.
@@ -111,6 +115,7 @@ pub struct RawMatch {
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
     /// `round_robin | least_connections | least_latency | consistent_hash | ip_hash | random`
+    #[schemars(extend("enum" = ["round_robin", "least_connections", "least_latency", "consistent_hash", "ip_hash", "random", null]))]
     pub algorithm: Option<String>,
     /// `client_ip | path | uri | {header: NAME} | {cookie: NAME} | {query: NAME}`
     #[serde(default)]
