@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -102,8 +102,11 @@ pub struct ConnectionLimits {
     /// Client connections the process holds before idle ones are closed to make room, and the
     /// count beyond which new ones are refused: both below the file-descriptor limit, so that
     /// accept() never fails for want of a descriptor.
-    soft_cap: usize,
-    hard_cap: usize,
+    /// Measured at the first connection (the runtimes' own descriptors exist by then):
+    /// `Caps::measure`.
+    caps: OnceLock<Caps>,
+    /// The process's file-descriptor limit.
+    files: usize,
     /// Keep-alive connections idle long enough to be closed to make room, oldest first.
     idle: IdleConnections,
     /// Whether the process is at its soft cap (logged once per change).
@@ -111,6 +114,32 @@ pub struct ConnectionLimits {
     /// HTTP/2 streams each client address reset, and the addresses cut off for it.
     resets: ResetLedger,
     metrics: Arc<Metrics>,
+}
+
+/// How many client connections the process holds before closing idle ones to make room (soft)
+/// and before refusing new ones (hard).
+#[derive(Clone, Copy, Debug)]
+struct Caps {
+    soft: usize,
+    hard: usize,
+}
+
+impl Caps {
+    /// The caps under a limit of `files` descriptors: what the process already holds (its
+    /// runtimes' epoll and event descriptors, listeners, logs: ~60 with the default threads)
+    /// is not for clients, and an eighth of the limit (at least 64) stays free for upstream
+    /// connections; past half of that, new clients are refused, so accept() never fails.
+    fn measure(files: usize) -> Caps {
+        let in_use = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count());
+        let room = files.saturating_sub(in_use);
+        let reserve = (files / 8).max(64);
+        let caps = Caps {
+            soft: room.saturating_sub(reserve).max(8),
+            hard: room.saturating_sub(reserve / 2).max(16),
+        };
+        tracing::debug!("descriptor limit {files}, {in_use} in use at the first connection: client connections {caps:?}");
+        caps
+    }
 }
 
 /// Holds one admitted connection's place in the counts; released when dropped.
@@ -126,9 +155,6 @@ impl ConnectionLimits {
         let files = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_or(1024, |(soft, _)| soft)
             .min(usize::MAX as u64) as usize;
-        // Room for upstream connections, listeners, logs and the admin listener.
-        let reserve = (files / 8).max(64);
-        let hard_cap = files.saturating_sub(reserve / 2).max(16);
         for l in listeners {
             for limit in LIMITS {
                 metrics.limit_series(&l.name, limit);
@@ -145,8 +171,8 @@ impl ConnectionLimits {
                 .collect(),
             per_ip: Mutex::new(HashMap::new()),
             open: AtomicUsize::new(0),
-            soft_cap: files.saturating_sub(reserve).max(8),
-            hard_cap,
+            caps: OnceLock::new(),
+            files,
             idle: IdleConnections::default(),
             pressed: AtomicBool::new(false),
             resets: ResetLedger::default(),
@@ -187,16 +213,17 @@ impl ConnectionLimits {
             listener: None,
             ip: None,
         };
-        if open > self.soft_cap {
-            self.make_room(open);
-            if open > self.hard_cap {
+        let caps = *self.caps.get_or_init(|| Caps::measure(self.files));
+        if open > caps.soft {
+            self.make_room(open, caps);
+            if open > caps.hard {
                 self.count(listener, "open_files");
                 return None;
             }
         } else if self.pressed.swap(false, Ordering::Relaxed) {
             tracing::info!(
                 "client connections back under the file-descriptor soft cap ({})",
-                self.soft_cap
+                caps.soft
             );
         }
         if let Some(slot) = listener.and_then(|i| self.listeners.get(i)) {
@@ -223,12 +250,12 @@ impl ConnectionLimits {
     }
 
     /// Ask up to `SHED_BATCH` idle connections to close; log the first time.
-    fn make_room(&self, open: usize) {
+    fn make_room(&self, open: usize, caps: Caps) {
         if !self.pressed.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "{open} client connections, near the file-descriptor limit: closing idle keep-alive connections to make room (soft cap {}, refusing beyond {})",
-                self.soft_cap,
-                self.hard_cap
+                caps.soft,
+                caps.hard
             );
         }
         self.idle.close_oldest(SHED_BATCH);
