@@ -244,10 +244,8 @@ async fn one_address_and_one_listener_hold_at_most_their_share() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_connections_make_room_near_the_file_descriptor_limit() {
-    let b = Backend::start("b").await;
-    let admin = Admin::new();
+/// fulcrum with listener `main` in front of `b`, under a limit of `files` descriptors.
+async fn start_with_files(admin: &Admin, b: &Backend, files: u64) -> Fulcrum {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let yaml = format!(
@@ -256,9 +254,16 @@ async fn idle_connections_make_room_near_the_file_descriptor_limit() {
         admin.yaml(),
         b.addr
     );
+    Fulcrum::start_yaml_with_files(dir, port, &yaml, files).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_make_room_near_the_file_descriptor_limit() {
+    let b = Backend::start("b").await;
+    let admin = Admin::new();
     // 512 descriptors, ~60 of them fulcrum's own: it holds about 390 client connections
     // before it closes idle ones to make room.
-    let f = Fulcrum::start_yaml_with_files(dir, port, &yaml, 512).await;
+    let f = start_with_files(&admin, &b, 512).await;
     let to = addr(&f);
     // 200 old idle connections, then 150 younger ones; both must have been idle over a second
     // (fulcrum only closes those): these waits are the behaviour under test.
@@ -330,22 +335,14 @@ async fn idle_connections_make_room_near_the_file_descriptor_limit() {
     );
 }
 
-/// Past the hard cap (the descriptor limit less a sixteenth) with no connection idle long enough
+/// Past the hard cap (what fulcrum does not hold itself, less half the upstream reserve) with no connection idle long enough
 /// to close, new connections are closed at once (`open_files`), and accept() never fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_hard_cap_are_closed_at_once() {
     let b = Backend::start("b").await;
     let admin = Admin::new();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let yaml = format!(
-        "{}{}listeners:\n  - name: main\n    listen: 127.0.0.1:{port}\nroutes: [{{pool: p}}]\npools:\n  p: {{backends: [{{address: \"{}\"}}]}}\n",
-        Fulcrum::server_block(dir.path()),
-        admin.yaml(),
-        b.addr
-    );
     // 512 descriptors: the hard cap is what fulcrum does not hold itself (~60) less 32.
-    let f = Fulcrum::start_yaml_with_files(dir, port, &yaml, 512).await;
+    let f = start_with_files(&admin, &b, 512).await;
     let to = addr(&f);
     // Opened at once, so none has been idle the second that would let it close to make room.
     let mut held = Vec::new();
