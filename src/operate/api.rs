@@ -345,6 +345,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn purge_targets_are_absolute_http_urls() {
+        let t = |u: &str| purge_target(u).map(|(s, h, p)| format!("{s} {h} {p}"));
+        assert_eq!(
+            t("https://Static.example.com/a.js?v=3").as_deref(),
+            Some("https Static.example.com /a.js?v=3")
+        );
+        assert_eq!(
+            t(" http://127.0.0.1:8080").as_deref(),
+            Some("http 127.0.0.1:8080 /")
+        );
+        for bad in ["/a.js", "ftp://x/", "static.example.com/a", "http://", ""] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn backend_paths_keep_slashes_in_names_and_decode_escapes() {
         assert_eq!(
             backend_path("pools/web/backends/b1/drain"),
