@@ -339,6 +339,8 @@ async fn a_cached_object_is_served_without_the_backend_until_its_max_age_ends() 
     let post = c.post(&url).send().await.unwrap();
     assert_eq!(post.headers()["x-cache"], "MISS");
     assert_eq!(s.cache_total("bypass").await, 1);
+    let log = s.f.log();
+    assert!(!log.contains("WARN") && !log.contains("panicked"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ use crate::observe::log_limit::LogLimit;
 
 /// Pingora messages that describe what clients and networks routinely do, or that fulcrum
 /// says better itself.
-const ROUTINE: [&str; 6] = [
+const ROUTINE: [&str; 7] = [
     // A health check flipped a backend: the probe logs it with pool, backend and a short reason
     // (Pingora's line dumps the whole peer, ~900 characters).
     "becomes unhealthy",
@@ -34,6 +34,9 @@ const ROUTINE: [&str; 6] = [
     "No incoming socket transfer",
     // A client went away while fulcrum was answering it.
     "failed to send error response to downstream",
+    // pingora-cache, once, on the first stored response: cached headers are compressed
+    // without a zstd dictionary (fine for an in-memory cache; nothing to configure).
+    "no header compression dictionary loaded",
 ];
 
 /// Pingora's INFO lines an operator wants (signals, the upgrade hand-over, the grace period);
