@@ -368,6 +368,10 @@ async fn no_store_private_set_cookie_and_authorization_are_not_stored_unless_all
         assert!(seen.iter().all(|g| g.x_cache == "MISS"), "{target}");
         assert_eq!(origin.hits(target), 3, "{target} is not stored");
     }
+    // Once a URL's response could not be stored, its next requests skip the lookup (and the
+    // cache lock): 2 of each 3.
+    assert_eq!(s.cache_total("bypass").await, 8);
+    assert_eq!(s.cache_total("miss").await, 4);
     // A Set-Cookie response is stored when it says so, without its cookie.
     for target in [
         "/n?cc=public,max-age=60&cookie=1",

@@ -19,6 +19,7 @@ use pingora_cache::eviction::{lru, EvictionManager};
 use pingora_cache::filters::{calculate_expires_header_time, calculate_serve_stale_durations};
 use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::predictor::{CacheablePredictor, Predictor};
 use pingora_cache::{CacheEntryKeyRef, VarianceBuilder};
 use pingora_cache::{CacheKey, CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
 use pingora_prometheus::prometheus::{IntCounter, IntGauge};
@@ -27,13 +28,19 @@ use super::cache_store::Store;
 use crate::config::{CacheConfig, Config};
 use crate::observe::edge_metrics::{CacheResult, EdgeMetrics};
 
-/// Shards of a route's LRU (pingora-cache's sharded manager).
+/// Shards of a route's LRU (pingora-cache's sharded manager) and of its predictor.
 const LRU_SHARDS: usize = 16;
+
+/// URLs remembered per predictor shard as not storable (16,384 per route).
+const PREDICTOR_SHARD_KEYS: usize = 1024;
 
 /// The long-lived parts of one route's cache.
 pub struct CacheParts {
     pub store: Store,
     pub eviction: lru::Manager<LRU_SHARDS>,
+    /// Remembers URLs whose last response could not be stored: their next requests skip the
+    /// lookup and the cache lock (and are stored again once a response allows).
+    pub predictor: Predictor<LRU_SHARDS>,
 }
 
 impl CacheParts {
@@ -76,6 +83,7 @@ impl Shelf {
         let parts: &'static CacheParts = Box::leak(Box::new(CacheParts {
             store: Store::default(),
             eviction: lru::Manager::with_capacity(config.max_size, 64),
+            predictor: Predictor::new(PREDICTOR_SHARD_KEYS, None),
         }));
         all.insert(name.to_string(), parts);
         parts
@@ -139,6 +147,10 @@ impl RouteCache {
 
     pub fn cache_lock(&self) -> &'static CacheKeyLockImpl {
         self.lock
+    }
+
+    pub fn predictor(&self) -> &'static (dyn CacheablePredictor + Sync) {
+        &self.parts.predictor
     }
 
     /// Count one request of the route.

@@ -15,7 +15,8 @@ pub enum CacheResult {
     Miss,
     /// From the cache, stale (while revalidating, or because the backend failed).
     Stale,
-    /// Not looked up: a method other than GET and HEAD, or an upgrade.
+    /// Not looked up: a method other than GET and HEAD, an upgrade, or a URL whose last
+    /// response could not be stored.
     Bypass,
 }
 
@@ -109,7 +110,7 @@ impl EdgeMetrics {
         let cache = IntCounterVec::new(
             Opts::new(
                 "fulcrum_cache_total",
-                "Requests of caching routes by route name and result (hit, miss, stale, bypass).",
+                "Requests of caching routes by route name and result (hit, miss, stale, bypass: not looked up).",
             ),
             &["route", "result"],
         )?;

@@ -29,7 +29,7 @@ pub fn enable(session: &mut Session, route: &RouteCache) -> bool {
     session.cache.enable(
         route.storage(),
         Some(route.eviction()),
-        None,
+        Some(route.predictor()),
         Some(route.cache_lock()),
         Some(overrides),
     );
@@ -54,6 +54,8 @@ pub fn result(session: &Session) -> CacheResult {
     match session.cache.phase() {
         CachePhase::Hit => CacheResult::Hit,
         CachePhase::Stale | CachePhase::StaleUpdating => CacheResult::Stale,
+        // The URL's last response could not be stored: not looked up.
+        CachePhase::Bypass => CacheResult::Bypass,
         _ => CacheResult::Miss,
     }
 }

@@ -423,6 +423,19 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    /// After the cache lookup, before the backend: a request the cache's predictor bypassed
+    /// (its URL's last response could not be stored) is counted so.
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        if ctx.cache.is_some() && session.cache.bypassing() {
+            ctx.cache_result.get_or_insert(CacheResult::Bypass);
+        }
+        Ok(true)
+    }
+
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
         crate::serve::cache::key(session, ctx.listener().is_some_and(|l| l.tls))
     }
