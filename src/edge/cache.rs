@@ -131,8 +131,8 @@ fn no_default_ttl(_: StatusCode) -> Option<Duration> {
 }
 
 /// Statuses RFC 9110 15.1 calls heuristically cacheable that fulcrum may store with
-/// `default_ttl` (206 and 501/405/414 are left out: ranges are fetched whole, errors are not
-/// worth a default).
+/// `default_ttl` (204 has nothing to keep, 206 does not happen as ranges are fetched whole,
+/// and 405/414/501 answer the request rather than describe the resource).
 const DEFAULT_TTL_STATUSES: [u16; 7] = [200, 203, 300, 301, 308, 404, 410];
 
 impl RouteCache {
