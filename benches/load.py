@@ -108,6 +108,7 @@ class Rig:
         self.work = work
         self.backend_ports = [free_port() for _ in range(4)]
         self.log = open(os.path.join(work, "rig.log"), "w")
+        self.shm_dirs = []  # nginx's cache directories on /dev/shm, removed at the end
 
     def start_backends(self):
         servers = "\n".join(
@@ -144,14 +145,23 @@ class Rig:
         if name == "nginx":
             conf = os.path.join(self.work, "nginx-proxy.conf")
             servers = " ".join(f"server 127.0.0.1:{p};" for p in ups)
+            # variant "cache": proxy_cache on tmpfs (in memory, as fulcrum's), each 200 kept 1 h
+            cache_path, cache = "", ""
+            if variant == "cache":
+                shm = tempfile.mkdtemp(prefix="fulcrum-bench-cache-", dir="/dev/shm")
+                self.shm_dirs.append(shm)
+                cache_path = (f"  proxy_cache_path {shm} levels=1:2 keys_zone=c:8m max_size=64m "
+                              "inactive=1h use_temp_path=off;\n")
+                cache = "    proxy_cache c; proxy_cache_valid 200 1h; add_header X-Cache $upstream_cache_status;\n"
             with open(conf, "w") as f:
                 f.write(
                     f"worker_processes 1;\nworker_rlimit_nofile 20000;\npid {self.work}/proxy.pid;\n"
                     f"error_log {self.work}/proxy.err;\ndaemon off;\n"
                     f"events {{ worker_connections 19000; }}\n"
                     f"http {{ access_log off; upstream b {{ {servers} keepalive 256; }}\n"
+                    + cache_path +
                     f"  server {{ listen 127.0.0.1:{port}{' ssl' if tls else ''} backlog=65535; keepalive_requests 10000000; keepalive_timeout 300s;\n"
-                    + (f"    ssl_certificate {cert}; ssl_certificate_key {key};\n" if tls else "") +
+                    + (f"    ssl_certificate {cert}; ssl_certificate_key {key};\n" if tls else "") + cache +
                     f"    location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\";\n"
                     # the headers fulcrum always adds, so that every candidate does the same work
                     f"      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
@@ -184,9 +194,12 @@ class Rig:
                 "least_connections": "algorithm: least_connections",
                 "consistent_hash": "algorithm: consistent_hash\n    hash_key: client_ip",
                 "affinity": "algorithm: round_robin\n    affinity: {cookie: fsid, keys_env: FULCRUM_BENCH_KEY}",
+                "cache": "algorithm: round_robin",
                 "all": "algorithm: least_connections\n    affinity: {cookie: fsid, keys_env: FULCRUM_BENCH_KEY}\n"
                        "    passive_health: {consecutive_failures: 5}"}[variant]
         admin = f"admin: {{listen: 127.0.0.1:{free_port()}}}\n" if variant == "all" else ""
+        # variant "cache": every 200 kept 1 h (the backends send no Cache-Control), as nginx's
+        cache = ", cache: {max_size: 64MB, default_ttl: 1h}" if variant == "cache" else ""
         with open(conf, "w") as f:
             f.write(
                 f"server: {{threads: 1, work_stealing: false, pid_file: {self.work}/f.pid, "
@@ -194,7 +207,7 @@ class Rig:
                 f"graceful_shutdown_timeout_seconds: 1, upstream_keepalive_pool_size: 512}}\n"
                 f"{admin}listeners: [{{name: bench, listen: 127.0.0.1:{port}"
                 + (f", tls: {{certificates: [{{cert: {cert}, key: {key}}}]}}" if tls else "") + "}]\n"
-                f"routes: [{{pool: p}}]\npools:\n  p:\n    {pool}\n    backends: [{backends}]\n"
+                f"routes: [{{pool: p{cache}}}]\npools:\n  p:\n    {pool}\n    backends: [{backends}]\n"
             )
         return f"{self.binary} -c {conf}"
 
@@ -226,6 +239,12 @@ class Rig:
             # warm up: connections, upstream pools
             subprocess.run(["taskset", "-c", CPU_LOAD, "wrk", "-t1", "-c64", "-d1s", f"http://127.0.0.1:{port}/"],
                            capture_output=True, timeout=30)
+            if variant == "cache":
+                # what is measured must be hits
+                import urllib.request
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+                    if resp.headers.get("X-Cache") != "HIT":
+                        sys.exit(f"{name}: X-Cache is {resp.headers.get('X-Cache')} after the warm-up, not HIT")
             pids = pids_of(proc.pid)
             before = cpu_ns(pids)
             r = self.run_wrk(port, seconds, fixed_rate)
@@ -285,6 +304,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--only", choices=("all", "cache"), default="all",
+                    help="cache: only the cache-hit run (nginx proxy_cache against fulcrum's cache)")
     args = ap.parse_args()
     for tool in ("nginx", "haproxy", "wrk", "taskset", "openssl"):
         if not shutil.which(tool):
@@ -297,8 +318,10 @@ def main():
     rig.start_backends()
     names = ["nginx", "haproxy", "fulcrum"]
     results = {(n, m): [] for n in names for m in ("sat", "fixed")}
+    everything = args.only == "all"
+    idle = {}
     try:
-        for r in range(args.rounds):
+        for r in range(args.rounds if everything else 0):
             for mode in ("sat", "fixed"):
                 for n in names:
                     res = rig.measure(n, args.seconds, mode == "fixed")
@@ -308,18 +331,29 @@ def main():
                           f"non-2xx {res['bad']} {res['sock']}", flush=True)
         variants = ("round_robin", "least_connections", "consistent_hash", "affinity", "all")
         features = {v: [] for v in variants}
-        for r in range(args.rounds):  # interleaved too: drift cancels
+        for r in range(args.rounds if everything else 0):  # interleaved too: drift cancels
             for v in variants:
                 res = rig.measure("fulcrum", args.seconds, False, v)
                 features[v].append(res)
                 print(f"round {r+1} feature {v:18} {res['cpu_us']:6.1f} us/req", flush=True)
-        rig.make_certificate()
-        idle = {(n, tls): rig.idle_rss(n, args.idle, tls) for tls in (False, True) for n in names}
+        # cache hits: GET / answered from memory by nginx's proxy_cache and by fulcrum's cache
+        cached = {n: [] for n in ("nginx", "fulcrum")}
+        for r in range(args.rounds):
+            for n in cached:
+                res = rig.measure(n, args.seconds, False, "cache")
+                cached[n].append(res)
+                print(f"round {r+1} cache-hit {n:8} {res['rps']:9.0f} req/s  {res['cpu_us']:6.1f} us/req  "
+                      f"p50 {res['p50']:.3f} ms  p99 {res['p99']:.3f} ms  rss {res['rss_mb']:.1f} MB", flush=True)
+        if everything:
+            rig.make_certificate()
+            idle = {(n, tls): rig.idle_rss(n, args.idle, tls) for tls in (False, True) for n in names}
         for (n, tls), (b, i) in idle.items():
             print(f"idle {n:8} {b:.1f} MB -> {i:.1f} MB with {args.idle} idle {'TLS ' if tls else ''}connections",
                   flush=True)
     finally:
         stop(rig.backends)
+        for d in rig.shm_dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
     def row(n, mode):
         xs = results[(n, mode)]
@@ -327,27 +361,37 @@ def main():
     print()
     print(f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
           f"{args.rounds} interleaved rounds of {args.seconds} s, wrk -t1 -c64, medians.")
-    for mode, title in (("sat", "saturated"), ("fixed", "fixed offered load (5 ms between requests per connection)")):
-        print(f"\n{title}:\n")
-        print("| proxy | req/s | p50 ms | p99 ms | CPU us/req | peak RSS MB | CPU vs nginx | req/s vs nginx |")
-        print("|---|---|---|---|---|---|---|---|")
-        base = row("nginx", mode)
-        for n in names:
-            x = row(n, mode)
-            print(f"| {n} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['cpu_us']:.1f} | {x['rss_mb']:.1f} | "
-                  f"{x['cpu_us']/base['cpu_us']:.2f} | {x['rps']/base['rps']:.2f} |")
-    rr = med([x["cpu_us"] for x in features["round_robin"]])
-    print("\nfulcrum features, saturated, CPU us/req (vs round_robin):\n")
-    print("| variant | CPU us/req | vs round_robin |\n|---|---|---|")
-    for v, xs in features.items():
-        c = med([x["cpu_us"] for x in xs])
-        print(f"| {v} | {c:.1f} | {c/rr:.2f} |")
-    for tls in (False, True):
-        print(f"\nRSS with {args.idle} idle {'TLS ' if tls else ''}keep-alive connections:\n")
-        print("| proxy | RSS idle MB | RSS with connections MB | per connection KB | vs nginx |\n|---|---|---|---|---|")
-        for n in names:
-            b, i = idle[(n, tls)]
-            print(f"| {n} | {b:.1f} | {i:.1f} | {(i - b) * 1024 / args.idle:.2f} | {i/idle[('nginx', tls)][1]:.2f} |")
+    if everything:
+        for mode, title in (("sat", "saturated"), ("fixed", "fixed offered load (5 ms between requests per connection)")):
+            print(f"\n{title}:\n")
+            print("| proxy | req/s | p50 ms | p99 ms | CPU us/req | peak RSS MB | CPU vs nginx | req/s vs nginx |")
+            print("|---|---|---|---|---|---|---|---|")
+            base = row("nginx", mode)
+            for n in names:
+                x = row(n, mode)
+                print(f"| {n} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['cpu_us']:.1f} | {x['rss_mb']:.1f} | "
+                      f"{x['cpu_us']/base['cpu_us']:.2f} | {x['rps']/base['rps']:.2f} |")
+        rr = med([x["cpu_us"] for x in features["round_robin"]])
+        print("\nfulcrum features, saturated, CPU us/req (vs round_robin):\n")
+        print("| variant | CPU us/req | vs round_robin |\n|---|---|---|")
+        for v, xs in features.items():
+            c = med([x["cpu_us"] for x in xs])
+            print(f"| {v} | {c:.1f} | {c/rr:.2f} |")
+    print("\ncache hits (GET / from memory: nginx proxy_cache on tmpfs, fulcrum cache), saturated:\n")
+    print("| proxy | req/s | p50 ms | p99 ms | CPU us/req | peak RSS MB | CPU vs nginx | req/s vs nginx |")
+    print("|---|---|---|---|---|---|---|---|")
+    cbase = {k: med([x[k] for x in cached["nginx"]]) for k in ("rps", "cpu_us")}
+    for n, xs in cached.items():
+        x = {k: med([r[k] for r in xs]) for k in ("rps", "p50", "p99", "cpu_us", "rss_mb")}
+        print(f"| {n} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['cpu_us']:.1f} | {x['rss_mb']:.1f} | "
+              f"{x['cpu_us']/cbase['cpu_us']:.2f} | {x['rps']/cbase['rps']:.2f} |")
+    if everything:
+        for tls in (False, True):
+            print(f"\nRSS with {args.idle} idle {'TLS ' if tls else ''}keep-alive connections:\n")
+            print("| proxy | RSS idle MB | RSS with connections MB | per connection KB | vs nginx |\n|---|---|---|---|---|")
+            for n in names:
+                b, i = idle[(n, tls)]
+                print(f"| {n} | {b:.1f} | {i:.1f} | {(i - b) * 1024 / args.idle:.2f} | {i/idle[('nginx', tls)][1]:.2f} |")
 
 
 if __name__ == "__main__":

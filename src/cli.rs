@@ -34,6 +34,9 @@ Examples:
       Change a backend of the running process through the runtime API on its admin listener
       (address and token from the -c file, or --admin URL --token-file FILE). Kept across
       reloads while that backend's configuration is unchanged.
+  fulcrum ctl purge https://static.example.com/app.js; fulcrum ctl purge --route static
+      Remove a URL's object (all its Vary variants) from the cache of the route serving it,
+      or everything a route's cache keeps.
   fulcrum -c /etc/fulcrum/fulcrum.yaml
       Run in the foreground. Under systemd (NOTIFY_SOCKET set) fulcrum says READY=1 once
       every listener listens, and pings the watchdog when WatchdogSec= is set.
@@ -106,7 +109,7 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Change a backend of the running process through its runtime API.
+    /// Change a backend of the running process, or purge its cache, through its runtime API.
     Ctl {
         /// The admin listener (default: `admin.listen` of the -c file).
         #[arg(long, value_name = "URL")]
@@ -134,13 +137,36 @@ pub enum CtlAction {
         backend: String,
         weight: String,
     },
+    /// Remove a URL's cached object (all its Vary variants), or with --route a route's whole
+    /// cache.
+    Purge {
+        /// The URL as clients ask for it, e.g. https://static.example.com/app.js?v=3.
+        #[arg(required_unless_present = "route", conflicts_with = "route")]
+        url: Option<String>,
+        /// The route (its name) whose whole cache goes.
+        #[arg(long, value_name = "NAME")]
+        route: Option<String>,
+    },
 }
 
 impl CtlAction {
-    /// (pool, backend, change); Err for a weight that is neither 1..=256 nor `config`.
+    /// The JSON body of `purge` (None: another action).
+    pub fn purge_body(&self) -> Option<String> {
+        let CtlAction::Purge { url, route } = self else {
+            return None;
+        };
+        Some(match (url, route) {
+            (Some(url), _) => serde_json::json!({ "url": url }).to_string(),
+            (None, route) => serde_json::json!({ "route": route }).to_string(),
+        })
+    }
+
+    /// (pool, backend, change); Err for a weight that is neither 1..=256 nor `config`, and
+    /// for `purge` (no backend: see `purge_body`).
     pub fn change(&self) -> Result<(&str, &str, crate::ctl::Change), String> {
         use crate::ctl::Change;
         Ok(match self {
+            CtlAction::Purge { .. } => return Err("purge changes no backend".into()),
             CtlAction::Drain { pool, backend } => (pool, backend, Change::Drain),
             CtlAction::Enable { pool, backend } => (pool, backend, Change::Enable),
             CtlAction::Disable { pool, backend } => (pool, backend, Change::Disable),

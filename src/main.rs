@@ -32,16 +32,27 @@ fn ctl(
     token_file: Option<&std::path::Path>,
     action: &fulcrum::cli::CtlAction,
 ) -> ExitCode {
-    let (pool, backend, change) = match action.change() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("fulcrum ctl: {e}");
-            return ExitCode::from(2);
-        }
+    /// What the action asks of the runtime API.
+    enum Call<'a> {
+        Purge(String),
+        Backend(&'a str, &'a str, fulcrum::ctl::Change),
+    }
+    let call = match action.purge_body() {
+        Some(body) => Call::Purge(body),
+        None => match action.change() {
+            Ok((pool, backend, change)) => Call::Backend(pool, backend, change),
+            Err(e) => {
+                eprintln!("fulcrum ctl: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let config = config::load(conf).ok();
-    let result = fulcrum::ctl::admin_for(config.as_ref(), admin, token_file)
-        .and_then(|a| fulcrum::ctl::change(&a, pool, backend, change));
+    let result =
+        fulcrum::ctl::admin_for(config.as_ref(), admin, token_file).and_then(|a| match call {
+            Call::Purge(body) => fulcrum::ctl::purge(&a, &body),
+            Call::Backend(pool, backend, change) => fulcrum::ctl::change(&a, pool, backend, change),
+        });
     match result {
         Ok(text) => {
             print!("{text}");

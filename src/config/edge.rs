@@ -1,4 +1,4 @@
-//! The validated edge settings of a route: its rate limit and its authentication. Files they
+//! The validated edge settings of a route: its rate limit, its authentication and its cache. Files they
 //! name (htpasswd) are read while validating and carried here, so a reload re-reads them and
 //! a bad file keeps the old configuration.
 
@@ -9,11 +9,30 @@ use std::time::Duration;
 
 use super::model::HashKey;
 
-/// What a route checks before its request goes to a backend (both optional).
+/// What a route checks before its request goes to a backend, and whether it caches the
+/// answers (all optional).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EdgeConfig {
     pub rate_limit: Option<RateLimitConfig>,
     pub auth: Option<AuthConfig>,
+    pub cache: Option<CacheConfig>,
+}
+
+/// `cache:` of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Bytes the stored responses may take (bodies, serialized headers and a fixed overhead
+    /// per object), >= 1.
+    pub max_size: usize,
+    /// Larger responses are not stored (<= `max_size`).
+    pub max_object_size: usize,
+    /// Freshness of a response that gives none (None: such responses are not stored).
+    pub default_ttl: Option<Duration>,
+    /// Defaults for responses without their own `stale-while-revalidate` / `stale-if-error`.
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    /// How long a request waits for another one's fetch of the same object.
+    pub lock_timeout: Duration,
 }
 
 /// `rate_limit:` of a route: a GCRA bucket per key.
@@ -155,6 +174,9 @@ impl EdgeConfig {
                 rl.count, rl.burst
             ));
         }
+        if let Some(c) = &self.cache {
+            parts.push(format!("cache {}", format_size(c.max_size)));
+        }
         match &self.auth {
             None => {}
             Some(AuthConfig::Basic(_)) => parts.push("auth basic".into()),
@@ -167,6 +189,34 @@ impl EdgeConfig {
             format!(" [{}]", parts.join(", "))
         }
     }
+}
+
+/// `bytes` as the configuration writes it: `64MB`, `512KB`, `100B` (the largest whole unit).
+pub fn format_size(bytes: usize) -> String {
+    const UNITS: [(&str, usize); 3] = [("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size && bytes.is_multiple_of(size) {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    format!("{bytes}B")
+}
+
+/// `64MB`, `512 KB`, `100B`, `1000` (bytes): units B, KB, MB, GB, in powers of 1024, case
+/// insensitive. None when not a size or over `usize`.
+pub fn parse_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: usize = n.parse().ok()?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "KB" => 10,
+        "MB" => 20,
+        "GB" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1usize << shift)
 }
 
 #[cfg(test)]
@@ -189,10 +239,25 @@ mod tests {
                 realm: "r".into(),
                 users: Arc::default(),
             })),
+            cache: None,
         };
         assert_eq!(
             edge.summary(),
             " [rate_limit 10/m burst 5 by header x-api-key, auth basic]"
         );
+    }
+
+    #[test]
+    fn sizes_parse_in_powers_of_1024_and_print_back() {
+        assert_eq!(parse_size("64MB"), Some(64 << 20));
+        assert_eq!(parse_size(" 512 kb "), Some(512 << 10));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("2GB"), Some(2 << 30));
+        for bad in ["", "MB", "1.5MB", "10TB", "-1MB", "99999999999999999999GB"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+        assert_eq!(format_size(64 << 20), "64MB");
+        assert_eq!(format_size(1536), "1536B");
+        assert_eq!(format_size(3 << 10), "3KB");
     }
 }

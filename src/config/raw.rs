@@ -101,6 +101,8 @@ pub struct RawRoute {
     pub name: Option<String>,
     pub rate_limit: Option<super::raw_edge::RawRateLimit>,
     pub auth: Option<super::raw_edge::RawAuth>,
+    /// Cache the route's responses in memory (RFC 9111), e.g. `{max_size: 64MB}`.
+    pub cache: Option<super::raw_edge::RawCache>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

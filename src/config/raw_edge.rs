@@ -1,4 +1,4 @@
-//! Serde mirror of a route's edge keys (`name`, `rate_limit`, `auth`): their shape only, as
+//! Serde mirror of a route's edge keys (`name`, `rate_limit`, `auth`, `cache`): their shape only, as
 //! `raw.rs` does for the rest of the file; `validate/edge.rs` gives them meaning.
 
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
@@ -24,6 +24,32 @@ pub struct RawRateLimit {
     pub key: Option<Value>,
     /// Fleet-wide: the budget lives in Redis, shared by every fulcrum using it.
     pub redis: Option<RawRedis>,
+}
+
+/// `cache:` of a route: its responses kept in memory, as RFC 9111 allows a shared cache.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// The most the route's stored responses (bodies, headers and bookkeeping) may take, e.g.
+    /// `64MB` (units B, KB, MB, GB: powers of 1024); least recently used ones are evicted.
+    #[schemars(regex(pattern = r"^\s*[0-9]+\s*([kKmMgG]?[bB])?\s*$"))]
+    pub max_size: String,
+    /// Larger responses are passed through, not stored (default the smaller of 16MB and
+    /// `max_size`).
+    #[schemars(regex(pattern = r"^\s*[0-9]+\s*([kKmMgG]?[bB])?\s*$"))]
+    pub max_object_size: Option<String>,
+    /// How long a response without `Cache-Control` max-age/s-maxage or `Expires` stays fresh
+    /// (only 200, 203, 300, 301, 308, 404, 410); absent: such responses are not stored.
+    pub default_ttl: Option<String>,
+    /// How long past its freshness a response may be served while one request revalidates it,
+    /// when the response's own `stale-while-revalidate` does not say (default: not at all).
+    pub stale_while_revalidate: Option<String>,
+    /// How long past its freshness a response may be served when the backend fails (error or
+    /// 5xx), when the response's own `stale-if-error` does not say (default: not at all).
+    pub stale_if_error: Option<String>,
+    /// How long requests for an object being fetched wait for that fetch before going to the
+    /// backend themselves (default `10s`).
+    pub lock_timeout: Option<String>,
 }
 
 /// `redis:` of a rate limit.

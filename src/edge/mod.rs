@@ -1,8 +1,10 @@
 //! What a route checks before its request goes to a backend: its rate limit (`rate_limit`) and
-//! its authentication (`basic`). Built per runtime snapshot from the model; a rate limiter
+//! its authentication (`basic`); and its response cache (`cache`, `cache_store`). Built per runtime snapshot from the model; a rate limiter
 //! whose settings did not change is carried over a reload with its buckets.
 
 pub mod basic;
+pub mod cache;
+pub mod cache_store;
 pub mod forward;
 pub mod jwt;
 pub mod rate_limit;
@@ -107,6 +109,8 @@ pub enum Refusal {
 #[derive(Default)]
 pub struct EdgeRoutes {
     routes: Vec<RouteEdge>,
+    /// The routes' response caches.
+    pub caches: cache::RouteCaches,
 }
 
 impl EdgeRoutes {
@@ -156,7 +160,10 @@ impl EdgeRoutes {
                 }
             })
             .collect();
-        EdgeRoutes { routes }
+        EdgeRoutes {
+            routes,
+            caches: cache::RouteCaches::build(config, metrics, previous.map(|p| &p.caches)),
+        }
     }
 
     /// Whether route `route` admits the request: its rate limit first (as nginx's limit_req

@@ -35,6 +35,9 @@ const ROUTINE: [&str; 7] = [
     "No incoming socket transfer",
     // A client went away while fulcrum was answering it.
     "failed to send error response to downstream",
+    // pingora-cache, once, on the first stored response: cached headers are compressed
+    // without a zstd dictionary (fine for an in-memory cache; nothing to configure).
+    "no header compression dictionary loaded",
 ];
 
 /// Pingora's INFO lines an operator wants (signals, the upgrade hand-over, the grace period);

@@ -1,7 +1,9 @@
 //! The runtime API on the admin listener: drain, enable or disable a backend and set its weight
 //! (`POST /api/v1/pools/{pool}/backends/{backend}/{drain|enable|disable}`,
 //! `PUT .../weight` with `{"weight": N}`), and the running configuration
-//! (`GET /api/v1/config`). Every call needs `Authorization: Bearer TOKEN` (401 without it);
+//! (`GET /api/v1/config`), and cache purges (`POST /api/v1/cache/purge` with `{"url": URL}`:
+//! every variant of that URL's object; or `{"route": NAME}`: the route's whole cache). Every
+//! call needs `Authorization: Bearer TOKEN` (401 without it);
 //! with no token configured the API is closed (403).
 
 use std::sync::Arc;
@@ -130,6 +132,12 @@ impl Api {
                 _ => Answer::error(405, "GET only"),
             };
         }
+        if rest == "cache/purge" {
+            return match *call.method {
+                http::Method::POST => self.purge(call),
+                _ => Answer::error(405, "POST only"),
+            };
+        }
         let Some((pool, backend, action)) = backend_path(rest) else {
             return Answer::error(404, "no such API path");
         };
@@ -191,6 +199,48 @@ impl Api {
             self.fleet.rebuild_now();
         }
         Ok(changed)
+    }
+
+    /// `{"url": "http://HOST/PATH?QUERY"}`: the object the route of that URL keeps for a GET of
+    /// it (all its `Vary` variants); `{"route": NAME}`: everything the route keeps.
+    fn purge(&self, call: &Call) -> Answer {
+        const EXPECTED: &str =
+            "expected {\"url\": \"http(s)://HOST/PATH?QUERY\"} or {\"route\": NAME}";
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(call.body) else {
+            return Answer::error(400, EXPECTED);
+        };
+        let rt = self.runtime.load_full();
+        let caches = &rt.edge.caches;
+        let (cache, purged, what) = match (value.get("url"), value.get("route")) {
+            (Some(serde_json::Value::String(url)), None) => {
+                let Some((scheme, host, target)) = purge_target(url) else {
+                    return Answer::error(400, EXPECTED);
+                };
+                let path = target.split('?').next().unwrap_or("/");
+                let Some((route, _)) = rt.router.find_route(Some(&host), path) else {
+                    return Answer::error(404, &format!("no route serves {url}"));
+                };
+                let Some(cache) = caches.get(route) else {
+                    return Answer::error(404, &format!("the route of {url} does not cache"));
+                };
+                let host = crate::route::normalize_host(&host);
+                let key = crate::edge::cache::key(&scheme, host, target.as_bytes());
+                (cache.clone(), cache.purge(&key), url.clone())
+            }
+            (None, Some(serde_json::Value::String(name))) => {
+                let Some(cache) = caches.routes.iter().flatten().find(|c| &c.name == name) else {
+                    return Answer::error(404, &format!("no route `{name}` with a cache"));
+                };
+                (cache.clone(), cache.parts.clear(), "everything".to_string())
+            }
+            _ => return Answer::error(400, EXPECTED),
+        };
+        tracing::info!(
+            "runtime API: route {}: purged {what} ({purged} objects, from {})",
+            cache.name,
+            call.client
+        );
+        Answer::json(200, json!({ "route": cache.name, "purged": purged }))
     }
 
     fn config(&self) -> Answer {
@@ -257,6 +307,21 @@ fn backend_path(rest: &str) -> Option<(String, String, String)> {
     ))
 }
 
+/// The scheme (`http` or `https`), host (with its port, as a client sends it) and path with
+/// query (`/` when empty) of an absolute URL.
+fn purge_target(url: &str) -> Option<(String, String, String)> {
+    let uri: http::Uri = url.trim().parse().ok()?;
+    let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https")?;
+    let host = uri.authority()?.as_str().to_string();
+    let target = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/")
+        .to_string();
+    Some((scheme.to_string(), host, target))
+}
+
 /// `%XX` escapes decoded (None for a malformed escape or text that is not UTF-8).
 fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
@@ -278,6 +343,22 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn purge_targets_are_absolute_http_urls() {
+        let t = |u: &str| purge_target(u).map(|(s, h, p)| format!("{s} {h} {p}"));
+        assert_eq!(
+            t("https://Static.example.com/a.js?v=3").as_deref(),
+            Some("https Static.example.com /a.js?v=3")
+        );
+        assert_eq!(
+            t(" http://127.0.0.1:8080").as_deref(),
+            Some("http 127.0.0.1:8080 /")
+        );
+        for bad in ["/a.js", "ftp://x/", "static.example.com/a", "http://", ""] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn backend_paths_keep_slashes_in_names_and_decode_escapes() {

@@ -1,4 +1,5 @@
-//! `fulcrum ctl`: the runtime API's command-line client (drain, enable, disable, weight), and
+//! `fulcrum ctl`: the runtime API's command-line client (drain, enable, disable, weight, cache
+//! purge), and
 //! the fetch of the running configuration for `-t --diff running`. Plain HTTP/1.1 to the admin
 //! listener (a loopback address in any sane setup), one request per connection.
 
@@ -158,6 +159,16 @@ pub fn change(admin: &Admin, pool: &str, backend: &str, change: Change) -> Resul
         }
     };
     let answer = admin.call(method, &path, body)?;
+    success(answer)
+}
+
+/// `fulcrum ctl purge URL|--route NAME`: `body` is the purge call's JSON.
+pub fn purge(admin: &Admin, body: &str) -> Result<String, String> {
+    success(admin.call("POST", "/api/v1/cache/purge", Some(body))?)
+}
+
+/// A 2xx answer's body, or why not.
+fn success(answer: Answer) -> Result<String, String> {
     let text = String::from_utf8_lossy(&answer.body).into_owned();
     if (200..300).contains(&answer.status) {
         Ok(text)

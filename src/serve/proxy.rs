@@ -1,6 +1,7 @@
 //! The request path (Pingora `ProxyHttp`) and its per-request context: route -> pool -> pick ->
 //! peer, retries on another backend. Each phase stays small and delegates: forwarding headers
-//! to `forwarding`, fulcrum's own responses to `own_response`, affinity to the pool's `sticky`.
+//! to `forwarding`, fulcrum's own responses to `own_response`, affinity to the pool's `sticky`,
+//! the response cache's hooks to `cache`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,9 +15,12 @@ use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{ErrorSource, ErrorType};
+use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
 
 use crate::config::ListenerLimits;
+use crate::edge::cache::RouteCache;
 use crate::observe::access_log::{AccessLog, Entry};
+use crate::observe::edge_metrics::CacheResult;
 use crate::observe::metrics::ErrorKind;
 use crate::pool::sticky::{self, Decision};
 use crate::pool::{hash_key, InflightGuard, Pool};
@@ -162,6 +166,13 @@ pub struct RequestCtx {
     error_status: Option<u16>,
     /// `X-Fulcrum-Debug`'s text, when this client gets it.
     debug: Option<String>,
+    /// The cache of the request's route (None: the route does not cache).
+    cache: Option<Arc<RouteCache>>,
+    /// Whether the request came with `Authorization` (before an auth method could strip it),
+    /// or its route checks credentials: what it gets is not stored unless the response allows.
+    credentials: bool,
+    /// How the cache answered (set with the response header; a bypass when not looked up).
+    cache_result: Option<CacheResult>,
 }
 
 impl RequestCtx {
@@ -290,6 +301,9 @@ impl ProxyHttp for Proxy {
             upstream_status: None,
             error_status: None,
             debug: None,
+            cache: None,
+            credentials: false,
+            cache_result: None,
         }
     }
 
@@ -386,6 +400,11 @@ impl ProxyHttp for Proxy {
             ctx.pool = Some(pool);
             ctx.pool_index = index;
             let route = found.map_or(0, |(route, _)| route);
+            ctx.cache = ctx.runtime.edge.caches.get(route).cloned();
+            if let Some(c) = &ctx.cache {
+                ctx.credentials =
+                    c.protected || crate::edge::cache::has_authorization(session.req_header());
+            }
             if let Some(refusal) = crate::serve::edge::admit(session, &ctx.runtime, route).await? {
                 self.close_if_draining(session);
                 return crate::serve::edge::refuse(session, &ctx.request_id, refusal).await;
@@ -393,6 +412,65 @@ impl ProxyHttp for Proxy {
             return Ok(false);
         }
         self.answer(session, ctx, 404).await
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if let Some(c) = &ctx.cache {
+            if !crate::serve::cache::enable(session, c) {
+                ctx.cache_result = Some(CacheResult::Bypass);
+            }
+        }
+        Ok(())
+    }
+
+    /// After the cache lookup, before the backend: a request the cache's predictor bypassed
+    /// (its URL's last response could not be stored) is counted so.
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        if ctx.cache.is_some() && session.cache.bypassing() {
+            ctx.cache_result.get_or_insert(CacheResult::Bypass);
+        }
+        Ok(true)
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        crate::serve::cache::key(session, ctx.listener().is_some_and(|l| l.tls))
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(match &ctx.cache {
+            Some(c) => c.cacheable(resp, ctx.credentials),
+            None => RespCacheable::Uncacheable(pingora_cache::NoCacheReason::NeverEnabled),
+        })
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<pingora_cache::key::HashBinary> {
+        crate::edge::cache::variance(meta, req)
+    }
+
+    /// Stale while revalidating (no error) within the object's window; stale on any failure
+    /// but the client's own (no backend ready, connect errors, 5xx) within its stale-if-error
+    /// window.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        error.is_none_or(|e| *e.esource() != ErrorSource::Downstream)
     }
 
     async fn upstream_peer(
@@ -622,6 +700,12 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         self.close_if_draining(session);
+        if ctx.cache.is_some() {
+            let result = *ctx
+                .cache_result
+                .get_or_insert_with(|| crate::serve::cache::result(session));
+            response.insert_header("x-cache", crate::serve::cache::header(result))?;
+        }
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -739,6 +823,9 @@ impl ProxyHttp for Proxy {
             .as_ref()
             .map(|(i, _)| *i)
             .or(ctx.tried.last().copied());
+        if let Some(c) = &ctx.cache {
+            c.count(ctx.cache_result.unwrap_or(CacheResult::Miss));
+        }
         let elapsed = ctx.started.elapsed();
         let rt = &ctx.runtime;
         let observer = ctx.observer().unwrap_or(&rt.unrouted);

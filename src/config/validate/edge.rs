@@ -1,5 +1,6 @@
-//! A route's edge keys: `name` (unique, default `HOST/PATH`), `rate_limit` (rate, burst, key)
-//! and `auth` (exactly one method; its files read here and carried in the model).
+//! A route's edge keys: `name` (unique, default `HOST/PATH`), `rate_limit` (rate, burst, key),
+//! `auth` (exactly one method; its files read here and carried in the model) and `cache`
+//! (sizes and durations).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub(super) fn check_edge(
     path: &str,
     rate_limit: Option<RawRateLimit>,
     auth: Option<RawAuth>,
+    cache: Option<RawCache>,
 ) -> Option<EdgeConfig> {
     let rate_limit = match rate_limit {
         None => Some(None),
@@ -58,9 +60,80 @@ pub(super) fn check_edge(
         None => Some(None),
         Some(raw) => check_auth(ck, &format!("{path}.auth"), raw).map(Some),
     };
+    let cache = match cache {
+        None => Some(None),
+        Some(raw) => check_cache(ck, &format!("{path}.cache"), raw).map(Some),
+    };
     Some(EdgeConfig {
         rate_limit: rate_limit?,
         auth: auth?,
+        cache: cache?,
+    })
+}
+
+/// Largest `max_size` accepted (the cache lives in this process's memory).
+pub const MAX_CACHE_SIZE: usize = 64 << 30;
+
+fn check_cache(ck: &mut Checker, path: &str, raw: RawCache) -> Option<CacheConfig> {
+    let mut size = |key: &str, text: &str| {
+        let n = parse_size(text).filter(|n| (1..=MAX_CACHE_SIZE).contains(n));
+        if n.is_none() {
+            ck.error(
+                format!("{path}.{key}"),
+                format!(
+                    "`{text}` is not a size: expected e.g. 64MB, 512KB (at most 64GB, more than 0)"
+                ),
+            );
+        }
+        n
+    };
+    let max_size = size("max_size", &raw.max_size);
+    let max_object_size = raw
+        .max_object_size
+        .as_deref()
+        .map(|t| size("max_object_size", t));
+    let mut duration = |key: &str, text: Option<&str>, default: Duration| {
+        super::parse::parse_duration(ck, &format!("{path}.{key}"), text, default)
+    };
+    let default_ttl = raw
+        .default_ttl
+        .as_deref()
+        .map(|t| duration("default_ttl", Some(t), Duration::ZERO));
+    let stale_while_revalidate = duration(
+        "stale_while_revalidate",
+        raw.stale_while_revalidate.as_deref(),
+        Duration::ZERO,
+    );
+    let stale_if_error = duration(
+        "stale_if_error",
+        raw.stale_if_error.as_deref(),
+        Duration::ZERO,
+    );
+    let lock_timeout = duration(
+        "lock_timeout",
+        raw.lock_timeout.as_deref(),
+        Duration::from_secs(10),
+    );
+    let max_size = max_size?;
+    let max_object_size = match max_object_size {
+        None => max_size.min(16 << 20),
+        Some(None) => return None,
+        Some(Some(n)) if n > max_size => {
+            ck.error(
+                format!("{path}.max_object_size"),
+                format!("must be at most max_size ({})", format_size(max_size)),
+            );
+            return None;
+        }
+        Some(Some(n)) => n,
+    };
+    Some(CacheConfig {
+        max_size,
+        max_object_size,
+        default_ttl: default_ttl.filter(|d| !d.is_zero()),
+        stale_while_revalidate,
+        stale_if_error,
+        lock_timeout,
     })
 }
 
@@ -361,6 +434,39 @@ mod tests {
                 "4:71: routes[1].rate_limit.key.query: unknown rate limit key `query`: expected client_ip, route, {header: NAME} or {cookie: NAME}",
                 "5:71: routes[2].rate_limit.key.header: `a b` is not a header name",
                 "5:87: routes[2].rate_limit.burst: a whole number, 0 or more, got -1",
+            ]
+        );
+    }
+
+    #[test]
+    fn caches_are_checked_where_they_stand() {
+        let c = valid(&format!(
+            "{EDGES}routes:\n  - {{pool: p, cache: {{max_size: 64MB, stale_if_error: 1m}}}}\n{POOL}"
+        ));
+        let cache = c.routes[0].edge.cache.as_ref().unwrap();
+        assert_eq!(
+            (cache.max_size, cache.max_object_size, cache.default_ttl),
+            (64 << 20, 16 << 20, None)
+        );
+        assert_eq!(
+            (
+                cache.stale_if_error.as_secs(),
+                cache.stale_while_revalidate.as_secs()
+            ),
+            (60, 0)
+        );
+        assert_eq!(cache.lock_timeout.as_secs(), 10);
+        let p = problems(&format!(
+            "{EDGES}routes:\n  - {{pool: p, cache: {{max_size: 64TB}}}}\n  - {{pool: p, match: {{path_prefix: /a}}, cache: {{max_size: 1MB, max_object_size: 2MB, default_ttl: soon}}}}\n  - {{pool: p, match: {{path_prefix: /b}}, cache: {{size: 1MB}}}}\n{POOL}"
+        ));
+        assert_eq!(
+            p,
+            [
+                "3:23: routes[0].cache.max_size: `64TB` is not a size: expected e.g. 64MB, 512KB (at most 64GB, more than 0)",
+                "4:64: routes[1].cache.max_object_size: must be at most max_size (1MB)",
+                "4:86: routes[1].cache.default_ttl: `soon` is not a duration: expected e.g. `500ms`, `2s`, `1m`, `1h`",
+                "5:41: routes[2].cache: `max_size` is required",
+                "5:49: routes[2].cache.size: unknown key `size`, expected one of `max_size`, `max_object_size`, `default_ttl`, `stale_while_revalidate`, `stale_if_error`, `lock_timeout`",
             ]
         );
     }

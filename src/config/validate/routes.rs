@@ -79,7 +79,7 @@ pub(super) fn check_routes(
                 }
             },
         };
-        let edge = edge::check_edge(ck, &path, raw.rate_limit, raw.auth);
+        let edge = edge::check_edge(ck, &path, raw.rate_limit, raw.auth, raw.cache);
         let (Some(name), Some(edge)) = (name, edge) else {
             ok = false;
             continue;
@@ -123,7 +123,7 @@ mod tests {
                 "3:27: routes[0].match.path_prefix: must start with `/`",
                 "4:6: routes[1].pool: unknown pool `nope`",
                 "5:14: routes[2].match.hots: unknown key `hots`, expected `host` or `path_prefix`",
-                "5:33: routes[2].extra: unknown key `extra`, expected one of `match`, `pool`, `name`, `rate_limit`, `auth`",
+                "5:33: routes[2].extra: unknown key `extra`, expected one of `match`, `pool`, `name`, `rate_limit`, `auth`, `cache`",
             ]
         );
     }
