@@ -20,7 +20,7 @@ use crate::observe::log_limit::LogLimit;
 
 /// Pingora messages that describe what clients and networks routinely do, or that fulcrum
 /// says better itself.
-const ROUTINE: [&str; 7] = [
+const ROUTINE: [&str; 8] = [
     // A health check flipped a backend: the probe logs it with pool, backend and a short reason
     // (Pingora's line dumps the whole peer, ~900 characters).
     "becomes unhealthy",
