@@ -164,7 +164,8 @@ class Soak:
         if invalid == "weight":
             backends[0] = backends[0].replace(f"weight: {weights[0]}", "weight: 0")
         elif invalid == "address":
-            backends[1] = backends[1].replace("127.0.0.1:", "backend.internal:")
+            # (a name is valid since backends may be found by DNS: a port out of range is not)
+            backends[1] = backends[1].replace(f"127.0.0.1:{self.backend_ports[1]}", "127.0.0.1:70000")
         elif invalid == "duplicate":
             backends[2] = backends[2].replace(str(self.backend_ports[2]), str(self.backend_ports[0]))
         elif invalid == "unknown_key":
