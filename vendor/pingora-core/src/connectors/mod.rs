@@ -260,8 +260,9 @@ impl TransportConnector {
                         let mut stream = l.into_inner();
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
+                        // Liveness is test_reusable_stream's (a read), not the peer check's.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if peer.matches_stream(&stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)

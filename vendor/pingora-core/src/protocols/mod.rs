@@ -303,6 +303,27 @@ impl ConnFdReusable for SocketAddr {
     }
 }
 
+#[cfg(unix)]
+impl SocketAddr {
+    /// Whether `remote`, the remote address of a connected socket (as cached in its
+    /// [`SocketDigest`](crate::protocols::digest::SocketDigest)), is this address: the
+    /// comparison [`ConnFdReusable::check_fd_match`] makes after its `getpeername()`.
+    pub(crate) fn matches_remote_addr(&self, remote: &SocketAddr) -> bool {
+        match (self, remote) {
+            (SocketAddr::Inet(addr), SocketAddr::Inet(remote)) => {
+                const ZERO: IpAddr = IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0));
+                // see check_fd_match: 0.0.0.0 may be mapped to 127.0.0.1, skip the check
+                addr.ip() == ZERO || addr == remote
+            }
+            (SocketAddr::Unix(addr), SocketAddr::Unix(remote)) => match addr.as_pathname() {
+                Some(path) => remote.as_pathname() == Some(path),
+                None => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 #[cfg(windows)]
 impl ConnSockReusable for SocketAddr {
     fn check_sock_match<V: AsRawSocket>(&self, sock: V) -> bool {

@@ -24,6 +24,8 @@ use crate::protocols::tls::PskType;
 #[cfg(unix)]
 use crate::protocols::ConnFdReusable;
 use crate::protocols::TcpKeepalive;
+#[cfg(unix)]
+use crate::protocols::Stream;
 use crate::utils::tls::{get_organization_unit, CertKey};
 use ahash::AHasher;
 use derivative::Derivative;
@@ -267,6 +269,18 @@ pub trait Peer: Display + Clone {
         self.address().check_sock_match(sock)
     }
 
+    /// Whether `stream`, a pooled connection about to be reused, leads to this peer.
+    ///
+    /// By default [`Self::matches_fd`] on its file descriptor, i.e. a `getpeername()` on every
+    /// reuse. [`BasicPeer`] and [`HttpPeer`] compare the remote address the stream's
+    /// [`SocketDigest`](crate::protocols::digest::SocketDigest) cached when it connected
+    /// instead (a connected socket's remote address does not change), and ask the kernel only
+    /// for a stream without one.
+    #[cfg(unix)]
+    fn matches_stream(&self, stream: &Stream) -> bool {
+        self.matches_fd(stream.id())
+    }
+
     fn get_tracer(&self) -> Option<Tracer> {
         None
     }
@@ -346,7 +360,23 @@ impl Display for BasicPeer {
     }
 }
 
+/// Whether the remote address `stream`'s socket digest cached at connect is `peer`'s address;
+/// [`Peer::matches_fd`] (a `getpeername()`) for a stream without one.
+#[cfg(unix)]
+fn matches_cached_remote<P: Peer + ?Sized>(peer: &P, stream: &Stream) -> bool {
+    let digest = stream.get_socket_digest();
+    match digest.as_deref().and_then(|d| d.peer_addr()) {
+        Some(remote) => peer.address().matches_remote_addr(remote),
+        None => peer.matches_fd(stream.id()),
+    }
+}
+
 impl Peer for BasicPeer {
+    #[cfg(unix)]
+    fn matches_stream(&self, stream: &Stream) -> bool {
+        matches_cached_remote(self, stream)
+    }
+
     fn address(&self) -> &SocketAddr {
         &self._address
     }
@@ -853,6 +883,14 @@ impl Peer for HttpPeer {
         } else {
             self.address().check_fd_match(fd)
         }
+    }
+
+    #[cfg(unix)]
+    fn matches_stream(&self, stream: &Stream) -> bool {
+        if self.get_proxy().is_some() {
+            return self.matches_fd(stream.id());
+        }
+        matches_cached_remote(self, stream)
     }
 
     #[cfg(windows)]
