@@ -241,7 +241,18 @@ impl TransportConnector {
             .await
             .or_err(InternalError, "offload runtime failure")??
         } else {
-            do_connect(peer, bind_to, alpn_override, &self.tls_ctx.ctx, None).await?
+            // Boxed: connecting (TCP, then perhaps a TLS handshake) is a future of several KB.
+            // Inline, it made every future that awaits a connection that large, up to the
+            // per-request future of a proxy, which is moved (copied whole) on every request
+            // even when the connection comes from the pool and nothing connects.
+            Box::pin(do_connect(
+                peer,
+                bind_to,
+                alpn_override,
+                &self.tls_ctx.ctx,
+                None,
+            ))
+            .await?
         };
 
         Ok(stream)
