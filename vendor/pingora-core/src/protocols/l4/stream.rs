@@ -27,11 +27,11 @@ use std::os::unix::io::AsRawFd;
 use std::os::windows::io::AsRawSocket;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 #[cfg(target_os = "linux")]
 use tokio::io::Interest;
-use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
+use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
@@ -415,6 +415,180 @@ impl L4BufferSettings {
     /// Resolved write buffer size after applying defaults.
     pub fn write_capacity(&self) -> usize {
         self.write.unwrap_or(DEFAULT_L4_WRITE_BUFFER_SIZE)
+    }
+}
+
+/// A write buffer like tokio's `BufWriter` (the same write, vectored write and flush logic),
+/// except that its buffer is allocated on the first write that needs it and released once a
+/// flush has written it all out: an idle connection holds no write buffer. A zero capacity
+/// writes straight through.
+struct BufWriter<W> {
+    inner: W,
+    buf: Vec<u8>,
+    /// The buffer's size once allocated.
+    capacity: usize,
+    written: usize,
+}
+
+impl<W: AsyncWrite + Unpin> BufWriter<W> {
+    fn with_capacity(capacity: usize, inner: W) -> Self {
+        BufWriter {
+            inner,
+            buf: Vec::new(),
+            capacity,
+            written: 0,
+        }
+    }
+
+    fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    fn into_inner(self) -> W {
+        self.inner
+    }
+
+    /// Append to the buffer, allocating it first if this is its first use since a flush.
+    fn buffer(&mut self, data: &[u8]) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.capacity);
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    fn flush_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let len = self.buf.len();
+        let mut ret = Ok(());
+        while self.written < len {
+            match ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..])) {
+                Ok(0) => {
+                    ret = Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "failed to write the buffered data",
+                    ));
+                    break;
+                }
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    ret = Err(e);
+                    break;
+                }
+            }
+        }
+        if self.written > 0 {
+            self.buf.drain(..self.written);
+        }
+        self.written = 0;
+        Poll::Ready(ret)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for BufWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.buf.len() + buf.len() > self.capacity {
+            ready!(self.flush_buf(cx))?;
+        }
+        if buf.len() >= self.capacity {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        } else {
+            self.buffer(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.inner.is_write_vectored() {
+            let total_len = bufs
+                .iter()
+                .fold(0usize, |acc, b| acc.saturating_add(b.len()));
+            if total_len > self.capacity - self.buf.len() {
+                ready!(self.flush_buf(cx))?;
+            }
+            if total_len >= self.capacity {
+                Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+            } else {
+                bufs.iter().for_each(|b| self.buffer(b));
+                Poll::Ready(Ok(total_len))
+            }
+        } else {
+            while bufs.first().map(|buf| buf.len()) == Some(0) {
+                bufs = &bufs[1..];
+            }
+            let Some(first) = bufs.first() else {
+                return Poll::Ready(Ok(0));
+            };
+            let first_len = first.len();
+            if first_len > self.capacity - self.buf.len() {
+                ready!(self.flush_buf(cx))?;
+            }
+            if first_len >= self.capacity {
+                return Pin::new(&mut self.inner).poll_write(cx, first);
+            }
+            self.buffer(first);
+            let mut total_written = first_len;
+            for buf in &bufs[1..] {
+                if buf.len() > self.capacity - self.buf.len() {
+                    break;
+                }
+                self.buffer(buf);
+                total_written += buf.len();
+            }
+            Poll::Ready(Ok(total_written))
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.flush_buf(cx))?;
+        if self.buf.capacity() > 0 {
+            // all written: release the buffer until the next write needs one
+            self.buf = Vec::new();
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.flush_buf(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<W: AsyncRead + Unpin> AsyncRead for BufWriter<W> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<W: std::fmt::Debug> std::fmt::Debug for BufWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufWriter")
+            .field("writer", &self.inner)
+            .field(
+                "buffer",
+                &format_args!("{}/{}", self.buf.len(), self.capacity),
+            )
+            .field("written", &self.written)
+            .finish()
     }
 }
 
@@ -978,6 +1152,36 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
+
+    /// The write buffer is allocated by the first buffered write and released by the flush that
+    /// sends it: an idle stream holds none, and a small header and body still go out as one send.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn test_write_buffer_lazy_and_released() {
+        let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        let mut stream: Stream = a.into();
+        stream.set_buffer(L4BufferSettings::default());
+        let capacity = |s: &Stream| s.stream().writer().buf.capacity();
+        assert_eq!(capacity(&stream), 0);
+
+        stream.write_all(b"header ").await.unwrap();
+        stream.write_all(b"body").await.unwrap();
+        assert_eq!(capacity(&stream), DEFAULT_L4_WRITE_BUFFER_SIZE);
+        stream.flush().await.unwrap();
+        assert_eq!(capacity(&stream), 0);
+        let mut got = [0u8; 11];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"header body");
+
+        // larger than the buffer: written straight through, nothing allocated
+        let big = vec![b'x'; DEFAULT_L4_WRITE_BUFFER_SIZE * 2];
+        stream.write_all(&big).await.unwrap();
+        assert_eq!(capacity(&stream), 0);
+        stream.flush().await.unwrap();
+        let mut got = vec![0u8; big.len()];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, big);
+    }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
