@@ -115,10 +115,19 @@ class Rig:
     def start_backends(self, many=0):
         """The 4 backends (one nginx, 4 ports), plus `many` more ports for the large pool. Each
         answers `ok` on /, a 64 KB or 1 MB body on /64k and /1m, and takes uploads up to 2 MB."""
+        # nginx's workers (nobody, when started as root) must read the bodies
+        os.chmod(self.work, 0o755)
         for name, size in (("64k", 64 * 1024), ("1m", 1024 * 1024)):
             with open(os.path.join(self.work, name), "wb") as f:
                 f.write(b"x" * size)
-        self.many_ports = [free_port() for _ in range(many)]
+            os.chmod(os.path.join(self.work, name), 0o644)
+        taken = set(self.backend_ports)
+        self.many_ports = []
+        while len(self.many_ports) < many:  # free_port() may return a port twice
+            p = free_port()
+            if p not in taken:
+                taken.add(p)
+                self.many_ports.append(p)
         servers = "\n".join(
             f"  server {{ listen 127.0.0.1:{p}; access_log off; keepalive_requests 10000000; "
             f"client_max_body_size 2m; location = /64k {{ alias {self.work}/64k; }} "
