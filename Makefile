@@ -7,7 +7,7 @@ BIN_DEBUG := $(CARGO_TARGET_DIR)/debug/fulcrum
 BIN_RELEASE := $(CARGO_TARGET_DIR)/release/fulcrum
 
 .PHONY: all setup test-tools bench-tools soak-tools build release demo test lint audit check-conf check-unit bench bench-select \
-	soak cargo-deb cargo-deny deb package-test
+	soak cargo-deb cargo-deny deb package-test callgrind-tools callgrind vendor-test
 
 all: build
 
@@ -69,7 +69,8 @@ cargo-deny:
 # graph: licences, duplicate versions, sources (deny.toml). Advisories: `make audit`.
 lint: setup cargo-deny
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	# --no-deps: fulcrum only, not the vendored Pingora crates (vendor/PATCHES.md)
+	cargo clippy --all-targets --no-deps -- -D warnings
 	cargo deny --offline check licenses bans sources
 
 # The RustSec advisories (fetches the database from GitHub: not in CI, whose machine reaches
@@ -106,6 +107,45 @@ bench-tools:
 bench: release bench-tools
 	python3 benches/load.py $(BIN_RELEASE)
 	$(MAKE) bench-select
+
+# What the instruction count needs: valgrind, h2load (nghttp2-client) and nginx (the backends).
+callgrind-tools:
+	@command -v valgrind >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
+	  echo "installing valgrind, nghttp2-client and nginx"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq valgrind nghttp2-client nginx; }
+
+# User-space instructions per proxied keep-alive request (callgrind, release build): N and 2N
+# requests, the difference over N, so start-up and warm-up cancel. Robust to machine load,
+# unlike CPU time; the measure behind vendor/PATCHES.md. About 2 minutes.
+# `make callgrind CALLGRIND_ARGS="--requests 8000 --repeat 3"` for more.
+callgrind: release callgrind-tools
+	python3 benches/callgrind.py $(BIN_RELEASE) $(CALLGRIND_ARGS)
+
+# The vendored Pingora crates' own unit tests (vendor/PATCHES.md), run against each other with
+# fulcrum's TLS backend (rustls) in vendor/'s own workspace and lockfile (Pingora's published
+# one, plus its dev-dependencies). Skipped: the 25 tests that reach the Internet (1.1.1.1,
+# one.one.one.one, a black-hole address) or read tests/keys/, which the crates.io package does
+# not ship. Not part of `make test`: building their dev-dependencies took 7 CPU-minutes here,
+# more than `make test` should grow by; the run itself takes about 30 s.
+VENDOR_TEST_SKIP := \
+	connectors::http::tests::test_connect_h1 connectors::http::tests::test_connect_h2 \
+	connectors::http::tests::test_connect_h2_fallback_h1_reuse connectors::http::tests::test_connect_prefer_h1 \
+	connectors::http::tests::test_custom_client_custom_upstream \
+	connectors::http::tests::test_custom_client_non_custom_upstream \
+	connectors::http::v1::tests::test_connect connectors::http::v1::tests::test_connect_tls \
+	connectors::http::v1::tests::test_reuse_rejects_fd_mismatch \
+	connectors::http::v2::tests::test_connect_h1 connectors::http::v2::tests::test_connect_h2 \
+	connectors::http::v2::tests::test_h2_multiple_stream connectors::http::v2::tests::test_h2_reuse_rejects_fd_mismatch \
+	connectors::http::v2::tests::test_h2_single_stream connectors::l4::tests::test_conn_error_addr_not_avail \
+	connectors::l4::tests::test_conn_timeout connectors::tests::test_conn_timeout \
+	connectors::tests::test_conn_timeout_with_offload connectors::tests::test_connect_tls \
+	connectors::tests::test_do_connect_with_total_timeout connectors::tests::test_tls_connect_timeout_supersedes_total \
+	listeners::test::test_listen_tls listeners::test::test_listen_tls_with_offload \
+	listeners::tls::rustls::tests::test_from_server_config_handshake \
+	protocols::tls::rustls::server::tests::test_handshake_complete_callback
+vendor-test: setup
+	cd vendor && cargo test --locked --lib -p pingora-core -p pingora-proxy --features pingora-proxy/rustls \
+	  -- --exact $(foreach t,$(VENDOR_TEST_SKIP),--skip $(t))
 
 # What the soak needs: Python 3 (standard library only; its backends and clients are Python).
 soak-tools:

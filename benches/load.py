@@ -7,8 +7,11 @@ pinned to CPU 0 (taskset); wrk and the backends run on CPU 1. Rounds are interle
 (A B C A B C ...) so machine drift cancels. Reports req/s, p50/p99 latency, proxy CPU
 microseconds per request (from /proc schedstat of every thread of the candidate) and peak RSS,
 at saturation and at a fixed offered load, the ratios to nginx, the cost of fulcrum's features,
-and RSS with 10,000 idle keep-alive connections, plain and TLS. Every run is bounded; traffic
-stays on 127.0.0.1. Usage: benches/load.py BINARY [--rounds N] [--seconds S] [--idle N]
+and RSS with 10,000 idle keep-alive connections, plain and TLS. Then the workloads of the second
+performance issue, each interleaved the same way: a new connection per request, 64 KB and 1 MB
+responses (bytes per CPU second), 1 MB uploads, and a pool of 1,000 backends. Every run is
+bounded; traffic stays on 127.0.0.1.
+Usage: benches/load.py BINARY [--rounds N] [--seconds S] [--idle N] [--phases LIST]
 """
 import argparse
 import asyncio
@@ -110,11 +113,28 @@ class Rig:
         self.log = open(os.path.join(work, "rig.log"), "w")
         self.shm_dirs = []  # nginx's cache directories on /dev/shm, removed at the end
 
-    def start_backends(self):
+    def start_backends(self, many=0):
+        """The 4 backends (one nginx, 4 ports), plus `many` more ports for the large pool. Each
+        answers `ok` on /, a 64 KB or 1 MB body on /64k and /1m, and takes uploads up to 2 MB."""
+        # nginx's workers (nobody, when started as root) must read the bodies
+        os.chmod(self.work, 0o755)
+        for name, size in (("64k", 64 * 1024), ("1m", 1024 * 1024)):
+            with open(os.path.join(self.work, name), "wb") as f:
+                f.write(b"x" * size)
+            os.chmod(os.path.join(self.work, name), 0o644)
+        taken = set(self.backend_ports)
+        self.many_ports = []
+        while len(self.many_ports) < many:  # free_port() may return a port twice
+            p = free_port()
+            if p not in taken:
+                taken.add(p)
+                self.many_ports.append(p)
         servers = "\n".join(
             f"  server {{ listen 127.0.0.1:{p}; access_log off; keepalive_requests 10000000; "
+            f"client_max_body_size 2m; location = /64k {{ alias {self.work}/64k; }} "
+            f"location = /1m {{ alias {self.work}/1m; }} "
             f"location / {{ return 200 'ok\\n'; }} }}"
-            for p in self.backend_ports
+            for p in self.backend_ports + self.many_ports
         )
         conf = os.path.join(self.work, "backends.conf")
         with open(conf, "w") as f:
@@ -138,9 +158,10 @@ class Rig:
             f.write(open(cert).read() + open(key).read())
         self.tls = (cert, key, both)
 
-    def candidate(self, name, port, variant="round_robin", tls=False):
-        """The command for one candidate listening on port (with TLS there if tls)."""
-        ups = self.backend_ports
+    def candidate(self, name, port, variant="round_robin", tls=False, many=False):
+        """The command for one candidate listening on port (with TLS there if tls), in front of
+        the 4 backends or (many) the pool of 1,000."""
+        ups = self.many_ports if many else self.backend_ports
         cert, key, both = self.tls if tls else (None, None, None)
         if name == "nginx":
             conf = os.path.join(self.work, "nginx-proxy.conf")
@@ -158,7 +179,7 @@ class Rig:
                     f"worker_processes 1;\nworker_rlimit_nofile 20000;\npid {self.work}/proxy.pid;\n"
                     f"error_log {self.work}/proxy.err;\ndaemon off;\n"
                     f"events {{ worker_connections 19000; }}\n"
-                    f"http {{ access_log off; upstream b {{ {servers} keepalive 256; }}\n"
+                    f"http {{ access_log off; client_max_body_size 2m; upstream b {{ {servers} keepalive 256; }}\n"
                     + cache_path +
                     f"  server {{ listen 127.0.0.1:{port}{' ssl' if tls else ''} backlog=65535; keepalive_requests 10000000; keepalive_timeout 300s;\n"
                     + (f"    ssl_certificate {cert}; ssl_certificate_key {key};\n" if tls else "") + cache +
@@ -211,14 +232,23 @@ class Rig:
             )
         return f"{self.binary} -c {conf}"
 
-    def run_wrk(self, port, seconds, fixed_rate):
+    def run_wrk(self, port, seconds, fixed_rate, workload="keepalive"):
         args = ["taskset", "-c", CPU_LOAD, "wrk", "-t1", "-c64", f"-d{seconds}s", "--latency"]
         if fixed_rate:
             script = os.path.join(self.work, "delay.lua")
             with open(script, "w") as f:
                 f.write("function delay()\n  return 5\nend\n")
             args += ["-s", script]
-        args.append(f"http://127.0.0.1:{port}/")
+        path = WORKLOADS[workload]["path"]
+        if workload == "close":
+            args += ["-H", "Connection: close"]
+        if workload == "upload1m":
+            script = os.path.join(self.work, "upload.lua")
+            with open(script, "w") as f:
+                f.write('wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n'
+                        'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+            args += ["-s", script]
+        args.append(f"http://127.0.0.1:{port}{path}")
         out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30).stdout
         total = int(re.search(r"(\d+) requests in", out).group(1))
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -231,13 +261,14 @@ class Rig:
         return {"requests": total, "rps": rps, "p50": pct(50), "p99": pct(99),
                 "bad": int(errors.group(1)) if errors else 0, "sock": sock_err.group(1) if sock_err else ""}
 
-    def measure(self, name, seconds, fixed_rate, variant="round_robin"):
+    def measure(self, name, seconds, fixed_rate, variant="round_robin", workload="keepalive"):
         port = free_port()
-        proc = spawn(self.candidate(name, port, variant), CPU_PROXY, self.log)
+        proc = spawn(self.candidate(name, port, variant, many=workload == "pool1000"), CPU_PROXY, self.log)
         try:
             wait_port(port, proc)
             # warm up: connections, upstream pools
-            subprocess.run(["taskset", "-c", CPU_LOAD, "wrk", "-t1", "-c64", "-d1s", f"http://127.0.0.1:{port}/"],
+            subprocess.run(["taskset", "-c", CPU_LOAD, "wrk", "-t1", "-c64", "-d1s",
+                            f"http://127.0.0.1:{port}{WORKLOADS[workload]['path']}"],
                            capture_output=True, timeout=30)
             if variant == "cache":
                 # what is measured must be hits
@@ -247,7 +278,7 @@ class Rig:
                         sys.exit(f"{name}: X-Cache is {resp.headers.get('X-Cache')} after the warm-up, not HIT")
             pids = pids_of(proc.pid)
             before = cpu_ns(pids)
-            r = self.run_wrk(port, seconds, fixed_rate)
+            r = self.run_wrk(port, seconds, fixed_rate, workload)
             r["cpu_us"] = (cpu_ns(pids) - before) / 1000.0 / max(r["requests"], 1)
             r["rss_mb"] = mem_kb(pids, "VmHWM") / 1024.0
             return r
@@ -265,6 +296,18 @@ class Rig:
             return base / 1024.0, self.idle_result / 1024.0
         finally:
             stop(proc)
+
+
+# The workloads beyond the keep-alive run: what wrk requests, and the bytes each request moves
+# (for bytes per CPU second).
+WORKLOADS = {
+    "keepalive": {"path": "/", "bytes": 0, "title": "keep-alive GET, 3-byte body"},
+    "close": {"path": "/", "bytes": 0, "title": "a new connection per request (Connection: close)"},
+    "64k": {"path": "/64k", "bytes": 64 * 1024, "title": "64 KB responses"},
+    "1m": {"path": "/1m", "bytes": 1024 * 1024, "title": "1 MB responses"},
+    "upload1m": {"path": "/", "bytes": 1024 * 1024, "title": "1 MB uploads (POST)"},
+    "pool1000": {"path": "/", "bytes": 0, "title": "keep-alive GET, round robin over 1,000 backends"},
+}
 
 
 async def hold_idle(port, n, read_rss, rig, tls):
@@ -304,9 +347,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--idle", type=int, default=10000)
-    ap.add_argument("--only", choices=("all", "cache"), default="all",
-                    help="cache: only the cache-hit run (nginx proxy_cache against fulcrum's cache)")
+    ap.add_argument("--phases", default="keepalive,features,cache,idle,workloads",
+                    help="comma-separated: keepalive, features, cache (nginx proxy_cache against "
+                         "fulcrum's cache), idle, workloads")
+    ap.add_argument("--workloads", default="close,64k,1m,upload1m,pool1000")
     args = ap.parse_args()
+    phases = set(args.phases.split(","))
+    workloads = [w for w in args.workloads.split(",") if w]
     for tool in ("nginx", "haproxy", "wrk", "taskset", "openssl"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing (make bench installs it)")
@@ -315,13 +362,15 @@ def main():
     os.environ["FULCRUM_BENCH_KEY"] = "a-benchmark-key-not-a-secret-0123"
     work = tempfile.mkdtemp(prefix="fulcrum-bench-")
     rig = Rig(args.binary, work)
-    rig.start_backends()
+    rig.start_backends(many=1000 if "workloads" in phases and "pool1000" in workloads else 0)
     names = ["nginx", "haproxy", "fulcrum"]
     results = {(n, m): [] for n in names for m in ("sat", "fixed")}
-    everything = args.only == "all"
+    variants = ("round_robin", "least_connections", "consistent_hash", "affinity", "all")
+    features = {v: [] for v in variants}
     idle = {}
+    loads = {(w, n): [] for w in workloads for n in names}
     try:
-        for r in range(args.rounds if everything else 0):
+        for r in range(args.rounds if "keepalive" in phases else 0):
             for mode in ("sat", "fixed"):
                 for n in names:
                     res = rig.measure(n, args.seconds, mode == "fixed")
@@ -329,69 +378,92 @@ def main():
                     print(f"round {r+1} {mode:5} {n:8} {res['rps']:9.0f} req/s  {res['cpu_us']:6.1f} us/req  "
                           f"p50 {res['p50']:.3f} ms  p99 {res['p99']:.3f} ms  rss {res['rss_mb']:.1f} MB  "
                           f"non-2xx {res['bad']} {res['sock']}", flush=True)
-        variants = ("round_robin", "least_connections", "consistent_hash", "affinity", "all")
-        features = {v: [] for v in variants}
-        for r in range(args.rounds if everything else 0):  # interleaved too: drift cancels
+        for r in range(args.rounds if "features" in phases else 0):  # interleaved too: drift cancels
             for v in variants:
                 res = rig.measure("fulcrum", args.seconds, False, v)
                 features[v].append(res)
                 print(f"round {r+1} feature {v:18} {res['cpu_us']:6.1f} us/req", flush=True)
         # cache hits: GET / answered from memory by nginx's proxy_cache and by fulcrum's cache
         cached = {n: [] for n in ("nginx", "fulcrum")}
-        for r in range(args.rounds):
+        for r in range(args.rounds if "cache" in phases else 0):
             for n in cached:
                 res = rig.measure(n, args.seconds, False, "cache")
                 cached[n].append(res)
                 print(f"round {r+1} cache-hit {n:8} {res['rps']:9.0f} req/s  {res['cpu_us']:6.1f} us/req  "
                       f"p50 {res['p50']:.3f} ms  p99 {res['p99']:.3f} ms  rss {res['rss_mb']:.1f} MB", flush=True)
-        if everything:
+        if "idle" in phases:
             rig.make_certificate()
             idle = {(n, tls): rig.idle_rss(n, args.idle, tls) for tls in (False, True) for n in names}
         for (n, tls), (b, i) in idle.items():
             print(f"idle {n:8} {b:.1f} MB -> {i:.1f} MB with {args.idle} idle {'TLS ' if tls else ''}connections",
                   flush=True)
+        for r in range(args.rounds if "workloads" in phases else 0):  # saturated, interleaved
+            for w in workloads:
+                for n in names:
+                    res = rig.measure(n, args.seconds, False, workload=w)
+                    loads[(w, n)].append(res)
+                    print(f"round {r+1} {w:9} {n:8} {res['rps']:9.0f} req/s  {res['cpu_us']:7.1f} us/req  "
+                          f"p99 {res['p99']:.3f} ms  non-2xx {res['bad']} {res['sock']}", flush=True)
     finally:
         stop(rig.backends)
         for d in rig.shm_dirs:
             shutil.rmtree(d, ignore_errors=True)
 
-    def row(n, mode):
-        xs = results[(n, mode)]
-        return {k: med([x[k] for x in xs]) for k in ("rps", "p50", "p99", "cpu_us", "rss_mb")}
     print()
     print(f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
           f"{args.rounds} interleaved rounds of {args.seconds} s, wrk -t1 -c64, medians.")
-    if everything:
-        for mode, title in (("sat", "saturated"), ("fixed", "fixed offered load (5 ms between requests per connection)")):
-            print(f"\n{title}:\n")
-            print("| proxy | req/s | p50 ms | p99 ms | CPU us/req | peak RSS MB | CPU vs nginx | req/s vs nginx |")
-            print("|---|---|---|---|---|---|---|---|")
-            base = row("nginx", mode)
-            for n in names:
-                x = row(n, mode)
-                print(f"| {n} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['cpu_us']:.1f} | {x['rss_mb']:.1f} | "
-                      f"{x['cpu_us']/base['cpu_us']:.2f} | {x['rps']/base['rps']:.2f} |")
+    if "keepalive" in phases:
+        keepalive_tables(results, names)
+    if "features" in phases:
         rr = med([x["cpu_us"] for x in features["round_robin"]])
         print("\nfulcrum features, saturated, CPU us/req (vs round_robin):\n")
         print("| variant | CPU us/req | vs round_robin |\n|---|---|---|")
         for v, xs in features.items():
             c = med([x["cpu_us"] for x in xs])
             print(f"| {v} | {c:.1f} | {c/rr:.2f} |")
-    print("\ncache hits (GET / from memory: nginx proxy_cache on tmpfs, fulcrum cache), saturated:\n")
-    print("| proxy | req/s | p50 ms | p99 ms | CPU us/req | peak RSS MB | CPU vs nginx | req/s vs nginx |")
-    print("|---|---|---|---|---|---|---|---|")
-    cbase = {k: med([x[k] for x in cached["nginx"]]) for k in ("rps", "cpu_us")}
-    for n, xs in cached.items():
-        x = {k: med([r[k] for r in xs]) for k in ("rps", "p50", "p99", "cpu_us", "rss_mb")}
-        print(f"| {n} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['cpu_us']:.1f} | {x['rss_mb']:.1f} | "
-              f"{x['cpu_us']/cbase['cpu_us']:.2f} | {x['rps']/cbase['rps']:.2f} |")
-    if everything:
-        for tls in (False, True):
-            print(f"\nRSS with {args.idle} idle {'TLS ' if tls else ''}keep-alive connections:\n")
-            print("| proxy | RSS idle MB | RSS with connections MB | per connection KB | vs nginx |\n|---|---|---|---|---|")
+    if "cache" in phases:
+        print("\ncache hits (GET / from memory: nginx proxy_cache on tmpfs, fulcrum cache), saturated:\n")
+        print("| proxy | req/s | p50 ms | p99 ms | CPU us/req | peak RSS MB | CPU vs nginx | req/s vs nginx |")
+        print("|---|---|---|---|---|---|---|---|")
+        cbase = {k: med([x[k] for x in cached["nginx"]]) for k in ("rps", "cpu_us")}
+        for n, xs in cached.items():
+            x = {k: med([r[k] for r in xs]) for k in ("rps", "p50", "p99", "cpu_us", "rss_mb")}
+            print(f"| {n} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['cpu_us']:.1f} | {x['rss_mb']:.1f} | "
+                  f"{x['cpu_us']/cbase['cpu_us']:.2f} | {x['rps']/cbase['rps']:.2f} |")
+    for tls in (False, True) if "idle" in phases else ():
+        print(f"\nRSS with {args.idle} idle {'TLS ' if tls else ''}keep-alive connections:\n")
+        print("| proxy | RSS idle MB | RSS with connections MB | per connection KB | vs nginx |\n|---|---|---|---|---|")
+        for n in names:
+            b, i = idle[(n, tls)]
+            print(f"| {n} | {b:.1f} | {i:.1f} | {(i - b) * 1024 / args.idle:.2f} | {i/idle[('nginx', tls)][1]:.2f} |")
+    if workloads and "workloads" in phases:
+        print("\nworkloads, saturated (wrk -c64); CPU per request and, for bodies, MB moved per CPU second; "
+              "median (min-max) over rounds:\n")
+        print("| workload | proxy | req/s | CPU us/req | MB per CPU s | p99 ms | CPU vs nginx |\n|---|---|---|---|---|---|---|")
+        for w in workloads:
+            base = med([x["cpu_us"] for x in loads[(w, "nginx")]])
             for n in names:
-                b, i = idle[(n, tls)]
-                print(f"| {n} | {b:.1f} | {i:.1f} | {(i - b) * 1024 / args.idle:.2f} | {i/idle[('nginx', tls)][1]:.2f} |")
+                xs = loads[(w, n)]
+                cpu = [x["cpu_us"] for x in xs]
+                mb = (f"{WORKLOADS[w]['bytes'] / med(cpu):.0f}" if WORKLOADS[w]["bytes"] else "-")
+                print(f"| {WORKLOADS[w]['title']} | {n} | {med([x['rps'] for x in xs]):.0f} | "
+                      f"{med(cpu):.1f} ({min(cpu):.1f}-{max(cpu):.1f}) | {mb} | {med([x['p99'] for x in xs]):.3f} | "
+                      f"{med(cpu)/base:.2f} |")
+
+
+def keepalive_tables(results, names):
+    def row(n, mode):
+        xs = results[(n, mode)]
+        return {k: med([x[k] for x in xs]) for k in ("rps", "p50", "p99", "cpu_us", "rss_mb")}
+    for mode, title in (("sat", "saturated"), ("fixed", "fixed offered load (5 ms between requests per connection)")):
+        print(f"\n{title}:\n")
+        print("| proxy | req/s | p50 ms | p99 ms | CPU us/req | peak RSS MB | CPU vs nginx | req/s vs nginx |")
+        print("|---|---|---|---|---|---|---|---|")
+        base = row("nginx", mode)
+        for n in names:
+            x = row(n, mode)
+            print(f"| {n} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['cpu_us']:.1f} | {x['rss_mb']:.1f} | "
+                  f"{x['cpu_us']/base['cpu_us']:.2f} | {x['rps']/base['rps']:.2f} |")
 
 
 if __name__ == "__main__":
