@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,9 +27,22 @@ struct Entry {
 }
 
 /// Resets per client address, in the current window.
-#[derive(Default)]
 pub struct ResetLedger {
     entries: Mutex<HashMap<IpAddr, Entry>>,
+    /// When the last penalty given ends, in milliseconds since `base`: while no address is cut
+    /// off (the usual case), `cut_off` answers without taking the lock.
+    penalties_end: AtomicU64,
+    base: Instant,
+}
+
+impl Default for ResetLedger {
+    fn default() -> Self {
+        ResetLedger {
+            entries: Mutex::new(HashMap::new()),
+            penalties_end: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
 }
 
 impl ResetLedger {
@@ -50,6 +64,7 @@ impl ResetLedger {
         if let Some(until) = e.cut_off_until {
             if now < until {
                 e.cut_off_until = Some(now + PENALTY);
+                self.penalty_until(now + PENALTY);
                 return false;
             }
             e.cut_off_until = None;
@@ -63,6 +78,7 @@ impl ResetLedger {
             e.cut_off_until = Some(now + PENALTY);
             e.resets = 0;
             e.since = now;
+            self.penalty_until(now + PENALTY);
             return true;
         }
         false
@@ -70,11 +86,26 @@ impl ResetLedger {
 
     /// Whether `ip` is cut off now.
     pub fn cut_off(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.millis(now) >= self.penalties_end.load(Ordering::Relaxed) {
+            return false;
+        }
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .get(&ip)
             .and_then(|e| e.cut_off_until)
             .is_some_and(|until| now < until)
+    }
+}
+
+impl ResetLedger {
+    /// Some address is cut off until `until`.
+    fn penalty_until(&self, until: Instant) {
+        self.penalties_end
+            .fetch_max(self.millis(until).saturating_add(1), Ordering::Relaxed);
+    }
+
+    fn millis(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
     }
 }
 
