@@ -333,6 +333,11 @@ async fn lose_one(algorithm: &'static str, loss: Loss) {
     if algorithm == "consistent_hash" {
         lines.push("hash_key: {header: X-Key}".into());
     }
+    if algorithm == "least_latency" {
+        // The failed attempts while the victim is taken out are penalty samples; with the
+        // default 10 s decay they still tilt the survivors' shares during the measurement.
+        lines.push("ewma_decay: 1s".into());
+    }
     if let Loss::HealthCheck = loss {
         lines.push(format!("health_check: {CHECK}"));
     }
