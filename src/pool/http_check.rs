@@ -11,6 +11,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::config::FeedbackConfig;
+use crate::pool::feedback_share;
 
 /// The most of a check's body read for a report; the rest is left unread (the connection is
 /// not reused, as Pingora's own check does not reuse it).
@@ -47,9 +48,10 @@ impl HttpCheck {
         }
     }
 
-    /// Check `addr`: Ok with what the backend reported (its feedback value, if the pool reads
-    /// one and the answer has it), Err when it did not answer an expected status in time.
-    pub async fn check(&self, addr: SocketAddr) -> Result<Option<String>> {
+    /// Check `addr`: Ok with the share of its weight the backend's report leaves it (if the
+    /// pool reads reports and the answer has one that is a load), Err when it did not answer an
+    /// expected status in time.
+    pub async fn check(&self, addr: SocketAddr) -> Result<Option<f64>> {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.timeout);
         peer.options.read_timeout = Some(self.timeout);
@@ -83,7 +85,7 @@ impl HttpCheck {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         if in_header.is_some() || !feedback.check_body {
-            return Ok(in_header);
+            return Ok(in_header.and_then(|v| feedback_share(feedback, &v)));
         }
         let mut body = Vec::new();
         for _ in 0..MAX_CHUNKS {
@@ -96,7 +98,7 @@ impl HttpCheck {
             }
         }
         body.truncate(MAX_BODY);
-        Ok(first_word(&body))
+        Ok(first_word(&body).and_then(|v| feedback_share(feedback, &v)))
     }
 }
 

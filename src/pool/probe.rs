@@ -14,7 +14,7 @@ use pingora_load_balancing::Backend;
 
 use crate::config::{CheckKind, FeedbackConfig, HealthCheckConfig};
 use crate::pool::http_check::HttpCheck;
-use crate::pool::{feedback_share, BackendState};
+use crate::pool::BackendState;
 
 /// The check of one pool: fulcrum's HTTP check (each backend gets its own address as Host unless
 /// the config names one; the load a backend reports in the answer scales its weight) or
@@ -22,8 +22,6 @@ use crate::pool::{feedback_share, BackendState};
 pub struct Probe {
     pool: String,
     config: HealthCheckConfig,
-    /// Where backends report their load, if they do (the HTTP check reads it).
-    feedback: Option<FeedbackConfig>,
     http: Option<HttpCheck>,
     tcp: Option<Box<TcpHealthCheck>>,
     /// The pool's backends, sorted by address.
@@ -65,7 +63,7 @@ impl Probe {
                     host.clone(),
                     expect_status.clone(),
                     config.timeout,
-                    feedback.clone(),
+                    feedback,
                 );
                 (Some(check), None)
             }
@@ -78,7 +76,6 @@ impl Probe {
         Probe {
             pool: pool.to_string(),
             config: config.clone(),
-            feedback,
             http,
             tcp,
             states,
@@ -92,8 +89,8 @@ impl Probe {
         self.states.get(i)
     }
 
-    /// Probe `target`: Ok with the load it reported (feedback), if any.
-    async fn probe(&self, target: &Backend) -> Result<Option<String>> {
+    /// Probe `target`: Ok with the share of its weight its report leaves it (feedback), if any.
+    async fn probe(&self, target: &Backend) -> Result<Option<f64>> {
         match (&self.http, &self.tcp, target.addr.as_inet()) {
             (Some(check), _, Some(addr)) => check.check(*addr).await,
             (_, Some(check), _) => check.check(target).await.map(|()| None),
@@ -113,13 +110,9 @@ impl HealthCheck for Probe {
             ),
         };
         match &result {
-            Ok(report) => {
+            Ok(reported) => {
                 if let Some(state) = self.state(target) {
-                    let share = report
-                        .as_deref()
-                        .zip(self.feedback.as_ref())
-                        .and_then(|(value, f)| feedback_share(f, value));
-                    if let Some(share) = share {
+                    if let Some(share) = *reported {
                         state.report_share(share);
                     }
                     if state.check_passed() {
