@@ -351,11 +351,19 @@ async fn connections_beyond_the_hard_cap_are_closed_at_once() {
     }
     // The process is at its descriptor limit meanwhile (the admin listener too): what the
     // clients see first, fulcrum's count once they let go.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Poll until the count has held still for half a second (every refusal has arrived).
+    let deadline = Instant::now() + Duration::from_secs(8);
     let mut closed = closed_count(&mut held);
-    while closed < 20 && Instant::now() < deadline {
+    let mut still_since = Instant::now();
+    while Instant::now() < deadline
+        && (closed < 20 || still_since.elapsed() < Duration::from_millis(500))
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        closed = closed_count(&mut held);
+        let now_closed = closed_count(&mut held);
+        if now_closed != closed {
+            closed = now_closed;
+            still_since = Instant::now();
+        }
     }
     assert!(
         closed >= 20,

@@ -126,6 +126,12 @@ async fn the_api_needs_its_token_and_serves_the_running_configuration() {
         pool_yaml(&[(&a, 1)], "")
     );
     let f = Fulcrum::start(&body).await;
+    // The same admin port as the process just stopped: wait until the new one listens on it.
+    let healthz = format!("http://127.0.0.1:{}/healthz", admin.port);
+    wait_for_async(Duration::from_secs(5), "the admin listener", || async {
+        cl.get(&healthz).send().await.is_ok()
+    })
+    .await;
     for auth in [None, Some("wrong-token-0123456789abcdef")] {
         let mut req = cl.post(&url);
         if let Some(t) = auth {
