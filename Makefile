@@ -90,7 +90,7 @@ check-unit: build test-tools
 	  && systemd-analyze security --offline=true --threshold=15 $$d/fulcrum.service | tail -1 \
 	  && rm -r $$d
 
-test: lint check-conf check-unit test-tools package-test
+test: lint check-conf check-unit test-tools package-test vendor-test
 	cargo test --all-targets --no-fail-fast
 
 bench-select: setup
@@ -125,8 +125,9 @@ callgrind: release callgrind-tools
 # fulcrum's TLS backend (rustls) in vendor/'s own workspace and lockfile (Pingora's published
 # one, plus its dev-dependencies). Skipped: the 25 tests that reach the Internet (1.1.1.1,
 # one.one.one.one, a black-hole address) or read tests/keys/, which the crates.io package does
-# not ship. Not part of `make test`: building their dev-dependencies took 7 CPU-minutes here,
-# more than `make test` should grow by; the run itself takes about 30 s.
+# not ship, and `test_rx_timestamp`, which waits for the kernel with a 100 us sleep and failed
+# once under load. Part of `make test`: building their dev-dependencies costs about 7
+# CPU-minutes once (incremental after that); the run itself takes about 30 s.
 VENDOR_TEST_SKIP := \
 	connectors::http::tests::test_connect_h1 connectors::http::tests::test_connect_h2 \
 	connectors::http::tests::test_connect_h2_fallback_h1_reuse connectors::http::tests::test_connect_prefer_h1 \
@@ -138,6 +139,7 @@ VENDOR_TEST_SKIP := \
 	connectors::http::v2::tests::test_h2_multiple_stream connectors::http::v2::tests::test_h2_reuse_rejects_fd_mismatch \
 	connectors::http::v2::tests::test_h2_single_stream connectors::l4::tests::test_conn_error_addr_not_avail \
 	connectors::l4::tests::test_conn_timeout connectors::tests::test_conn_timeout \
+	protocols::l4::stream::tests::test_rx_timestamp \
 	connectors::tests::test_conn_timeout_with_offload connectors::tests::test_connect_tls \
 	connectors::tests::test_do_connect_with_total_timeout connectors::tests::test_tls_connect_timeout_supersedes_total \
 	listeners::test::test_listen_tls listeners::test::test_listen_tls_with_offload \
