@@ -96,14 +96,15 @@ test: lint check-conf check-unit test-tools package-test vendor-test
 bench-select: setup
 	cargo bench --bench select --bench affinity
 
-# What the load benchmark compares against: Debian's nginx and HAProxy, and wrk (openssl makes
-# the certificate for the idle TLS connections).
+# What the load benchmark compares against: Debian's nginx and HAProxy, and its clients: wrk,
+# openssl (the certificate for the TLS runs, and s_time for the TLS handshakes) and h2load
+# (nghttp2-client, HTTP/2 over TLS).
 bench-tools:
-	@command -v nginx >/dev/null 2>&1 && command -v haproxy >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 || { \
-	  echo "installing nginx, haproxy, wrk and openssl"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx haproxy wrk openssl; }
+	@command -v nginx >/dev/null 2>&1 && command -v haproxy >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || { \
+	  echo "installing nginx, haproxy, wrk, openssl and nghttp2-client"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx haproxy wrk openssl nghttp2-client; }
 
-# The load benchmark against nginx and HAProxy (about 8 minutes), then the micro-benchmarks.
+# The load benchmark against nginx and HAProxy (about 20 minutes), then the micro-benchmarks.
 bench: release bench-tools
 	python3 benches/load.py $(BIN_RELEASE)
 	$(MAKE) bench-select

@@ -9,9 +9,17 @@ microseconds per request (from /proc schedstat of every thread of the candidate)
 at saturation and at a fixed offered load, the ratios to nginx, the cost of fulcrum's features,
 and RSS with 10,000 idle keep-alive connections, plain and TLS. Then the workloads of the second
 performance issue, each interleaved the same way: a new connection per request, 64 KB and 1 MB
-responses (bytes per CPU second), 1 MB uploads, and a pool of 1,000 backends. Every run is
-bounded; traffic stays on 127.0.0.1.
+responses (bytes per CPU second), 1 MB uploads, and a pool of 1,000 backends. Then the TLS
+workloads (ECDSA P-256 certificate; TLS 1.2/1.3 and h2,http/1.1 by ALPN on all three; backends
+plain HTTP/1.1): tls-handshake, a full handshake per request (parallel `openssl s_time -new`,
+handshakes/s and CPU per handshake); tls-resume, the same resuming the session (`s_time
+-reuse`: nginx and HAProxy resume by stateless tickets, fulcrum by rustls's default in-memory
+cache of 256 sessions, see Rig.candidate; the share resumed is counted, not assumed);
+tls-keepalive, keep-alive GETs over TLS (wrk on https); h2-tls, HTTP/2 over TLS with 16
+connections x 8 streams (h2load). Each TLS run checks that the candidate served it (requests,
+2xx, TLS/h2 negotiated) and stops otherwise. Every run is bounded; traffic stays on 127.0.0.1.
 Usage: benches/load.py BINARY [--rounds N] [--seconds S] [--idle N] [--phases LIST]
+                              [--workloads LIST]
 """
 import argparse
 import asyncio
@@ -148,8 +156,8 @@ class Rig:
             wait_port(p, self.backends)
 
     def make_certificate(self):
-        """A self-signed certificate for the TLS idle measurement: cert, key, and both in one
-        file (HAProxy's form)."""
+        """A self-signed ECDSA P-256 certificate for the TLS idle measurement and the TLS
+        workloads: cert, key, and both in one file (HAProxy's form)."""
         cert, key, both = (os.path.join(self.work, f) for f in ("tls.crt", "tls.key", "tls.pem"))
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                         "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.test"],
@@ -163,6 +171,18 @@ class Rig:
         the 4 backends or (many) the pool of 1,000."""
         ups = self.many_ports if many else self.backend_ports
         cert, key, both = self.tls if tls else (None, None, None)
+        # TLS, the same for the three: TLS 1.2 and 1.3 (nginx 1.22 enables 1.3 only when asked),
+        # h2 and http/1.1 by ALPN (fulcrum's TLS listener offers h2 by default), resumption on
+        # the server side; whether a client resumes is the client's choice (s_time -new/-reuse).
+        # How each resumes a TLS 1.3 session (what the clients here negotiate):
+        #   nginx: stateless session tickets (ssl_session_tickets on, a key made at start); the
+        #     shared session cache serves TLS 1.2 session IDs.
+        #   HAProxy 2.6: its defaults, stateless session tickets (a key made at start), and a
+        #     session cache of 20,000 entries (tune.ssl.cachesize) for TLS 1.2 session IDs.
+        #   fulcrum: rustls 0.23's defaults, which fulcrum and Pingora leave as they are: no
+        #     ticket key (stateless tickets off); each full handshake sends 2 TLS 1.3 tickets
+        #     that are keys into an in-memory cache of 256 sessions (ServerSessionMemoryCache),
+        #     each taken out when used (single use); TLS 1.2 session IDs go to the same cache.
         if name == "nginx":
             conf = os.path.join(self.work, "nginx-proxy.conf")
             servers = " ".join(f"server 127.0.0.1:{p};" for p in ups)
@@ -181,8 +201,10 @@ class Rig:
                     f"events {{ worker_connections 19000; }}\n"
                     f"http {{ access_log off; client_max_body_size 2m; upstream b {{ {servers} keepalive 256; }}\n"
                     + cache_path +
-                    f"  server {{ listen 127.0.0.1:{port}{' ssl' if tls else ''} backlog=65535; keepalive_requests 10000000; keepalive_timeout 300s;\n"
-                    + (f"    ssl_certificate {cert}; ssl_certificate_key {key};\n" if tls else "") + cache +
+                    f"  server {{ listen 127.0.0.1:{port}{' ssl http2' if tls else ''} backlog=65535; keepalive_requests 10000000; keepalive_timeout 300s;\n"
+                    + (f"    ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;\n"
+                       "    ssl_session_cache shared:SSL:10m; ssl_session_timeout 1h; ssl_session_tickets on;\n"
+                       if tls else "") + cache +
                     f"    location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\";\n"
                     # the headers fulcrum always adds, so that every candidate does the same work
                     f"      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
@@ -200,9 +222,10 @@ class Rig:
                     "global\n  nbthread 1\n  maxconn 10100\n  no strict-limits\n"
                     "defaults\n  mode http\n  timeout connect 2s\n  timeout client 300s\n  timeout server 60s\n"
                     "  timeout http-keep-alive 300s\n  http-reuse always\n"
-                    f"frontend f\n  bind 127.0.0.1:{port}{' ssl crt ' + both if tls else ''}\n  default_backend b\n"
+                    f"frontend f\n  bind 127.0.0.1:{port}{' ssl crt ' + both + ' alpn h2,http/1.1' if tls else ''}\n"
+                    "  default_backend b\n"
                     # the headers fulcrum always adds, so that every candidate does the same work
-                    "  option forwardfor\n  http-request set-header X-Forwarded-Proto http\n"
+                    f"  option forwardfor\n  http-request set-header X-Forwarded-Proto {'https' if tls else 'http'}\n"
                     "  http-request set-header X-Forwarded-Host %[req.hdr(host)]\n"
                     "  unique-id-format %[uuid()]\n  unique-id-header X-Request-Id\n"
                     f"backend b\n  balance roundrobin\n{servers}\n"
@@ -248,7 +271,7 @@ class Rig:
                 f.write('wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n'
                         'wrk.headers["Content-Type"] = "application/octet-stream"\n')
             args += ["-s", script]
-        args.append(f"http://127.0.0.1:{port}{path}")
+        args.append(f"{scheme(workload)}://127.0.0.1:{port}{path}")
         out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30).stdout
         total = int(re.search(r"(\d+) requests in", out).group(1))
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -262,13 +285,15 @@ class Rig:
                 "bad": int(errors.group(1)) if errors else 0, "sock": sock_err.group(1) if sock_err else ""}
 
     def measure(self, name, seconds, fixed_rate, variant="round_robin", workload="keepalive"):
+        tls = WORKLOADS[workload].get("tls", False)
         port = free_port()
-        proc = spawn(self.candidate(name, port, variant, many=workload == "pool1000"), CPU_PROXY, self.log)
+        proc = spawn(self.candidate(name, port, variant, tls=tls, many=workload == "pool1000"),
+                     CPU_PROXY, self.log)
         try:
             wait_port(port, proc)
             # warm up: connections, upstream pools
             subprocess.run(["taskset", "-c", CPU_LOAD, "wrk", "-t1", "-c64", "-d1s",
-                            f"http://127.0.0.1:{port}{WORKLOADS[workload]['path']}"],
+                            f"{scheme(workload)}://127.0.0.1:{port}{WORKLOADS[workload]['path']}"],
                            capture_output=True, timeout=30)
             if variant == "cache":
                 # what is measured must be hits
@@ -276,14 +301,109 @@ class Rig:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
                     if resp.headers.get("X-Cache") != "HIT":
                         sys.exit(f"{name}: X-Cache is {resp.headers.get('X-Cache')} after the warm-up, not HIT")
+            expect = self.probe_tls(port) if WORKLOADS[workload].get("client") == "s_time" else 0
             pids = pids_of(proc.pid)
             before = cpu_ns(pids)
-            r = self.run_wrk(port, seconds, fixed_rate, workload)
+            client = WORKLOADS[workload].get("client", "wrk")
+            if client == "s_time":
+                r = self.run_s_time(port, seconds, workload == "tls-resume", expect)
+            elif client == "h2load":
+                r = self.run_h2load(port, seconds)
+            else:
+                r = self.run_wrk(port, seconds, fixed_rate, workload)
             r["cpu_us"] = (cpu_ns(pids) - before) / 1000.0 / max(r["requests"], 1)
+            if tls:
+                check_served(name, workload, r)
             r["rss_mb"] = mem_kb(pids, "VmHWM") / 1024.0
             return r
         finally:
             stop(proc)
+
+    def probe_tls(self, port):
+        """One request as s_time sends it, over TLS: the length of the whole 200 response, so
+        that the bytes s_time read show that every connection got one."""
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="bench.test") as s:
+                s.sendall(f"GET {S_TIME_REQUEST} HTTP/1.0\r\n\r\n".encode())
+                data = b""
+                while True:
+                    try:
+                        chunk = s.recv(65536)
+                    except (ssl.SSLEOFError, ConnectionResetError):
+                        break
+                    if not chunk:
+                        break
+                    data += chunk
+        if not data.startswith(b"HTTP/1.1 200 ") or not data.endswith(b"ok\n"):
+            sys.exit(f"TLS probe on port {port}: not a 200 with the body ok: {data[:200]!r}")
+        return len(data)
+
+    def run_s_time(self, port, seconds, reuse, expect):
+        """S_TIME_CLIENTS parallel `openssl s_time` on CPU_LOAD for `seconds`, each making one TLS
+        connection after the other with one GET (Connection: close) on each: -new, a full
+        handshake each time (no resumption), or -reuse, each connection resuming the session of
+        the one before (with TLS 1.3, the latest ticket). s_time prints `r` for each resumed
+        connection and `*` for each full one: both are counted, and every connection must have
+        read a whole response (`expect` bytes). Handshakes per second over the wall time of the
+        whole group (s_time stops at a whole second, the same one for all)."""
+        args = ["taskset", "-c", CPU_LOAD, "openssl", "s_time", "-connect", f"127.0.0.1:{port}",
+                "-www", S_TIME_REQUEST, "-reuse" if reuse else "-new", "-time", str(seconds)]
+        start = time.time()
+        procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True) for _ in range(S_TIME_CLIENTS)]
+        outs = []
+        try:
+            for p in procs:
+                outs.append(p.communicate(timeout=seconds + 30)[0])
+        finally:
+            for p in procs:
+                stop(p)
+        wall = time.time() - start
+        conns = resumed = full = 0
+        for out in outs:
+            m = re.search(r"(\d+) connections in [\d.]+s; [\d.]+ connections/user sec, bytes read (\d+)", out)
+            if not m:
+                sys.exit(f"openssl s_time on port {port} failed:\n{out[-2000:]}")
+            n, read = int(m.group(1)), int(m.group(2))
+            if read != n * expect:
+                sys.exit(f"openssl s_time on port {port}: {read} bytes read on {n} connections, "
+                         f"not {expect} on each: some did not get a whole 200 response")
+            marks = "".join(line for line in out.splitlines() if re.fullmatch(r"[r*t3]+", line))
+            if len(marks) != n:
+                sys.exit(f"openssl s_time on port {port}: {len(marks)} connection marks for {n} connections")
+            conns += n
+            resumed += marks.count("r")
+            full += n - marks.count("r")
+        return {"requests": conns, "rps": conns / wall, "p50": None, "p99": None, "bad": 0, "sock": "",
+                "resumed": resumed / max(conns, 1), "full": full}
+
+    def run_h2load(self, port, seconds):
+        """h2load on CPU_LOAD for `seconds`: H2_CLIENTS TLS connections with H2_STREAMS concurrent
+        streams each, GET /. Checks that h2 was negotiated and that every request succeeded
+        with a 2xx."""
+        args = ["taskset", "-c", CPU_LOAD, "h2load", f"-c{H2_CLIENTS}", f"-m{H2_STREAMS}", "-D", str(seconds),
+                f"https://127.0.0.1:{port}/"]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30).stdout
+        req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                        r"(\d+) errored, (\d+) timeout", out)
+        status = re.search(r"status codes: (\d+) 2xx", out)
+        proto = re.search(r"Application protocol: (\S+)", out)
+        tls = re.search(r"TLS Protocol: (\S+)", out)
+        if not (req and status and proto and tls):
+            sys.exit(f"h2load on port {port} failed:\n{out[-2000:]}")
+        done, ok, failed, errored, timeout = (int(req.group(i)) for i in (3, 4, 5, 6, 7))
+        if proto.group(1) != "h2" or failed or errored or timeout or ok != done or int(status.group(1)) != ok:
+            sys.exit(f"h2load on port {port}: protocol {proto.group(1)}, {ok} succeeded of {done}, {failed} failed, "
+                     f"{errored} errored, {timeout} timeout, {status.group(1)} 2xx")
+        rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
+        mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+        mean_ms = float(mean.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean.group(2)]
+        return {"requests": ok, "rps": rps, "p50": None, "p99": None, "mean": mean_ms, "bad": 0, "sock": "",
+                "tls": tls.group(1)}
 
     def idle_rss(self, name, connections, tls=False):
         port = free_port()
@@ -307,7 +427,39 @@ WORKLOADS = {
     "1m": {"path": "/1m", "bytes": 1024 * 1024, "title": "1 MB responses"},
     "upload1m": {"path": "/", "bytes": 1024 * 1024, "title": "1 MB uploads (POST)"},
     "pool1000": {"path": "/", "bytes": 0, "title": "keep-alive GET, round robin over 1,000 backends"},
+    # over TLS (ECDSA P-256, TLS 1.3 as negotiated by OpenSSL clients), backends plain HTTP/1.1
+    "tls-handshake": {"path": "/", "bytes": 0, "tls": True, "client": "s_time",
+                      "title": "TLS: a full handshake per request, no resumption (s_time -new)"},
+    "tls-resume": {"path": "/", "bytes": 0, "tls": True, "client": "s_time",
+                   "title": "TLS: a resumed handshake per request (s_time -reuse)"},
+    "tls-keepalive": {"path": "/", "bytes": 0, "tls": True,
+                      "title": "TLS: keep-alive GET, HTTP/1.1 (wrk -c64)"},
+    "h2-tls": {"path": "/", "bytes": 0, "tls": True, "client": "h2load",
+               "title": "TLS: HTTP/2 GET, 16 connections x 8 streams (h2load)"},
 }
+TLS_WORKLOADS = [w for w, d in WORKLOADS.items() if d.get("tls")]
+# openssl s_time sends "GET <this> HTTP/1.0\r\n\r\n": a Host header for the proxies and the
+# backends (nginx rejects an HTTP/1.1 request without one), and an X-Bench header that takes
+# the trailing " HTTP/1.0".
+S_TIME_REQUEST = "/ HTTP/1.1\r\nHost: bench.test\r\nConnection: close\r\nX-Bench: 1"
+# Parallel s_time processes: one alone leaves the proxy idle during each of its round trips.
+S_TIME_CLIENTS = 4
+H2_CLIENTS, H2_STREAMS = 16, 8
+
+
+def scheme(workload):
+    return "https" if WORKLOADS[workload].get("tls") else "http"
+
+
+def check_served(name, workload, r):
+    """Fail loudly when a TLS workload's candidate did not serve it: no requests, non-2xx
+    responses, socket errors, resumed sessions where none may be, a session never resumed."""
+    if r["requests"] == 0 or r["bad"] or r["sock"]:
+        sys.exit(f"{name} {workload}: {r['requests']} requests, {r['bad']} non-2xx, socket errors {r['sock']!r}")
+    if workload == "tls-handshake" and r["resumed"]:
+        sys.exit(f"{name} {workload}: {r['resumed']:.1%} of the connections resumed a session (s_time -new)")
+    if workload == "tls-resume" and not r["resumed"]:
+        print(f"NOTE: {name} resumed no TLS session: its tls-resume numbers are full handshakes", flush=True)
 
 
 async def hold_idle(port, n, read_rss, rig, tls):
@@ -350,11 +502,18 @@ def main():
     ap.add_argument("--phases", default="keepalive,features,cache,idle,workloads",
                     help="comma-separated: keepalive, features, cache (nginx proxy_cache against "
                          "fulcrum's cache), idle, workloads")
-    ap.add_argument("--workloads", default="close,64k,1m,upload1m,pool1000")
+    ap.add_argument("--workloads", default="close,64k,1m,upload1m,pool1000,tls-handshake,tls-resume,"
+                                           "tls-keepalive,h2-tls")
     args = ap.parse_args()
     phases = set(args.phases.split(","))
     workloads = [w for w in args.workloads.split(",") if w]
-    for tool in ("nginx", "haproxy", "wrk", "taskset", "openssl"):
+    unknown = [w for w in workloads if w not in WORKLOADS or w == "keepalive"]
+    if unknown:
+        sys.exit(f"unknown workloads {unknown}: expected some of {[w for w in WORKLOADS if w != 'keepalive']}")
+    tools = ["nginx", "haproxy", "wrk", "taskset", "openssl"]
+    if "workloads" in phases and "h2-tls" in workloads:
+        tools.append("h2load")
+    for tool in tools:
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing (make bench installs it)")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -363,6 +522,8 @@ def main():
     work = tempfile.mkdtemp(prefix="fulcrum-bench-")
     rig = Rig(args.binary, work)
     rig.start_backends(many=1000 if "workloads" in phases and "pool1000" in workloads else 0)
+    if "idle" in phases or ("workloads" in phases and set(workloads) & set(TLS_WORKLOADS)):
+        rig.make_certificate()
     names = ["nginx", "haproxy", "fulcrum"]
     results = {(n, m): [] for n in names for m in ("sat", "fixed")}
     variants = ("round_robin", "least_connections", "consistent_hash", "affinity", "all")
@@ -392,7 +553,6 @@ def main():
                 print(f"round {r+1} cache-hit {n:8} {res['rps']:9.0f} req/s  {res['cpu_us']:6.1f} us/req  "
                       f"p50 {res['p50']:.3f} ms  p99 {res['p99']:.3f} ms  rss {res['rss_mb']:.1f} MB", flush=True)
         if "idle" in phases:
-            rig.make_certificate()
             idle = {(n, tls): rig.idle_rss(n, args.idle, tls) for tls in (False, True) for n in names}
         for (n, tls), (b, i) in idle.items():
             print(f"idle {n:8} {b:.1f} MB -> {i:.1f} MB with {args.idle} idle {'TLS ' if tls else ''}connections",
@@ -402,8 +562,10 @@ def main():
                 for n in names:
                     res = rig.measure(n, args.seconds, False, workload=w)
                     loads[(w, n)].append(res)
-                    print(f"round {r+1} {w:9} {n:8} {res['rps']:9.0f} req/s  {res['cpu_us']:7.1f} us/req  "
-                          f"p99 {res['p99']:.3f} ms  non-2xx {res['bad']} {res['sock']}", flush=True)
+                    print(f"round {r+1} {w:13} {n:8} {res['rps']:9.0f} req/s  {res['cpu_us']:7.1f} us/req  "
+                          f"{latency(res)}  non-2xx {res['bad']} {res['sock']}"
+                          + (f"  resumed {res['resumed']:.0%}" if "resumed" in res else "")
+                          + (f"  {res['tls']}" if "tls" in res else ""), flush=True)
     finally:
         stop(rig.backends)
         for d in rig.shm_dirs:
@@ -436,11 +598,12 @@ def main():
         for n in names:
             b, i = idle[(n, tls)]
             print(f"| {n} | {b:.1f} | {i:.1f} | {(i - b) * 1024 / args.idle:.2f} | {i/idle[('nginx', tls)][1]:.2f} |")
-    if workloads and "workloads" in phases:
+    plain = [w for w in workloads if w not in TLS_WORKLOADS]
+    if plain and "workloads" in phases:
         print("\nworkloads, saturated (wrk -c64); CPU per request and, for bodies, MB moved per CPU second; "
               "median (min-max) over rounds:\n")
         print("| workload | proxy | req/s | CPU us/req | MB per CPU s | p99 ms | CPU vs nginx |\n|---|---|---|---|---|---|---|")
-        for w in workloads:
+        for w in plain:
             base = med([x["cpu_us"] for x in loads[(w, "nginx")]])
             for n in names:
                 xs = loads[(w, n)]
@@ -449,6 +612,52 @@ def main():
                 print(f"| {WORKLOADS[w]['title']} | {n} | {med([x['rps'] for x in xs]):.0f} | "
                       f"{med(cpu):.1f} ({min(cpu):.1f}-{max(cpu):.1f}) | {mb} | {med([x['p99'] for x in xs]):.3f} | "
                       f"{med(cpu)/base:.2f} |")
+
+
+    tls = [w for w in workloads if w in TLS_WORKLOADS]
+    if tls and "workloads" in phases:
+        tls_table(loads, tls, names)
+
+
+def latency(res):
+    """p99 from wrk, the mean from h2load (it gives no percentiles), none from s_time."""
+    if res.get("p99") is not None:
+        return f"p99 {res['p99']:.3f} ms"
+    if res.get("mean") is not None:
+        return f"mean {res['mean']:.3f} ms"
+    return "latency -"
+
+
+def spread(xs, fmt):
+    return f"{med(xs):{fmt}} ({min(xs):{fmt}}-{max(xs):{fmt}})"
+
+
+def tls_table(loads, workloads, names):
+    """The TLS workloads: req/s (handshakes/s for tls-handshake and tls-resume) and CPU per
+    request (per handshake), median (min-max) over rounds, and the share of resumed sessions."""
+    print(f"\nTLS workloads (ECDSA P-256; handshakes: {S_TIME_CLIENTS} parallel openssl s_time, one GET per "
+          f"connection; keep-alive: wrk -c64; h2: h2load -c{H2_CLIENTS} -m{H2_STREAMS}), saturated where the "
+          "client can; median (min-max) over rounds:\n")
+    print("| workload | proxy | req/s | CPU us/req | resumed | latency ms | req/s vs nginx | CPU vs nginx |")
+    print("|---|---|---|---|---|---|---|---|")
+    for w in workloads:
+        base = {k: med([x[k] for x in loads[(w, "nginx")]]) for k in ("rps", "cpu_us")}
+        for n in names:
+            xs = loads[(w, n)]
+            resumed = f"{med([x['resumed'] for x in xs]):.0%}" if "resumed" in xs[0] else "-"
+            if xs[0].get("p99") is not None:
+                lat = f"p99 {med([x['p99'] for x in xs]):.3f}"
+            elif xs[0].get("mean") is not None:
+                lat = f"mean {med([x['mean'] for x in xs]):.3f}"
+            else:
+                lat = "-"
+            print(f"| {WORKLOADS[w]['title']} | {n} | {spread([x['rps'] for x in xs], '.0f')} | "
+                  f"{spread([x['cpu_us'] for x in xs], '.1f')} | {resumed} | {lat} | "
+                  f"{med([x['rps'] for x in xs]) / base['rps']:.2f} | {med([x['cpu_us'] for x in xs]) / base['cpu_us']:.2f} |")
+        if w == "tls-resume":
+            for n in names:
+                if not any(x["resumed"] for x in loads[(w, n)]):
+                    print(f"\n{n} resumed no TLS session: its tls-resume row is full handshakes.")
 
 
 def keepalive_tables(results, names):
