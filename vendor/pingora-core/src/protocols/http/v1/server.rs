@@ -353,7 +353,9 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // room for the headers a proxy adds to the request it forwards
+                            // (a clone of this one keeps the header maps' index size)
+                            Some(req.headers.len() + PROXY_HEADER_ROOM),
                         )?);
 
                         request_header.set_version(match req.version {
@@ -1760,6 +1762,11 @@ static REQUEST_LINE_REGEX: Lazy<Regex> =
 
 // the chars httparse considers illegal in URL
 // Almost https://url.spec.whatwg.org/#query-percent-encode-set + {}
+/// How many headers beyond those parsed a request's header maps are sized for: a proxy adds
+/// a few (X-Forwarded-For/-Proto/-Host, a request id, Via) to the copy it forwards, and a
+/// map that fills up rehashes all its entries into a new, larger table.
+const PROXY_HEADER_ROOM: usize = 8;
+
 const URI_ESC_CHARSET: &AsciiSet = &CONTROLS.add(b' ').add(b'<').add(b'>').add(b'"');
 
 fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
@@ -1877,6 +1884,30 @@ mod tests_stream {
         let res = http_stream.read_request().await;
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
+    }
+
+    #[tokio::test]
+    async fn read_leaves_room_for_proxy_headers() {
+        init_log();
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: b\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        let req = http_stream.req_header();
+        assert_eq!(2, req.headers.len());
+        // a copy takes PROXY_HEADER_ROOM more headers before its maps grow
+        let mut forwarded = req.clone();
+        assert!(forwarded.headers.capacity() >= 2 + PROXY_HEADER_ROOM);
+        for i in 0..PROXY_HEADER_ROOM {
+            forwarded.insert_header(format!("X-Added-{i}"), "1").unwrap();
+        }
+        assert_eq!(2 + PROXY_HEADER_ROOM, forwarded.headers.len());
+        assert_eq!(req.headers.capacity(), forwarded.headers.capacity());
+        // case is kept for the parsed and the added headers alike
+        let mut wire = vec![];
+        forwarded.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(wire.contains("User-Agent: b") && wire.contains("X-Added-7: 1"), "{wire}");
     }
 
     #[cfg(feature = "patched_http1")]
