@@ -205,7 +205,10 @@ class Rig:
                     + (f"    ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;\n"
                        "    ssl_session_cache shared:SSL:10m; ssl_session_timeout 1h; ssl_session_tickets on;\n"
                        if tls else "") + cache +
+                    # request bodies streamed to the backend as they arrive, as fulcrum and
+                    # HAProxy do (nginx's default spools a body above 16 KB to a temporary file)
                     f"    location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\";\n"
+                    f"      proxy_request_buffering off;\n"
                     # the headers fulcrum always adds, so that every candidate does the same work
                     f"      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
                     f"      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host;\n"
