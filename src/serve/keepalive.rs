@@ -311,6 +311,7 @@ const FRESH_GRACE: Duration = Duration::from_secs(1);
 /// Wait up to `idle_secs` for the next request's first bytes; once idle `SHED_MIN_IDLE`, also for
 /// a request to make room. (Not an async fn, for the reason `Connection::serve` gives: this
 /// future is most of an idle connection's task.)
+#[allow(clippy::manual_async_fn)]
 fn next_request<'a>(
     stream: &'a mut Stream,
     idle_secs: u64,
