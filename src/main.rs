@@ -7,6 +7,7 @@ use clap::Parser;
 use fulcrum::cli::{Cli, Command};
 use fulcrum::config;
 
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

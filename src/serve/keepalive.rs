@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crate::serve::idle::IdleConnections;
+use crate::serve::idle::{IdleConnections, IdleTicket};
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::config::{ListenerLimits, DEFAULT_KEEPALIVE_TIMEOUT};
 use crate::runtime::SharedRuntime;
-use crate::serve::limits::{self, ConnectionLimits};
+use crate::serve::limits::{self, ConnectionGuard, ConnectionLimits};
 use crate::serve::proxy::Proxy;
 
 /// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 3.4).
@@ -137,12 +137,15 @@ impl ServerApp for KeepAlive {
         }
         // Pingora's connection task is ~9 KB (it has room for a TLS handshake); the connection
         // moves to a task of its own size and Pingora's ends here.
-        let app = self.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            app.serve(stream, shutdown, local, terms).await
-        });
+        let connection = Connection {
+            app: self.clone(),
+            stream,
+            shutdown: shutdown.clone(),
+            idle_secs: terms.idle_secs,
+            header_timeout: terms.limits.header_timeout,
+            guard,
+        };
+        tokio::spawn(connection.serve());
         None
     }
 
@@ -167,76 +170,71 @@ async fn opens_h2(stream: &mut Stream) -> Option<bool> {
     Some(true)
 }
 
+/// An HTTP/1 client connection (plain or TLS), as its own task holds it. The task is the largest
+/// part of an idle keep-alive connection (a 640-byte allocation of the ~2 KB; 1,536 when the
+/// loop was nested async fns), so what it keeps between requests is kept small: the listener's
+/// two timeouts (not all its terms), the guard (which knows the listener for the counters), and
+/// no async fn's second copy of its arguments.
+struct Connection {
+    app: Arc<KeepAlive>,
+    stream: Stream,
+    shutdown: ShutdownWatch,
+    idle_secs: u64,
+    header_timeout: Duration,
+    /// Counts the connection as open until it closes, and the limits it runs into.
+    guard: ConnectionGuard,
+}
+
+impl Connection {
+    /// Serve HTTP/1 requests until the connection is closed, idle too long, not reusable, or
+    /// too slow to send a request header. An `async move` block rather than an async fn: an
+    /// async fn's future keeps its arguments twice (once as passed, once as its locals;
+    /// rust-lang/rust#62958), and the task is allocated at its largest state, the idle wait.
+    fn serve(self) -> impl Future<Output = ()> + Send {
+        let mut conn = self;
+        async move {
+            let mut settings = None;
+            let mut fresh = true;
+            loop {
+                // Pipelined requests already read wait in the settings, not in the socket.
+                let pipelined = settings.as_ref().is_some_and(has_pipelined_prefix);
+                if !pipelined {
+                    let waited = next_request(
+                        &mut conn.stream,
+                        conn.idle_secs,
+                        &mut conn.shutdown,
+                        conn.app.limits.idle(),
+                        fresh,
+                    )
+                    .await;
+                    match waited {
+                        Waited::Request => {}
+                        Waited::Closed => return,
+                        Waited::AskedToMakeRoom => {
+                            conn.guard.closed_to_make_room();
+                            return;
+                        }
+                    }
+                }
+                let request =
+                    conn.app
+                        .request(conn.stream, settings.take(), conn.idle_secs, &conn.shutdown);
+                let Some(done) = limits::with_header_deadline(conn.header_timeout, request).await
+                else {
+                    conn.guard.header_timed_out();
+                    return;
+                };
+                let Some(reused) = done else {
+                    return;
+                };
+                (conn.stream, settings) = reused.consume();
+                fresh = false;
+            }
+        }
+    }
+}
+
 impl KeepAlive {
-    /// Serve HTTP/1 requests on `stream` until it is closed, idle too long, not reusable, or
-    /// too slow to send a request header.
-    async fn serve(
-        &self,
-        mut stream: Stream,
-        mut shutdown: ShutdownWatch,
-        local: Option<SocketAddr>,
-        terms: ListenerTerms,
-    ) {
-        let idle = Duration::from_secs(terms.idle_secs);
-        let mut settings = None;
-        let mut fresh = true;
-        loop {
-            // Pipelined requests already read wait in the settings, not in the socket.
-            let pipelined = settings.as_ref().is_some_and(has_pipelined_prefix);
-            if !pipelined
-                && !self
-                    .await_request(&mut stream, idle, &mut shutdown, local, fresh)
-                    .await
-            {
-                return;
-            }
-            let request = self.request(stream, settings.take(), terms.idle_secs, &shutdown);
-            let Some(done) =
-                limits::with_header_deadline(terms.limits.header_timeout, request).await
-            else {
-                self.limits.header_timed_out(local);
-                return;
-            };
-            let Some(reused) = done else {
-                return;
-            };
-            (stream, settings) = reused.consume();
-            fresh = false;
-        }
-    }
-
-    /// Wait until the next request starts to arrive (true), or the connection should close:
-    /// idle for `idle`, the server shutting down, or asked to make room (among the oldest idle).
-    /// A `fresh` connection (no request yet) is not closed by a shutdown at once: it was
-    /// accepted a moment ago and its first request is on the way.
-    async fn await_request(
-        &self,
-        stream: &mut Stream,
-        idle: Duration,
-        shutdown: &mut ShutdownWatch,
-        local: Option<SocketAddr>,
-        fresh: bool,
-    ) -> bool {
-        let idle_since = Instant::now();
-        match next_request(
-            stream,
-            idle_since,
-            idle,
-            shutdown,
-            self.limits.idle(),
-            fresh,
-        )
-        .await
-        {
-            Waited::Request => true,
-            Waited::Closed => false,
-            Waited::AskedToMakeRoom => {
-                self.limits.closed_to_make_room(local);
-                false
-            }
-        }
-    }
-
     /// Pingora's processing of the next request on `stream`. Not async itself: the session
     /// (~700 bytes) goes straight into Pingora's request future, not into the connection's.
     fn request<'a>(
@@ -310,64 +308,77 @@ enum Waited {
 /// How long a connection accepted just before a shutdown still waits for its first request.
 const FRESH_GRACE: Duration = Duration::from_secs(1);
 
-/// Wait for the next request's first bytes until `deadline`; from `sheddable_at` on, also for a
-/// request to make room.
-async fn next_request(
-    stream: &mut Stream,
-    idle_since: Instant,
-    idle: Duration,
-    shutdown: &mut ShutdownWatch,
-    registry: &IdleConnections,
+/// Wait up to `idle_secs` for the next request's first bytes; once idle `SHED_MIN_IDLE`, also for
+/// a request to make room. (Not an async fn, for the reason `Connection::serve` gives: this
+/// future is most of an idle connection's task.)
+#[allow(clippy::manual_async_fn)]
+fn next_request<'a>(
+    stream: &'a mut Stream,
+    idle_secs: u64,
+    shutdown: &'a mut ShutdownWatch,
+    registry: &'a IdleConnections,
     fresh: bool,
-) -> Waited {
-    let deadline = idle_since + idle;
-    let sheddable_at = idle_since + limits::SHED_MIN_IDLE;
-    let now = Instant::now();
-    let idle = deadline.saturating_duration_since(now);
-    let mut readable = Readable::new(stream);
-    // Only a connection idle since `sheddable_at` may be asked to make room: until then the
-    // wait listens for nothing else (most requests arrive sooner, and pay for one timer); from
-    // then on it is in the registry of idle connections, which asks the oldest first.
-    let first = sheddable_at.saturating_duration_since(now).min(idle);
-    let mut ticket = None;
-    for (span, sheddable) in [(first, false), (idle.saturating_sub(first), true)] {
-        if sheddable {
-            ticket = Some(registry.register(idle_since));
-        }
-        let asked = async {
-            match &ticket {
-                Some(t) => t.asked.notified().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(asked);
-        let wait = timeout(span, &mut readable);
-        tokio::pin!(wait);
+) -> impl Future<Output = Waited> + Send + 'a {
+    async move {
+        let mut readable = Readable::new(stream);
+        // Only a connection idle `SHED_MIN_IDLE` may be asked to make room: until then the wait
+        // listens for nothing else (most requests arrive sooner, and pay for one timer); from
+        // then on it is in the registry of idle connections, which asks the oldest first.
+        let mut ticket: Option<IdleTicket> = None;
         loop {
-            tokio::select! {
-                biased;
-                ready = &mut wait => match ready {
-                    Ok(()) => return Waited::Request,
-                    Err(_) => break,
-                },
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        if !fresh {
-                            return Waited::Closed;
+            let sheddable = ticket.is_some();
+            // Computed again rather than kept: what the wait keeps, each idle connection does.
+            let idle = Duration::from_secs(idle_secs);
+            let first = limits::SHED_MIN_IDLE.min(idle);
+            let span = if sheddable {
+                idle.saturating_sub(first)
+            } else {
+                first
+            };
+            {
+                let asked = async {
+                    match &ticket {
+                        Some(ticket) => ticket.asked().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(asked);
+                let wait = timeout(span, &mut readable);
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        biased;
+                        ready = &mut wait => match ready {
+                            Ok(()) => return Waited::Request,
+                            Err(_) => break,
+                        },
+                        changed = shutdown.changed() => {
+                            if changed.is_err() || *shutdown.borrow() {
+                                if !fresh {
+                                    return Waited::Closed;
+                                }
+                                // Accepted, maybe from the accept queue, just as the process began
+                                // to stop: closing it now would lose a request that is on its way.
+                                return match timeout(FRESH_GRACE, &mut wait).await {
+                                    Ok(Ok(())) => Waited::Request,
+                                    _ => Waited::Closed,
+                                };
+                            }
                         }
-                        // Accepted, maybe from the accept queue, just as the process began
-                        // to stop: closing it now would lose a request that is on its way.
-                        return match timeout(FRESH_GRACE, &mut wait).await {
-                            Ok(Ok(())) => Waited::Request,
-                            _ => Waited::Closed,
-                        };
+                        () = &mut asked, if sheddable => return Waited::AskedToMakeRoom,
                     }
                 }
-                () = &mut asked, if sheddable => return Waited::AskedToMakeRoom,
             }
+            if sheddable {
+                return Waited::Closed;
+            }
+            // Idle since the first span began (within the timer's 10 ms).
+            let idle_since = Instant::now()
+                .checked_sub(limits::SHED_MIN_IDLE.min(Duration::from_secs(idle_secs)))
+                .unwrap_or_else(Instant::now);
+            ticket = Some(registry.register(idle_since));
         }
     }
-    Waited::Closed
 }
 
 /// Resolves when the stream has bytes to read, without taking any: a zero-length read registers

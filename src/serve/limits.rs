@@ -271,11 +271,6 @@ impl ConnectionLimits {
         &self.idle
     }
 
-    /// Count an idle connection on `local` closed to make room.
-    pub fn closed_to_make_room(&self, local: Option<SocketAddr>) {
-        self.count(self.listener_of(local), "idle_closed");
-    }
-
     /// Count a request header that did not arrive in time on `local`.
     pub fn header_timed_out(&self, local: Option<SocketAddr>) {
         self.count(self.listener_of(local), "header_timeout");
@@ -318,6 +313,18 @@ const LIMITS: [&str; 9] = [
     "body_timeout",
     "h2_resets",
 ];
+
+impl ConnectionGuard {
+    /// Count the connection's close to make room (it was among the oldest idle).
+    pub fn closed_to_make_room(&self) {
+        self.limits.count(self.listener, "idle_closed");
+    }
+
+    /// Count the connection's close for a request header that came too slowly.
+    pub fn header_timed_out(&self) {
+        self.limits.count(self.listener, "header_timeout");
+    }
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {

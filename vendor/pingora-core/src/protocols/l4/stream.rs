@@ -167,7 +167,8 @@ struct RawStreamWrapper {
     #[cfg(target_os = "linux")]
     /// This can be reused across multiple recvmsg calls. The cmsg buffer may
     /// come from old sockets created by older version of pingora and so,
-    /// this vector can only grow.
+    /// this vector can only grow. Empty (no allocation) until rx timestamps are
+    /// enabled: most streams never read them.
     reusable_cmsg_space: Vec<u8>,
 }
 
@@ -179,13 +180,16 @@ impl RawStreamWrapper {
             #[cfg(target_os = "linux")]
             enable_rx_ts: false,
             #[cfg(target_os = "linux")]
-            reusable_cmsg_space: nix::cmsg_space!(nix::sys::socket::Timestamps),
+            reusable_cmsg_space: Vec::new(),
         }
     }
 
     #[cfg(target_os = "linux")]
     pub fn enable_rx_ts(&mut self, enable_rx_ts: bool) {
         self.enable_rx_ts = enable_rx_ts;
+        if enable_rx_ts && self.reusable_cmsg_space.is_empty() {
+            self.reusable_cmsg_space = nix::cmsg_space!(nix::sys::socket::Timestamps);
+        }
     }
 }
 
