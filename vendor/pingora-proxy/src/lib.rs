@@ -1280,11 +1280,7 @@ where
         while retries < self.max_retries {
             retries += 1;
 
-            // Boxed: the upstream exchange's future (HTTP/1, HTTP/2 or custom, connecting,
-            // releasing the connection) is several KB. Inline, it made this future and the
-            // per-request future that `process_new_http` boxes that much larger, and whether
-            // the optimizer then moved it by memcpy varied from build to build.
-            let (reuse, e) = Box::pin(self.proxy_to_upstream(&mut session, &mut ctx)).await;
+            let (reuse, e) = self.proxy_to_upstream(&mut session, &mut ctx).await;
             server_reuse = reuse;
 
             match e {
