@@ -130,7 +130,7 @@ impl ServerApp for KeepAlive {
                 Ok(Some(false)) => {}
                 Ok(None) => return None,
                 Err(_) => {
-                    self.limits.header_timed_out(local);
+                    guard.header_timed_out();
                     return None;
                 }
             }
@@ -374,7 +374,7 @@ fn next_request<'a>(
             }
             // Idle since the first span began (within the timer's 10 ms).
             let idle_since = Instant::now()
-                .checked_sub(limits::SHED_MIN_IDLE.min(Duration::from_secs(idle_secs)))
+                .checked_sub(first)
                 .unwrap_or_else(Instant::now);
             ticket = Some(registry.register(idle_since));
         }

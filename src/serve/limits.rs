@@ -271,11 +271,6 @@ impl ConnectionLimits {
         &self.idle
     }
 
-    /// Count a request header that did not arrive in time on `local`.
-    pub fn header_timed_out(&self, local: Option<SocketAddr>) {
-        self.count(self.listener_of(local), "header_timeout");
-    }
-
     /// Count a request cut off on `listener` (by name) by `limit`.
     pub fn cut(&self, listener: &str, limit: &str) {
         self.metrics.limit(listener, limit);
