@@ -147,7 +147,7 @@ VENDOR_TEST_SKIP := \
 	listeners::tls::rustls::tests::test_from_server_config_handshake \
 	protocols::tls::rustls::server::tests::test_handshake_complete_callback
 vendor-test: setup
-	cd vendor && cargo test --locked --lib -p pingora-core -p pingora-proxy --features pingora-proxy/rustls \
+	cd vendor && cargo test --locked --lib -p pingora-core -p pingora-http -p pingora-proxy --features pingora-proxy/rustls \
 	  -- --exact $(foreach t,$(VENDOR_TEST_SKIP),--skip $(t))
 
 # What the soak needs: Python 3 (standard library only; its backends and clients are Python).
