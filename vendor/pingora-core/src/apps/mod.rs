@@ -148,6 +148,16 @@ impl HttpPersistentSettings {
         self.pipelined_prefix = Some(prefix);
     }
 
+    /// Whether these settings carry bytes of a pipelined request, read past the end of the
+    /// previous one. A server that waits for the connection to become readable before it
+    /// starts the next session must not wait then: the client may have sent everything
+    /// already and be waiting for its answers.
+    pub fn has_pipelined_prefix(&self) -> bool {
+        self.pipelined_prefix
+            .as_ref()
+            .is_some_and(|prefix| !prefix.is_empty())
+    }
+
     pub fn apply_to_session(self, session: &mut ServerSession) {
         let Self {
             keepalive_timeout,
@@ -425,5 +435,16 @@ mod tests {
         assert!(session2.take_connection_user_context().is_none());
         // Keepalive should still work
         assert_eq!(session2.get_keepalive(), Some(30));
+    }
+
+    #[test]
+    fn test_persistent_settings_report_a_pipelined_prefix() {
+        let session = ServerSession::new_http1(Box::new(Builder::new().build()));
+        let mut settings = HttpPersistentSettings::for_session(&session);
+        assert!(!settings.has_pipelined_prefix());
+        settings.set_pipelined_prefix(BytesMut::new());
+        assert!(!settings.has_pipelined_prefix(), "no bytes: nothing to parse");
+        settings.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
+        assert!(settings.has_pipelined_prefix());
     }
 }
