@@ -197,7 +197,9 @@ impl Connection {
             let mut fresh = true;
             loop {
                 // Pipelined requests already read wait in the settings, not in the socket.
-                let pipelined = settings.as_ref().is_some_and(has_pipelined_prefix);
+                let pipelined = settings
+                    .as_ref()
+                    .is_some_and(HttpPersistentSettings::has_pipelined_prefix);
                 if !pipelined {
                     let waited = next_request(
                         &mut conn.stream,
@@ -257,41 +259,6 @@ impl KeepAlive {
         }
         self.proxy.process_new_http(session, shutdown)
     }
-}
-
-/// Whether `settings` carry pipelined bytes read past the previous request. Pingora keeps them
-/// private (they go to the next session's parser) and says so only in its `Debug` output,
-/// which is scanned here without allocating and cut short right after the field's first
-/// letter (`Some(`/`None`), before any bytes of the prefix are formatted. A connection with
-/// such bytes must not wait for its socket: the client has sent everything and waits for its
-/// answers. (The hostile corpus's pipelining cases fail if this stops working.)
-fn has_pipelined_prefix(settings: &HttpPersistentSettings) -> bool {
-    use std::fmt::Write;
-    /// `derive(Debug)` writes each field name as one piece, then `": "`, then the value.
-    struct Scan {
-        at_field: bool,
-        found: Option<bool>,
-    }
-    impl Write for Scan {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            if self.at_field {
-                if s == ": " {
-                    return Ok(());
-                }
-                self.found = Some(s.starts_with('S'));
-                // Stop the formatting: the rest is not needed.
-                return Err(std::fmt::Error);
-            }
-            self.at_field = s == "pipelined_prefix";
-            Ok(())
-        }
-    }
-    let mut scan = Scan {
-        at_field: false,
-        found: None,
-    };
-    let _ = write!(scan, "{settings:?}");
-    scan.found.unwrap_or(false)
 }
 
 /// What waiting for the next request ended with.
