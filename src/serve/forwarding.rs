@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, HOST};
+use http::header::{GetAll, HeaderName, HeaderValue, HOST};
 use pingora::http::RequestHeader;
 use pingora::Result;
 
@@ -79,7 +79,7 @@ pub struct Origin<'a> {
 /// Set the forwarding headers of `upstream` (the request as it goes to the backend).
 pub fn apply(upstream: &mut RequestHeader, origin: &Origin) -> Result<()> {
     if let Some(ip) = origin.client_ip {
-        let xff = forwarded_for(upstream.headers.get_all(&X_FORWARDED_FOR_NAME).iter(), ip);
+        let xff = forwarded_for(upstream.headers.get_all(&X_FORWARDED_FOR_NAME), ip);
         upstream.insert_header(X_FORWARDED_FOR, xff)?;
     }
     let proto = HeaderValue::from_static(if origin.tls { "https" } else { "http" });
@@ -100,14 +100,27 @@ pub fn apply(upstream: &mut RequestHeader, origin: &Origin) -> Result<()> {
 
 /// X-Forwarded-For: the values the client sent, then its address. The common case (no header
 /// yet, IPv4) is formatted by hand: `Ipv4Addr`'s Display was a measurable share of a request.
-fn forwarded_for<'a>(existing: impl Iterator<Item = &'a HeaderValue>, ip: IpAddr) -> HeaderValue {
-    let mut out: Vec<u8> = Vec::with_capacity(48);
-    for v in existing {
+/// The buffer is allocated at its exact final length, so that the value takes it over without
+/// a second allocation (`Bytes` from a `Vec` with spare capacity allocates a shared header).
+fn forwarded_for(existing: GetAll<'_, HeaderValue>, ip: IpAddr) -> HeaderValue {
+    let v6 = match ip {
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) => Some(v6.to_string()),
+    };
+    let address_len = match (&v6, ip) {
+        (Some(text), _) => text.len(),
+        (None, IpAddr::V4(v4)) => v4.octets().iter().map(|&o| decimal_len(o)).sum::<usize>() + 3,
+        (None, IpAddr::V6(_)) => 0,
+    };
+    let sent_len: usize = existing.iter().map(|v| v.len() + 2).sum();
+    let mut out: Vec<u8> = Vec::with_capacity(sent_len + address_len);
+    for v in existing.iter() {
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b", ");
     }
-    match ip {
-        IpAddr::V4(v4) => {
+    match (v6, ip) {
+        (Some(text), _) => out.extend_from_slice(text.as_bytes()),
+        (None, IpAddr::V4(v4)) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
                     out.push(b'.');
@@ -121,10 +134,19 @@ fn forwarded_for<'a>(existing: impl Iterator<Item = &'a HeaderValue>, ip: IpAddr
                 out.push(b'0' + octet % 10);
             }
         }
-        IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
+        (None, IpAddr::V6(_)) => {}
     }
     HeaderValue::from_maybe_shared(Bytes::from(out))
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// How many decimal digits `n` has.
+fn decimal_len(n: u8) -> usize {
+    match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        _ => 3,
+    }
 }
 
 #[cfg(test)]
@@ -133,20 +155,26 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends_the_client() {
-        let ip4: IpAddr = "10.0.255.7".parse().unwrap();
-        assert_eq!(forwarded_for(std::iter::empty(), ip4), "10.0.255.7");
-        let sent = [
-            HeaderValue::from_static("203.0.113.9"),
-            HeaderValue::from_static("198.51.100.1"),
-        ];
+        let none = http::HeaderMap::new();
+        let mut sent = http::HeaderMap::new();
+        sent.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        sent.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.1"));
+        let xff = |map: &http::HeaderMap, ip: &str| {
+            forwarded_for(map.get_all(X_FORWARDED_FOR), ip.parse().unwrap())
+        };
+        assert_eq!(xff(&none, "10.0.255.7"), "10.0.255.7");
         assert_eq!(
-            forwarded_for(sent.iter(), "0.1.100.99".parse().unwrap()),
+            xff(&sent, "0.1.100.99"),
             "203.0.113.9, 198.51.100.1, 0.1.100.99"
         );
+        assert_eq!(xff(&none, "::1"), "::1");
         assert_eq!(
-            forwarded_for(std::iter::empty(), "::1".parse().unwrap()),
-            "::1"
+            xff(&sent, "2001:db8::7"),
+            "203.0.113.9, 198.51.100.1, 2001:db8::7"
         );
+        for ip in ["0.0.0.0", "9.10.99.100", "255.255.255.255", "1.22.103.4"] {
+            assert_eq!(xff(&none, ip), ip);
+        }
     }
 
     #[test]
@@ -247,7 +275,11 @@ mod tests {
                 priors in proptest::collection::vec(prior(), 0..5),
                 ip in any::<IpAddr>(),
             ) {
-                let got = forwarded_for(priors.iter(), ip);
+                let mut sent = http::HeaderMap::new();
+                for p in &priors {
+                    sent.append(X_FORWARDED_FOR, p.clone());
+                }
+                let got = forwarded_for(sent.get_all(X_FORWARDED_FOR), ip);
                 let client = ip.to_string();
                 prop_assert!(got.as_bytes().ends_with(client.as_bytes()), "{:?}", got);
                 let mut want = Vec::new();
