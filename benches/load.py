@@ -121,6 +121,9 @@ class Rig:
         self.backend_ports = [free_port() for _ in range(4)]
         self.log = open(os.path.join(work, "rig.log"), "w")
         self.shm_dirs = []  # nginx's cache directories on /dev/shm, removed at the end
+        # fulcrum's files (configuration, pid file, upgrade socket) are named with this, so
+        # that two fulcrum instances can run at once (benches/pair.py --simultaneous)
+        self.instance = ""
 
     def start_backends(self, many=0):
         """The 4 backends (one nginx, 4 ports), plus `many` more ports for the large pool. Each
@@ -236,7 +239,7 @@ class Rig:
                 )
             return f"haproxy -f {conf}"
         # fulcrum
-        conf = os.path.join(self.work, f"fulcrum-{variant}{'-tls' if tls else ''}.yaml")
+        conf = os.path.join(self.work, f"fulcrum{self.instance}-{variant}{'-tls' if tls else ''}.yaml")
         backends = ", ".join(f"{{address: 127.0.0.1:{p}}}" for p in ups)
         pool = {"round_robin": "algorithm: round_robin",
                 "least_connections": "algorithm: least_connections",
@@ -250,8 +253,8 @@ class Rig:
         cache = ", cache: {max_size: 64MB, default_ttl: 1h}" if variant == "cache" else ""
         with open(conf, "w") as f:
             f.write(
-                f"server: {{threads: 1, work_stealing: false, pid_file: {self.work}/f.pid, "
-                f"upgrade_sock: {self.work}/f.sock, grace_period_seconds: 0, "
+                f"server: {{threads: 1, work_stealing: false, pid_file: {self.work}/f{self.instance}.pid, "
+                f"upgrade_sock: {self.work}/f{self.instance}.sock, grace_period_seconds: 0, "
                 f"graceful_shutdown_timeout_seconds: 1, upstream_keepalive_pool_size: 512}}\n"
                 f"{admin}listeners: [{{name: bench, listen: 127.0.0.1:{port}"
                 + (f", tls: {{certificates: [{{cert: {cert}, key: {key}}}]}}" if tls else "") + "}]\n"

@@ -10,17 +10,68 @@ median and (min-max) of the ratios. With --workloads, the load benchmark's other
 (close, 64k, 1m, upload1m, pool1000, tls-handshake, tls-resume, tls-keepalive, h2-tls) are
 paired the same way, saturated: whether a change makes any of them worse. Every run is
 bounded; traffic stays on 127.0.0.1.
+
+With --simultaneous (keep-alive only), A and B run at the same time, both on CPU 0, each with
+its own wrk on CPU 1 (32 connections each; at fixed load 5 ms between requests, about 5,000
+req/s each), and CPU per request is read over the same window for both: whatever slows the
+machine slows both alike, which resolves differences of a few percent that one after the other
+cannot (the method of ../shared/pingora-perf-notes.md, whose A/A pairs read 0.990-1.015). The
+order in which the two start alternates each round.
 Usage: benches/pair.py BEFORE AFTER [--rounds N] [--seconds S] [--workloads LIST]
+                                    [--simultaneous]
 """
 import argparse
 import os
+import re
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402  (the rig lives there)
+
+
+def simultaneous(rig, order, seconds, fixed_rate):
+    """CPU microseconds per request of each binary in `order`, both serving keep-alive GETs at
+    the same time (see the module's text)."""
+    procs = {}
+    try:
+        for i, binary in enumerate(order):
+            rig.binary, rig.instance = binary, f"-{i}"
+            port = load.free_port()
+            proc = load.spawn(rig.candidate("fulcrum", port), load.CPU_PROXY, rig.log)
+            load.wait_port(port, proc)
+            procs[binary] = (proc, port)
+        for proc, port in procs.values():  # warm up: connections, upstream pools
+            subprocess.run(["taskset", "-c", load.CPU_LOAD, "wrk", "-t1", "-c32", "-d1s",
+                            f"http://127.0.0.1:{port}/"], capture_output=True, timeout=30)
+        script = os.path.join(rig.work, "delay.lua")
+        with open(script, "w") as f:
+            f.write("function delay()\n  return 5\nend\n")
+        pids = {b: load.pids_of(p.pid) for b, (p, _) in procs.items()}
+        before = {b: load.cpu_ns(pids[b]) for b in procs}
+        clients = {
+            b: subprocess.Popen(["taskset", "-c", load.CPU_LOAD, "wrk", "-t1", "-c32",
+                                 f"-d{seconds}s"] + (["-s", script] if fixed_rate else [])
+                                + [f"http://127.0.0.1:{port}/"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for b, (_, port) in procs.items()
+        }
+        outs = {b: c.communicate(timeout=seconds + 30)[0] for b, c in clients.items()}
+        after = {b: load.cpu_ns(pids[b]) for b in procs}
+        cpu = {}
+        for b, out in outs.items():
+            done = re.search(r"(\d+) requests in", out)
+            if not done or "Non-2xx" in out or "Socket errors" in out:
+                sys.exit(f"{b}: the simultaneous run failed:\n{out}")
+            cpu[b] = (after[b] - before[b]) / 1000.0 / int(done.group(1))
+        return cpu
+    finally:
+        for proc, _ in procs.values():
+            load.stop(proc)
+        rig.instance = ""
 
 
 def main():
@@ -29,11 +80,15 @@ def main():
     ap.add_argument("after")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--simultaneous", action="store_true",
+                    help="run A and B at the same time (keep-alive, fixed load and saturated)")
     ap.add_argument("--workloads", default="",
                     help="comma-separated workloads of benches/load.py, paired saturated after "
                          "the keep-alive runs")
     args = ap.parse_args()
     workloads = [w for w in args.workloads.split(",") if w]
+    if args.simultaneous and workloads:
+        sys.exit("--simultaneous pairs keep-alive only, not --workloads")
     for w in workloads:
         if w not in load.WORKLOADS:
             sys.exit(f"unknown workload {w}: one of {', '.join(load.WORKLOADS)}")
@@ -50,7 +105,9 @@ def main():
             order = (args.before, args.after) if r % 2 == 0 else (args.after, args.before)
             for mode in ratios:
                 cpu = {}
-                for binary in order:
+                if args.simultaneous:
+                    cpu = simultaneous(rig, order, args.seconds, mode == "fixed")
+                for binary in order if not args.simultaneous else ():
                     rig.binary = binary
                     workload = mode if mode in load.WORKLOADS else "keepalive"
                     res = rig.measure("fulcrum", args.seconds, mode == "fixed", workload=workload)
