@@ -11,7 +11,7 @@ median and (min-max) of the ratios. With --workloads, the load benchmark's other
 paired the same way, saturated: whether a change makes any of them worse. Every run is
 bounded; traffic stays on 127.0.0.1.
 
-With --simultaneous (keep-alive only), A and B run at the same time, both on CPU 0, each with
+With --simultaneous (keep-alive, and the workloads wrk drives), A and B run at the same time, both on CPU 0, each with
 its own wrk on CPU 1 (32 connections each; at fixed load 5 ms between requests, about 5,000
 req/s each), and CPU per request is read over the same window for both: whatever slows the
 machine slows both alike, which resolves differences of a few percent that one after the other
@@ -33,20 +33,30 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402  (the rig lives there)
 
 
-def simultaneous(rig, order, seconds, fixed_rate):
-    """CPU microseconds per request of each binary in `order`, both serving keep-alive GETs at
-    the same time (see the module's text)."""
+def simultaneous(rig, order, seconds, fixed_rate, workload="keepalive"):
+    """CPU microseconds per request of each binary in `order`, both serving `workload` (one
+    of wrk's: keep-alive, close, 64k, 1m, upload1m, pool1000) at the same time (see the
+    module's text)."""
     procs = {}
+    path = load.WORKLOADS[workload]["path"]
+    extra = ["-H", "Connection: close"] if workload == "close" else []
+    if workload == "upload1m":
+        upload = os.path.join(rig.work, "upload.lua")
+        with open(upload, "w") as f:
+            f.write('wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n'
+                    'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+        extra += ["-s", upload]
     try:
         for i, binary in enumerate(order):
             rig.binary, rig.instance = binary, f"-{i}"
             port = load.free_port()
-            proc = load.spawn(rig.candidate("fulcrum", port), load.CPU_PROXY, rig.log)
+            proc = load.spawn(rig.candidate("fulcrum", port, many=workload == "pool1000"),
+                              load.CPU_PROXY, rig.log)
             load.wait_port(port, proc)
             procs[binary] = (proc, port)
         for proc, port in procs.values():  # warm up: connections, upstream pools
-            subprocess.run(["taskset", "-c", load.CPU_LOAD, "wrk", "-t1", "-c32", "-d1s",
-                            f"http://127.0.0.1:{port}/"], capture_output=True, timeout=30)
+            subprocess.run(["taskset", "-c", load.CPU_LOAD, "wrk", "-t1", "-c32", "-d1s"] + extra
+                           + [f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=30)
         script = os.path.join(rig.work, "delay.lua")
         with open(script, "w") as f:
             f.write("function delay()\n  return 5\nend\n")
@@ -55,7 +65,7 @@ def simultaneous(rig, order, seconds, fixed_rate):
         clients = {
             b: subprocess.Popen(["taskset", "-c", load.CPU_LOAD, "wrk", "-t1", "-c32",
                                  f"-d{seconds}s"] + (["-s", script] if fixed_rate else [])
-                                + [f"http://127.0.0.1:{port}/"],
+                                + extra + [f"http://127.0.0.1:{port}{path}"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for b, (_, port) in procs.items()
         }
@@ -81,14 +91,17 @@ def main():
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--simultaneous", action="store_true",
-                    help="run A and B at the same time (keep-alive, fixed load and saturated)")
+                    help="run A and B at the same time (keep-alive at fixed load and saturated, "
+                         "and the wrk workloads close, 64k, 1m, upload1m, pool1000)")
     ap.add_argument("--workloads", default="",
                     help="comma-separated workloads of benches/load.py, paired saturated after "
                          "the keep-alive runs")
     args = ap.parse_args()
+    if os.path.realpath(args.before) == os.path.realpath(args.after):
+        sys.exit("BEFORE and AFTER are one file: for an A/A run, copy the binary")
     workloads = [w for w in args.workloads.split(",") if w]
-    if args.simultaneous and workloads:
-        sys.exit("--simultaneous pairs keep-alive only, not --workloads")
+    if args.simultaneous and set(workloads) - {"close", "64k", "1m", "upload1m", "pool1000"}:
+        sys.exit("--simultaneous pairs wrk's workloads only: close, 64k, 1m, upload1m, pool1000")
     for w in workloads:
         if w not in load.WORKLOADS:
             sys.exit(f"unknown workload {w}: one of {', '.join(load.WORKLOADS)}")
@@ -106,7 +119,8 @@ def main():
             for mode in ratios:
                 cpu = {}
                 if args.simultaneous:
-                    cpu = simultaneous(rig, order, args.seconds, mode == "fixed")
+                    workload = mode if mode in load.WORKLOADS else "keepalive"
+                    cpu = simultaneous(rig, order, args.seconds, mode == "fixed", workload)
                 for binary in order if not args.simultaneous else ():
                     rig.binary = binary
                     workload = mode if mode in load.WORKLOADS else "keepalive"
