@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Mutex;
 
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
@@ -170,7 +170,7 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<IdleStream>>>,
+    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -263,10 +263,12 @@ impl TransportConnector {
         match self.connection_pool.get(&peer.reuse_hash()) {
             Some(s) => {
                 debug!("find reusable stream, trying to acquire it");
-                // Taken at once: the idle watcher does not hold the stream between its polls,
-                // so there is no waiting for it to run first.
-                match s.take() {
-                    Some(mut stream) => {
+                {
+                    let _ = s.lock().await;
+                } // wait for the idle poll to release it
+                match Arc::try_unwrap(s) {
+                    Ok(l) => {
+                        let mut stream = l.into_inner();
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         // Liveness is test_reusable_stream's (a read), not the peer check's.
@@ -299,7 +301,7 @@ impl TransportConnector {
                             }
                         }
                     }
-                    None => {
+                    Err(_) => {
                         error!("failed to acquire reusable stream");
                         None
                     }
@@ -331,23 +333,23 @@ impl TransportConnector {
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
-        let stream = Arc::new(IdleStream::new(stream));
-        let watched_stream = stream.clone();
+        let stream = Arc::new(Mutex::new(stream));
+        let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
         let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
         let idle_meta = IdleConnection::new(meta);
         let pool = self.connection_pool.clone(); //clone the arc
         let keepalive_pool_callback = self.keepalive_pool_callback.clone();
         let rt = pingora_runtime::current_handle();
         rt.spawn(async move {
-            if watch_idle_stream(
-                &pool,
-                &watched_stream,
-                &idle_meta.connection,
-                idle_timeout,
-                notify_close,
-                watch_use,
-            )
-            .await
+            if pool
+                .idle_poll(
+                    locked_stream,
+                    &idle_meta.connection,
+                    idle_timeout,
+                    notify_close,
+                    watch_use,
+                )
+                .await
             {
                 if let Some(callback) = keepalive_pool_callback {
                     callback(idle_meta.elapsed());
@@ -480,97 +482,6 @@ impl PreferredHttpVersion {
 
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
-
-/// A connection in the pool, shared by the pool and the task that watches it while it is idle.
-///
-/// Whoever takes the stream first owns it: a request reusing the connection takes it at once,
-/// without waiting for the watcher to run and let go of it (which a lock held by the watcher
-/// across its await needed: a task switch and a second poll of the request on every reuse).
-/// The watcher holds the stream only inside each of its polls.
-struct IdleStream(parking_lot::Mutex<Option<Stream>>);
-
-impl IdleStream {
-    fn new(stream: Stream) -> Self {
-        IdleStream(parking_lot::Mutex::new(Some(stream)))
-    }
-
-    /// The stream, if nobody took it yet.
-    fn take(&self) -> Option<Stream> {
-        self.0.lock().take()
-    }
-
-    /// Wait for the idle stream to become readable: it closed, failed or received data, none
-    /// of which a reusable connection does. Reads at most one byte, as the pool's own idle poll
-    /// does. Pending for good once the stream was taken (the watcher then learns from the pool).
-    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<usize>> + '_ {
-        std::future::poll_fn(move |cx| {
-            let mut slot = self.0.lock();
-            let Some(stream) = slot.as_mut() else {
-                return std::task::Poll::Pending;
-            };
-            let mut byte = [0u8; 1];
-            let mut buf = tokio::io::ReadBuf::new(&mut byte);
-            match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(stream), cx, &mut buf) {
-                std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(Ok(buf.filled().len())),
-                std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
-                std::task::Poll::Pending => std::task::Poll::Pending,
-            }
-        })
-    }
-}
-
-/// Watch an idle pooled stream until it is picked up, evicted, closed by the server (or sends
-/// data), or idle for `timeout`: [`ConnectionPool::idle_poll`]'s logic, over an [`IdleStream`].
-/// A stream that closed or timed out is removed from the pool.
-///
-/// Returns `true` if the connection was evicted from the pool, and `false` otherwise.
-async fn watch_idle_stream(
-    pool: &ConnectionPool<Arc<IdleStream>>,
-    stream: &IdleStream,
-    meta: &ConnectionMeta,
-    timeout: Option<Duration>,
-    notify_evicted: Arc<Notify>,
-    watch_use: oneshot::Receiver<bool>,
-) -> bool {
-    // Reuse this same Notified future in the watch_use branch: notify_one() may deliver the
-    // wakeup to an already-polled future (see `ConnectionPool::idle_poll`).
-    let evicted = notify_evicted.notified();
-    tokio::pin!(evicted);
-    let readable = async {
-        match timeout {
-            Some(d) => pingora_timeout::timeout(d, stream.readable())
-                .await
-                .unwrap_or(Ok(0)),
-            None => stream.readable().await,
-        }
-    };
-    let read_result = tokio::select! {
-        biased;
-        event = watch_use => {
-            return match event {
-                Ok(_) => {
-                    debug!("idle connection is being picked up");
-                    false
-                }
-                // the sender is also dropped by an LRU eviction, after notify_evicted
-                Err(_) => evicted.now_or_never().is_some(),
-            };
-        },
-        _ = &mut evicted => {
-            debug!("idle connection is being evicted");
-            return true;
-        },
-        read_result = readable => read_result,
-    };
-    match read_result {
-        Ok(n) if n > 0 => warn!("Data received on idle client connection, close it"),
-        Ok(_) => debug!("Peer closed the idle connection or timeout"),
-        Err(e) => debug!("error with the idle connection, close it {:?}", e),
-    }
-    // connection terminated from either peer or timer
-    pool.pop_closed(meta);
-    false
-}
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
@@ -908,110 +819,6 @@ mod tests {
             .connect_local_addr()
             .expect("TLS handshake failure should retain the assigned local address");
         assert_ne!(local_addr.port(), 0);
-    }
-
-    /// A local server: its address, and the server side of each connection it accepts.
-    async fn local_server() -> (
-        String,
-        tokio::sync::mpsc::UnboundedReceiver<tokio::net::TcpStream>,
-    ) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                if tx.send(conn).is_err() {
-                    break;
-                }
-            }
-        });
-        (addr, rx)
-    }
-
-    /// Whether the server side sees its connection closed within 5 seconds.
-    async fn closed_within_5s(server_side: &mut tokio::net::TcpStream) -> bool {
-        let mut buf = [0u8; 1];
-        matches!(
-            tokio::time::timeout(Duration::from_secs(5), server_side.read(&mut buf)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
-    }
-
-    #[tokio::test]
-    async fn test_pooled_stream_is_reused_without_waiting_for_its_watcher() {
-        let (addr, mut accepted) = local_server().await;
-        let connector = TransportConnector::new(None);
-        let peer = BasicPeer::new(&addr);
-        let stream = connector.new_stream(&peer).await.unwrap();
-        let mut server_side = accepted.recv().await.unwrap();
-        connector.release_stream(stream, peer.reuse_hash(), None);
-        // the watcher task was spawned but has not run yet: the stream is taken all the same,
-        // without a poll that waits
-        let reused = connector.reused_stream(&peer).now_or_never();
-        let mut stream = reused.expect("not ready at once").expect("not reused");
-        // and it is the same connection
-        use tokio::io::AsyncWriteExt;
-        stream.write_all(b"x").await.unwrap();
-        stream.flush().await.unwrap();
-        let mut buf = [0u8; 1];
-        server_side.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"x");
-        // once the watcher ran, the connection goes back to the pool and out again
-        tokio::task::yield_now().await;
-        connector.release_stream(stream, peer.reuse_hash(), None);
-        tokio::task::yield_now().await;
-        assert!(connector.reused_stream(&peer).await.is_some());
-    }
-
-    #[tokio::test]
-    async fn test_pooled_stream_closed_by_server_leaves_the_pool() {
-        use tokio::io::AsyncWriteExt;
-        let (addr, mut accepted) = local_server().await;
-        let connector = TransportConnector::new(None);
-        let peer = BasicPeer::new(&addr);
-        // the server half-closes one idle connection and sends data on another: the watcher
-        // closes each, which the server sees, and takes it out of the pool
-        for server_sends_data in [false, true] {
-            let stream = connector.new_stream(&peer).await.unwrap();
-            let mut server_side = accepted.recv().await.unwrap();
-            connector.release_stream(stream, peer.reuse_hash(), None);
-            tokio::task::yield_now().await; // the watcher waits on the stream
-            if server_sends_data {
-                server_side.write_all(b"unexpected").await.unwrap();
-            } else {
-                server_side.shutdown().await.unwrap();
-            }
-            assert!(
-                closed_within_5s(&mut server_side).await,
-                "not closed by its watcher (data: {server_sends_data})"
-            );
-            assert!(connector.reused_stream(&peer).await.is_none());
-        }
-    }
-
-    #[tokio::test]
-    async fn test_pooled_stream_idle_timeout_and_eviction_close_it() {
-        let (addr, mut accepted) = local_server().await;
-        // idle timeout: removed from the pool and closed
-        let connector = TransportConnector::new(None);
-        let peer = BasicPeer::new(&addr);
-        let stream = connector.new_stream(&peer).await.unwrap();
-        let mut server_side = accepted.recv().await.unwrap();
-        connector.release_stream(stream, peer.reuse_hash(), Some(Duration::from_millis(20)));
-        assert!(closed_within_5s(&mut server_side).await, "not closed after its idle timeout");
-        assert!(connector.reused_stream(&peer).await.is_none());
-
-        // eviction from a pool of one: the first connection is closed, the second stays
-        let connector = TransportConnector::new(Some(ConnectorOptions::new(1)));
-        let first = connector.new_stream(&peer).await.unwrap();
-        let mut first_server_side = accepted.recv().await.unwrap();
-        let second = connector.new_stream(&peer).await.unwrap();
-        let _second_server_side = accepted.recv().await.unwrap();
-        connector.release_stream(first, peer.reuse_hash(), None);
-        tokio::task::yield_now().await;
-        connector.release_stream(second, peer.reuse_hash(), None);
-        assert!(closed_within_5s(&mut first_server_side).await, "evicted but not closed");
-        assert!(connector.reused_stream(&peer).await.is_some());
     }
 
     #[tokio::test]
