@@ -262,6 +262,19 @@ class Rig:
             )
         return f"{self.binary} -c {conf}"
 
+    def wrk_workload_args(self, workload):
+        """What wrk needs beyond the path for `workload`: Connection: close, or the upload's
+        script."""
+        if workload == "close":
+            return ["-H", "Connection: close"]
+        if workload == "upload1m":
+            script = os.path.join(self.work, "upload.lua")
+            with open(script, "w") as f:
+                f.write('wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n'
+                        'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+            return ["-s", script]
+        return []
+
     def run_wrk(self, port, seconds, fixed_rate, workload="keepalive"):
         args = ["taskset", "-c", CPU_LOAD, "wrk", "-t1", "-c64", f"-d{seconds}s", "--latency"]
         if fixed_rate:
@@ -270,14 +283,7 @@ class Rig:
                 f.write("function delay()\n  return 5\nend\n")
             args += ["-s", script]
         path = WORKLOADS[workload]["path"]
-        if workload == "close":
-            args += ["-H", "Connection: close"]
-        if workload == "upload1m":
-            script = os.path.join(self.work, "upload.lua")
-            with open(script, "w") as f:
-                f.write('wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n'
-                        'wrk.headers["Content-Type"] = "application/octet-stream"\n')
-            args += ["-s", script]
+        args += self.wrk_workload_args(workload)
         args.append(f"{scheme(workload)}://127.0.0.1:{port}{path}")
         out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30).stdout
         total = int(re.search(r"(\d+) requests in", out).group(1))

@@ -39,13 +39,7 @@ def simultaneous(rig, order, seconds, fixed_rate, workload="keepalive"):
     module's text)."""
     procs = {}
     path = load.WORKLOADS[workload]["path"]
-    extra = ["-H", "Connection: close"] if workload == "close" else []
-    if workload == "upload1m":
-        upload = os.path.join(rig.work, "upload.lua")
-        with open(upload, "w") as f:
-            f.write('wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n'
-                    'wrk.headers["Content-Type"] = "application/octet-stream"\n')
-        extra += ["-s", upload]
+    extra = rig.wrk_workload_args(workload)
     try:
         for i, binary in enumerate(order):
             rig.binary, rig.instance = binary, f"-{i}"
