@@ -103,14 +103,14 @@ pub fn apply(upstream: &mut RequestHeader, origin: &Origin) -> Result<()> {
 /// The buffer is allocated at its exact final length, so that the value takes it over without
 /// a second allocation (`Bytes` from a `Vec` with spare capacity allocates a shared header).
 fn forwarded_for(existing: GetAll<'_, HeaderValue>, ip: IpAddr) -> HeaderValue {
-    let v6 = match ip {
-        IpAddr::V4(_) => None,
-        IpAddr::V6(v6) => Some(v6.to_string()),
+    // empty (no allocation) for IPv4
+    let v6_text = match ip {
+        IpAddr::V4(_) => String::new(),
+        IpAddr::V6(v6) => v6.to_string(),
     };
-    let address_len = match (&v6, ip) {
-        (Some(text), _) => text.len(),
-        (None, IpAddr::V4(v4)) => v4.octets().iter().map(|&o| decimal_len(o)).sum::<usize>() + 3,
-        (None, IpAddr::V6(_)) => 0,
+    let address_len = match ip {
+        IpAddr::V4(v4) => v4.octets().iter().map(|&o| decimal_len(o)).sum::<usize>() + 3,
+        IpAddr::V6(_) => v6_text.len(),
     };
     let sent_len: usize = existing.iter().map(|v| v.len() + 2).sum();
     let mut out: Vec<u8> = Vec::with_capacity(sent_len + address_len);
@@ -118,9 +118,8 @@ fn forwarded_for(existing: GetAll<'_, HeaderValue>, ip: IpAddr) -> HeaderValue {
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b", ");
     }
-    match (v6, ip) {
-        (Some(text), _) => out.extend_from_slice(text.as_bytes()),
-        (None, IpAddr::V4(v4)) => {
+    match ip {
+        IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
                     out.push(b'.');
@@ -134,7 +133,7 @@ fn forwarded_for(existing: GetAll<'_, HeaderValue>, ip: IpAddr) -> HeaderValue {
                 out.push(b'0' + octet % 10);
             }
         }
-        (None, IpAddr::V6(_)) => {}
+        IpAddr::V6(_) => out.extend_from_slice(v6_text.as_bytes()),
     }
     HeaderValue::from_maybe_shared(Bytes::from(out))
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
