@@ -12,12 +12,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::serve::idle::{IdleConnections, IdleTicket};
+use crate::serve::idle::{Asked, IdleConnections, IdleSignal};
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
@@ -149,7 +148,10 @@ impl ServerApp for KeepAlive {
         None
     }
 
+    /// The server is shutting down: idle connections close (those idle less than
+    /// `SHED_MIN_IDLE` once they are that idle), requests in flight are answered.
     async fn cleanup(&self) {
+        self.limits.idle().close_all();
         self.proxy.http_cleanup().await;
         self.h2c_proxy.http_cleanup().await;
     }
@@ -171,7 +173,7 @@ async fn opens_h2(stream: &mut Stream) -> Option<bool> {
 }
 
 /// An HTTP/1 client connection (plain or TLS), as its own task holds it. The task is the largest
-/// part of an idle keep-alive connection (a 640-byte allocation of the ~2 KB; 1,536 when the
+/// part of an idle keep-alive connection (a 512-byte allocation of the ~1.8 KB; 1,536 when the
 /// loop was nested async fns), so what it keeps between requests is kept small: the listener's
 /// two timeouts (not all its terms), the guard (which knows the listener for the counters), and
 /// no async fn's second copy of its arguments.
@@ -193,8 +195,8 @@ impl Connection {
     fn serve(self) -> impl Future<Output = ()> + Send {
         let mut conn = self;
         async move {
+            let signal = Arc::new(IdleSignal::default());
             let mut settings = None;
-            let mut fresh = true;
             loop {
                 // Pipelined requests already read wait in the settings, not in the socket.
                 let pipelined = settings
@@ -204,9 +206,8 @@ impl Connection {
                     let waited = next_request(
                         &mut conn.stream,
                         conn.idle_secs,
-                        &mut conn.shutdown,
                         conn.app.limits.idle(),
-                        fresh,
+                        &signal,
                     )
                     .await;
                     match waited {
@@ -230,7 +231,6 @@ impl Connection {
                     return;
                 };
                 (conn.stream, settings) = reused.consume();
-                fresh = false;
             }
         }
     }
@@ -265,85 +265,53 @@ impl KeepAlive {
 enum Waited {
     /// Its first bytes are readable (or the client closed or failed: the reader sees which).
     Request,
-    /// Idle too long, or the server began to shut down, which closes idle connections as
-    /// Pingora does.
+    /// Idle too long, or the server is shutting down, which closes idle connections as Pingora
+    /// does (those idle less than `SHED_MIN_IDLE` once that long: a request may be on its way).
     Closed,
     /// The process is near its file-descriptor limit and asks idle connections to make room.
     AskedToMakeRoom,
 }
 
-/// How long a connection accepted just before a shutdown still waits for its first request.
-const FRESH_GRACE: Duration = Duration::from_secs(1);
-
 /// Wait up to `idle_secs` for the next request's first bytes; once idle `SHED_MIN_IDLE`, also for
-/// a request to make room. (Not an async fn, for the reason `Connection::serve` gives: this
-/// future is most of an idle connection's task.)
+/// the registry of idle connections to ask it to close. (Not an async fn, for the reason
+/// `Connection::serve` gives: this future is most of an idle connection's task.)
 #[allow(clippy::manual_async_fn)]
 fn next_request<'a>(
     stream: &'a mut Stream,
     idle_secs: u64,
-    shutdown: &'a mut ShutdownWatch,
     registry: &'a IdleConnections,
-    fresh: bool,
+    signal: &'a Arc<IdleSignal>,
 ) -> impl Future<Output = Waited> + Send + 'a {
     async move {
-        let mut readable = Readable::new(stream);
-        // Only a connection idle `SHED_MIN_IDLE` may be asked to make room: until then the wait
-        // listens for nothing else (most requests arrive sooner, and pay for one timer); from
-        // then on it is in the registry of idle connections, which asks the oldest first.
-        let mut ticket: Option<IdleTicket> = None;
-        loop {
-            let sheddable = ticket.is_some();
-            // Computed again rather than kept: what the wait keeps, each idle connection does.
-            let idle = Duration::from_secs(idle_secs);
-            let first = limits::SHED_MIN_IDLE.min(idle);
-            let span = if sheddable {
-                idle.saturating_sub(first)
-            } else {
-                first
-            };
-            {
-                let asked = async {
-                    match &ticket {
-                        Some(ticket) => ticket.asked().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::pin!(asked);
-                let wait = timeout(span, &mut readable);
-                tokio::pin!(wait);
-                loop {
-                    tokio::select! {
-                        biased;
-                        ready = &mut wait => match ready {
-                            Ok(()) => return Waited::Request,
-                            Err(_) => break,
-                        },
-                        changed = shutdown.changed() => {
-                            if changed.is_err() || *shutdown.borrow() {
-                                if !fresh {
-                                    return Waited::Closed;
-                                }
-                                // Accepted, maybe from the accept queue, just as the process began
-                                // to stop: closing it now would lose a request that is on its way.
-                                return match timeout(FRESH_GRACE, &mut wait).await {
-                                    Ok(Ok(())) => Waited::Request,
-                                    _ => Waited::Closed,
-                                };
-                            }
-                        }
-                        () = &mut asked, if sheddable => return Waited::AskedToMakeRoom,
-                    }
-                }
-            }
-            if sheddable {
-                return Waited::Closed;
-            }
-            // Idle since the first span began (within the timer's 10 ms).
-            let idle_since = Instant::now()
-                .checked_sub(first)
-                .unwrap_or_else(Instant::now);
-            ticket = Some(registry.register(idle_since));
+        signal.reset();
+        let mut readable = Readable { stream, signal };
+        // Until idle `SHED_MIN_IDLE` the wait listens for nothing else (most requests arrive
+        // sooner, and pay for one timer); from then on it is in the registry of idle
+        // connections, which asks the oldest to close first, and all of them at shutdown.
+        // (The spans are computed again after the wait rather than kept across it: what the
+        // wait keeps, each idle connection does.)
+        let first = |idle_secs| limits::SHED_MIN_IDLE.min(Duration::from_secs(idle_secs));
+        if timeout(first(idle_secs), &mut readable).await.is_ok() {
+            return Waited::Request;
+        }
+        // Idle since the first span began (within the timer's 10 ms).
+        let idle_since = Instant::now()
+            .checked_sub(first(idle_secs))
+            .unwrap_or_else(Instant::now);
+        let Some(ticket) = registry.register(idle_since, signal) else {
+            return Waited::Closed;
+        };
+        let rest = Duration::from_secs(idle_secs).saturating_sub(first(idle_secs));
+        tokio::select! {
+            biased;
+            ready = timeout(rest, &mut readable) => match ready {
+                Ok(()) => Waited::Request,
+                Err(_) => Waited::Closed,
+            },
+            asked = ticket.asked() => match asked {
+                Asked::ToMakeRoom => Waited::AskedToMakeRoom,
+                Asked::ToStop => Waited::Closed,
+            },
         }
     }
 }
@@ -353,62 +321,26 @@ fn next_request<'a>(
 /// once it holds plaintext, which stays buffered for the request reader).
 struct Readable<'a> {
     stream: &'a mut Stream,
-    registered: Option<Arc<ReadinessFlag>>,
-}
-
-impl<'a> Readable<'a> {
-    fn new(stream: &'a mut Stream) -> Self {
-        Readable {
-            stream,
-            registered: None,
-        }
-    }
+    /// The waker the socket is given: it records that the socket fired, then wakes the task.
+    signal: &'a Arc<IdleSignal>,
 }
 
 impl Future for Readable<'_> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // Woken by the socket (not by a timer or the shutdown watch): ready, no need to ask
-        // again, which would cost a read(2) of nothing.
-        if self
-            .registered
-            .as_ref()
-            .is_some_and(|flag| flag.ready.load(Ordering::Acquire))
-        {
+        // Woken by the socket (not by a timer or the registry): ready, no need to ask again,
+        // which would cost a read(2) of nothing.
+        if self.signal.readable(cx.waker()) {
             return Poll::Ready(());
         }
-        let flag = Arc::new(ReadinessFlag {
-            ready: AtomicBool::new(false),
-            task: cx.waker().clone(),
-        });
-        let waker = Waker::from(flag.clone());
+        let waker = Waker::from(self.signal.clone());
         let mut probe = Context::from_waker(&waker);
         let mut nothing = ReadBuf::new(&mut []);
         match Pin::new(&mut *self.stream).poll_read(&mut probe, &mut nothing) {
-            Poll::Pending => {
-                self.registered = Some(flag);
-                Poll::Pending
-            }
+            Poll::Pending => Poll::Pending,
             // Bytes, end of stream or an error: the request reader sees which.
             Poll::Ready(_) => Poll::Ready(()),
         }
-    }
-}
-
-/// The waker handed to the socket: it records that the socket fired, then wakes the task.
-struct ReadinessFlag {
-    ready: AtomicBool,
-    task: Waker,
-}
-
-impl Wake for ReadinessFlag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.ready.store(true, Ordering::Release);
-        self.task.wake_by_ref();
     }
 }

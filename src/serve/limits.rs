@@ -55,32 +55,36 @@ impl<F: Future + Unpin> Future for HeaderWatch<F> {
 
 /// Run `request` with a header that must arrive within `deadline`; None when it did not (the
 /// request is dropped, which closes its connection). The first poll usually reads the whole
-/// header (the loop waited for it to be readable), and then no timer is armed at all.
-pub async fn with_header_deadline<T>(
+/// header (the loop waited for it to be readable), and then no timer is armed at all. (Not an
+/// async fn, and the timer boxed: this future is part of every HTTP/1 connection's task, which
+/// is allocated at its largest state; an async fn would keep its arguments twice,
+/// rust-lang/rust#62958, and the timer is 128 bytes that the usual request never arms.)
+pub fn with_header_deadline<T>(
     deadline: Duration,
     request: impl Future<Output = T> + Unpin,
-) -> Option<T> {
+) -> impl Future<Output = Option<T>> {
     let mut watch = HeaderWatch {
         request,
         arrived: false,
     };
-    if let Poll::Ready(done) = futures::poll!(&mut watch) {
-        return Some(done);
-    }
-    if !watch.arrived {
-        let timer = pingora::time::sleep(deadline);
-        tokio::pin!(timer);
-        tokio::select! {
-            biased;
-            done = &mut watch => return Some(done),
-            _ = &mut timer => {
-                if !watch.arrived {
-                    return None;
+    async move {
+        if let Poll::Ready(done) = futures::poll!(&mut watch) {
+            return Some(done);
+        }
+        if !watch.arrived {
+            let mut timer = Box::pin(pingora::time::sleep(deadline));
+            tokio::select! {
+                biased;
+                done = &mut watch => return Some(done),
+                _ = &mut timer => {
+                    if !watch.arrived {
+                        return None;
+                    }
                 }
             }
         }
+        Some((&mut watch.request).await)
     }
-    Some((&mut watch.request).await)
 }
 
 /// The request path's word that the current request's header has arrived whole.
