@@ -275,8 +275,19 @@ class Rig:
             return ["-s", script]
         return []
 
-    def run_wrk(self, port, seconds, fixed_rate, workload="keepalive"):
-        args = ["taskset", "-c", CPU_LOAD, "wrk", "-t1", "-c64", f"-d{seconds}s", "--latency"]
+    def run_client(self, port, seconds, fixed_rate, workload, expect=0, connections=64):
+        """`workload`'s client against the proxy on `port` for `seconds`: s_time for the
+        handshake workloads (`expect`: the bytes of one response, from probe_tls), h2load for
+        h2, wrk with `connections` for the rest."""
+        client = WORKLOADS[workload].get("client", "wrk")
+        if client == "s_time":
+            return self.run_s_time(port, seconds, workload == "tls-resume", expect)
+        if client == "h2load":
+            return self.run_h2load(port, seconds)
+        return self.run_wrk(port, seconds, fixed_rate, workload, connections)
+
+    def run_wrk(self, port, seconds, fixed_rate, workload="keepalive", connections=64):
+        args = ["taskset", "-c", CPU_LOAD, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
         if fixed_rate:
             script = os.path.join(self.work, "delay.lua")
             with open(script, "w") as f:
@@ -317,13 +328,7 @@ class Rig:
             expect = self.probe_tls(port) if WORKLOADS[workload].get("client") == "s_time" else 0
             pids = pids_of(proc.pid)
             before = cpu_ns(pids)
-            client = WORKLOADS[workload].get("client", "wrk")
-            if client == "s_time":
-                r = self.run_s_time(port, seconds, workload == "tls-resume", expect)
-            elif client == "h2load":
-                r = self.run_h2load(port, seconds)
-            else:
-                r = self.run_wrk(port, seconds, fixed_rate, workload)
+            r = self.run_client(port, seconds, fixed_rate, workload, expect)
             r["cpu_us"] = (cpu_ns(pids) - before) / 1000.0 / max(r["requests"], 1)
             if tls:
                 check_served(name, workload, r)

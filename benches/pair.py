@@ -11,66 +11,67 @@ median and (min-max) of the ratios. With --workloads, the load benchmark's other
 paired the same way, saturated: whether a change makes any of them worse. Every run is
 bounded; traffic stays on 127.0.0.1.
 
-With --simultaneous (keep-alive, and the workloads wrk drives), A and B run at the same time, both on CPU 0, each with
-its own wrk on CPU 1 (32 connections each; at fixed load 5 ms between requests, about 5,000
-req/s each), and CPU per request is read over the same window for both: whatever slows the
-machine slows both alike, which resolves differences of a few percent that one after the other
-cannot (the method of ../shared/pingora-perf-notes.md, whose A/A pairs read 0.990-1.015). The
-order in which the two start alternates each round.
+With --simultaneous, A and B run at the same time, both on CPU 0, each with its own client on
+CPU 1 (wrk with 32 connections each, at fixed load 5 ms between requests, about 5,000 req/s
+each; the TLS workloads' own clients, s_time or h2load, as load.py runs them), and CPU per
+request is read over the same window for both: whatever slows the machine slows both alike,
+which resolves differences of a few percent that one after the other cannot (the method of
+../shared/pingora-perf-notes.md, whose A/A pairs read 0.990-1.015). The order in which the two
+start alternates each round.
 Usage: benches/pair.py BEFORE AFTER [--rounds N] [--seconds S] [--workloads LIST]
                                     [--simultaneous]
 """
 import argparse
 import os
-import re
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402  (the rig lives there)
 
 
 def simultaneous(rig, order, seconds, fixed_rate, workload="keepalive"):
-    """CPU microseconds per request of each binary in `order`, both serving `workload` (one
-    of wrk's: keep-alive, close, 64k, 1m, upload1m, pool1000) at the same time (see the
-    module's text)."""
+    """CPU microseconds per request of each binary in `order`, both serving `workload` at the
+    same time (see the module's text), each from its own client: wrk with 32 connections, or
+    the TLS workloads' s_time or h2load as benches/load.py runs them."""
     procs = {}
-    path = load.WORKLOADS[workload]["path"]
-    extra = rig.wrk_workload_args(workload)
+    tls = load.WORKLOADS[workload].get("tls", False)
+    url_path = f"{load.scheme(workload)}://127.0.0.1:{{}}{load.WORKLOADS[workload]['path']}"
     try:
         for i, binary in enumerate(order):
             rig.binary, rig.instance = binary, f"-{i}"
             port = load.free_port()
-            proc = load.spawn(rig.candidate("fulcrum", port, many=workload == "pool1000"),
+            proc = load.spawn(rig.candidate("fulcrum", port, tls=tls, many=workload == "pool1000"),
                               load.CPU_PROXY, rig.log)
             load.wait_port(port, proc)
             procs[binary] = (proc, port)
-        for proc, port in procs.values():  # warm up: connections, upstream pools
-            subprocess.run(["taskset", "-c", load.CPU_LOAD, "wrk", "-t1", "-c32", "-d1s"] + extra
-                           + [f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=30)
-        script = os.path.join(rig.work, "delay.lua")
-        with open(script, "w") as f:
-            f.write("function delay()\n  return 5\nend\n")
+        expect = {}
+        for b, (proc, port) in procs.items():  # warm up: connections, upstream pools
+            subprocess.run(["taskset", "-c", load.CPU_LOAD, "wrk", "-t1", "-c32", "-d1s"]
+                           + rig.wrk_workload_args(workload) + [url_path.format(port)],
+                           capture_output=True, timeout=30)
+            client = load.WORKLOADS[workload].get("client")
+            expect[b] = rig.probe_tls(port) if client == "s_time" else 0
         pids = {b: load.pids_of(p.pid) for b, (p, _) in procs.items()}
         before = {b: load.cpu_ns(pids[b]) for b in procs}
-        clients = {
-            b: subprocess.Popen(["taskset", "-c", load.CPU_LOAD, "wrk", "-t1", "-c32",
-                                 f"-d{seconds}s"] + (["-s", script] if fixed_rate else [])
-                                + extra + [f"http://127.0.0.1:{port}{path}"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for b, (_, port) in procs.items()
-        }
-        outs = {b: c.communicate(timeout=seconds + 30)[0] for b, c in clients.items()}
+        with ThreadPoolExecutor(len(procs)) as clients:
+            runs = {b: clients.submit(rig.run_client, port, seconds, fixed_rate, workload,
+                                      expect[b], 32)
+                    for b, (_, port) in procs.items()}
+            results = {b: run.result(timeout=seconds + 60) for b, run in runs.items()}
         after = {b: load.cpu_ns(pids[b]) for b in procs}
         cpu = {}
-        for b, out in outs.items():
-            done = re.search(r"(\d+) requests in", out)
-            if not done or "Non-2xx" in out or "Socket errors" in out:
-                sys.exit(f"{b}: the simultaneous run failed:\n{out}")
-            cpu[b] = (after[b] - before[b]) / 1000.0 / int(done.group(1))
+        for b, r in results.items():
+            if r["requests"] == 0 or r["bad"] or r["sock"]:
+                sys.exit(f"{b}: the simultaneous {workload} run failed: {r['requests']} requests, "
+                         f"{r['bad']} non-2xx, socket errors {r['sock']!r}")
+            if tls:
+                load.check_served(b, workload, r)
+            cpu[b] = (after[b] - before[b]) / 1000.0 / r["requests"]
         return cpu
     finally:
         for proc, _ in procs.values():
@@ -86,7 +87,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--simultaneous", action="store_true",
                     help="run A and B at the same time (keep-alive at fixed load and saturated, "
-                         "and the wrk workloads close, 64k, 1m, upload1m, pool1000)")
+                         "and every workload given)")
     ap.add_argument("--workloads", default="",
                     help="comma-separated workloads of benches/load.py, paired saturated after "
                          "the keep-alive runs")
@@ -94,8 +95,6 @@ def main():
     if os.path.realpath(args.before) == os.path.realpath(args.after):
         sys.exit("BEFORE and AFTER are one file: for an A/A run, copy the binary")
     workloads = [w for w in args.workloads.split(",") if w]
-    if args.simultaneous and set(workloads) - {"close", "64k", "1m", "upload1m", "pool1000"}:
-        sys.exit("--simultaneous pairs wrk's workloads only: close, 64k, 1m, upload1m, pool1000")
     for w in workloads:
         if w not in load.WORKLOADS:
             sys.exit(f"unknown workload {w}: one of {', '.join(load.WORKLOADS)}")
