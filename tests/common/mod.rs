@@ -357,11 +357,23 @@ where
 }
 
 /// A port that was free a moment ago (for fulcrum's listeners).
+/// A port nothing listens on now and that this test process has not handed out before: the
+/// kernel may give a released ephemeral port to the next bind, and two ports asked for by one
+/// test (a proxy listener and the admin endpoint) must differ.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static HANDED_OUT: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1000 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+    panic!("no port this process has not handed out in 1000 tries");
 }
 
 /// An address on which nothing listens.
