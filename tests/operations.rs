@@ -464,3 +464,57 @@ async fn a_stopping_process_exits_when_its_requests_are_done_not_at_the_end_of_t
     );
     assert!(f.log().contains("every connection done"), "{}", f.log());
 }
+
+/// A keep-alive connection that has been idle for less than a second when SIGTERM arrives
+/// is not yet in the registry of idle connections that the shutdown closes. It still gets its
+/// next request answered. The server then closes it: when the second of idleness ends, or at
+/// once with `Connection: close` if the stop is seen first. The process then exits, long
+/// before its 20 s grace period. A connection that never closed would keep the process up for
+/// the whole grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_process_answers_a_connection_idle_under_a_second_then_closes_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let yaml = format!(
+        "{}listeners:\n  - name: main\n    listen: 127.0.0.1:{port}\nroutes: [{{pool: p}}]\npools:\n  p: {{backends: [{{address: \"{}\"}}]}}\n",
+        Fulcrum::server_block(dir.path()).replace("grace_period_seconds: 0", "grace_period_seconds: 20"),
+        b.addr
+    );
+    let mut f = Fulcrum::start_yaml(dir, port, &yaml).await;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_response(&mut conn).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    let stopped = Instant::now();
+    f.signal("TERM");
+    conn.write_all(b"GET /two HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_response(&mut conn).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the server did not close the connection within 10 s: {closed:?}, {rest:?}"
+    );
+    let status = loop {
+        if let Ok(Some(status)) = f.child.try_wait() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM with its only connection closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert_eq!(b.hits(), 2, "both requests reached the backend");
+}
