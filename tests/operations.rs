@@ -505,16 +505,12 @@ async fn a_stopping_process_answers_a_connection_idle_under_a_second_then_closes
         matches!(closed, Ok(Ok(0))),
         "the server did not close the connection within 10 s: {closed:?}, {rest:?}"
     );
-    let status = loop {
-        if let Ok(Some(status)) = f.child.try_wait() {
-            break status;
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM with its only connection closed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let limit = Duration::from_secs(10).saturating_sub(stopped.elapsed());
+    wait_for(limit, "the process to exit after SIGTERM", || {
+        matches!(f.child.try_wait(), Ok(Some(_)))
+    })
+    .await;
+    let status = f.child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert_eq!(b.hits(), 2, "both requests reached the backend");
 }
