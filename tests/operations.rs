@@ -470,7 +470,8 @@ async fn a_stopping_process_exits_when_its_requests_are_done_not_at_the_end_of_t
 /// next request answered. The server then closes it: when the second of idleness ends, or at
 /// once with `Connection: close` if the stop is seen first. The process then exits, long
 /// before its 20 s grace period. A connection that never closed would keep the process up for
-/// the whole grace period.
+/// the whole grace period; a second one, idle under a second and sending nothing, checks that
+/// such a connection is closed when its second ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_process_answers_a_connection_idle_under_a_second_then_closes_it() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -491,6 +492,17 @@ async fn a_stopping_process_answers_a_connection_idle_under_a_second_then_closes
         .unwrap();
     let first = read_response(&mut conn).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // A second connection, as just idle, that sends nothing more: the stop must close it when
+    // its first second of idleness ends (it is not in the registry the stop empties yet).
+    let mut quiet = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    quiet
+        .write_all(b"GET /quiet HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = read_response(&mut quiet).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
 
     let stopped = Instant::now();
     f.signal("TERM");
@@ -505,6 +517,12 @@ async fn a_stopping_process_answers_a_connection_idle_under_a_second_then_closes
         matches!(closed, Ok(Ok(0))),
         "the server did not close the connection within 10 s: {closed:?}, {rest:?}"
     );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), quiet.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the server did not close the quiet connection within 10 s: {closed:?}, {rest:?}"
+    );
     let limit = Duration::from_secs(10).saturating_sub(stopped.elapsed());
     wait_for(limit, "the process to exit after SIGTERM", || {
         matches!(f.child.try_wait(), Ok(Some(_)))
@@ -512,5 +530,5 @@ async fn a_stopping_process_answers_a_connection_idle_under_a_second_then_closes
     .await;
     let status = f.child.wait().unwrap();
     assert!(status.success(), "{status}");
-    assert_eq!(b.hits(), 2, "both requests reached the backend");
+    assert_eq!(b.hits(), 3, "every request reached the backend");
 }
